@@ -1,0 +1,149 @@
+"""ONNX Runtime: the reference and default CPU backend.
+
+Compile = ONNX Runtime's graph optimisation saved as an optimised ONNX file; the
+execution provider, threads and precision are recorded in the manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import deps
+from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase
+from edgekit.errors import BackendUnavailable, UsageError
+from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
+
+_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """Options of the onnxruntime backend (a target profile's `[options]` table)."""
+
+    threads: int = 0  # intra-op threads; 0 = ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 1
+    execution_provider: str = "CPUExecutionProvider"
+    optimization: str = "extended"  # level saved offline; "all" adds hardware-specific layouts
+
+    def __post_init__(self) -> None:
+        if self.optimization not in _LEVELS:
+            raise UsageError(f"onnxruntime option optimization={self.optimization!r} is not one of {', '.join(_LEVELS)}")
+        if self.threads < 0 or self.inter_op_threads < 0:
+            raise UsageError("onnxruntime threads must be >= 0")
+
+
+def _session_options(threads: int = 0, inter_op: int = 1, level: str = "all") -> Any:
+    ort = deps.onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = inter_op
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    return so
+
+
+def session_from_path(path: str | Path, *, threads: int = 0, provider: str = "CPUExecutionProvider") -> Any:
+    ort = deps.onnxruntime()
+    return ort.InferenceSession(str(path), _session_options(threads), providers=[provider])
+
+
+def session_from_bytes(model: bytes, *, threads: int = 0) -> Any:
+    ort = deps.onnxruntime()
+    return ort.InferenceSession(model, _session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def _spec(arg: Any) -> TensorSpec:
+    t = arg.type  # e.g. "tensor(float)"
+    name = t[len("tensor("):-1] if t.startswith("tensor(") else "float"
+    dtype = {"float": np.float32, "float16": np.float16, "double": np.float64, "bool": np.bool_, "string": np.object_}.get(name)
+    if dtype is None:
+        dtype = np.dtype(name)
+    shape = tuple(d if isinstance(d, int) else (d or f"dim{i}") for i, d in enumerate(arg.shape))
+    return TensorSpec(arg.name, shape, np.dtype(dtype))
+
+
+class OnnxRuntimeEngine(EngineBase):
+    def __init__(self, path: Path, *, options: OnnxRuntimeOptions, precision: str) -> None:
+        ort = deps.onnxruntime()
+        if options.execution_provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"ONNX Runtime execution provider {options.execution_provider} is not available here",
+                hint=f"available: {', '.join(ort.get_available_providers())}",
+            )
+        so = _session_options(options.threads, options.inter_op_threads, "all")
+        self._sess = ort.InferenceSession(str(path), so, providers=[options.execution_provider])
+        self.inputs = [_spec(i) for i in self._sess.get_inputs()]
+        self.outputs = [_spec(o) for o in self._sess.get_outputs()]
+        self._names = [o.name for o in self.outputs]
+        self.info = {
+            "backend": "onnxruntime",
+            "version": ort.__version__,
+            "device": "CPU" if options.execution_provider == "CPUExecutionProvider" else options.execution_provider,
+            "precision": precision,
+            "threads": options.threads or "default",
+            "execution_provider": options.execution_provider,
+        }
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._names, self._sess.run(self._names, feed)))
+
+    def close(self) -> None:
+        self._sess = None
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    artifact_suffix = ".onnx"
+    options_type = OnnxRuntimeOptions
+
+    def status(self) -> BackendStatus:
+        try:
+            ort = deps.onnxruntime()
+        except BackendUnavailable as exc:
+            return BackendStatus(self.name, False, None, (), str(exc))
+        providers = tuple(ort.get_available_providers())
+        return BackendStatus(self.name, True, ort.__version__, providers)
+
+    def compile(self, model: Path, out_dir: Path, *, request: CompileRequest) -> dict[str, Any]:
+        ort = deps.onnxruntime()
+        opts: OnnxRuntimeOptions = request.options
+        if request.device.upper() != "CPU" and opts.execution_provider == "CPUExecutionProvider":
+            raise BackendUnavailable(f"onnxruntime: device {request.device!r} needs an execution provider for it; this build has {', '.join(ort.get_available_providers())}")
+        proto = load_onnx(model)
+        qdq = is_qdq(proto)
+        if request.precision == "int8" and not qdq:
+            raise UsageError("onnxruntime int8 needs a quantized (QDQ) model", hint="run `edgekit quantize` first, then compile its output")
+        if request.precision in ("fp16", "bf16"):
+            raise UsageError(f"onnxruntime on the CPU runs fp32 and int8 (QDQ), not {request.precision}", hint="use --precision fp32, or the openvino target for bf16/fp16")
+        if request.precision == "fp32" and qdq:
+            raise UsageError("this model is quantized (QDQ); onnxruntime runs it as int8", hint="compile the FP32 model for fp32, or pass --precision int8")
+        out = out_dir / "model.onnx"
+        so = _session_options(opts.threads, opts.inter_op_threads, opts.optimization)
+        so.optimized_model_filepath = str(out)
+        try:
+            ort.InferenceSession(str(model), so, providers=[opts.execution_provider])
+        except Exception as exc:
+            raise UsageError(f"ONNX Runtime cannot load {model}: {str(exc).strip().splitlines()[0][:300]}") from exc
+        return {
+            "files": ["model.onnx"],
+            "entry": "model.onnx",
+            "versions": {"onnxruntime": ort.__version__},
+            "settings": {"optimization": opts.optimization, "execution_provider": opts.execution_provider},
+        }
+
+    def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: OnnxRuntimeOptions) -> OnnxRuntimeEngine:
+        return OnnxRuntimeEngine(artifact_dir / manifest["entry"], options=options, precision=manifest["precision"])
+
+    def load_onnx(self, path: Path, *, options: OnnxRuntimeOptions, precision: str) -> OnnxRuntimeEngine:
+        return OnnxRuntimeEngine(path, options=options, precision=precision)
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,76 @@
+"""The one place optional libraries are imported.
+
+Every edgekit module imports on a machine without torch, OpenVINO or TensorRT; code
+that needs one calls the function here, which raises an exit-4 error naming the
+extra to install when it is missing.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+from edgekit.errors import BackendUnavailable
+
+# module name -> (pip extra, what it is for)
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "export from PyTorch"),
+    "openvino": ("openvino", "the OpenVINO backend"),
+    "nncf": ("openvino", "NNCF quantization"),
+    "tensorrt": ("tensorrt", "the TensorRT backend"),
+    "onnxscript": ("torch", "the dynamo ONNX exporter"),
+    "PIL": ("images", "image calibration data"),
+    "matplotlib": ("plot", "latency plots"),
+}
+
+
+def _load(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        extra, purpose = _EXTRAS.get(name.split(".")[0], ("", ""))
+        fix = f"pip install 'edgekit[{extra}]'" if extra else f"pip install {name}"
+        if name.split(".")[0] == "torch":
+            fix = "pip install torch==2.13.0 (the CPU build) or 'edgekit[torch]'"
+        raise BackendUnavailable(
+            f"{name} is not importable ({exc}); it is needed for {purpose or name}",
+            hint=f"install it: {fix}",
+        ) from exc
+
+
+def available(name: str) -> bool:
+    """True when `name` can be imported; does not import it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def torch() -> ModuleType:
+    return _load("torch")
+
+
+def openvino() -> ModuleType:
+    return _load("openvino")
+
+
+def nncf() -> ModuleType:
+    return _load("nncf")
+
+
+def tensorrt() -> ModuleType:
+    return _load("tensorrt")
+
+
+def pil_image() -> ModuleType:
+    return _load("PIL.Image")
+
+
+def pyplot() -> ModuleType:
+    mpl = _load("matplotlib")
+    mpl.use("Agg")
+    return _load("matplotlib.pyplot")
+
+
+def onnxruntime() -> ModuleType:
+    return _load("onnxruntime")
