@@ -1,0 +1,34 @@
+"""`edgekit compile MODEL --target T -o DIR [--precision ...]`."""
+from __future__ import annotations
+
+import click
+
+from edgekit.cli._common import json_option, out, run_and_emit
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path())
+@click.option("-t", "--target", required=True, help="A backend name (onnxruntime, openvino, tensorrt), a profile in targets/, or a .toml path.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="The artifact folder to write (replaced whole).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
+              help="Default: the target's, or int8 for a quantized (QDQ) model.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:SHAPE", help="Fix a dynamic input's shape, e.g. input_ids:1x128 (repeatable).")
+@json_option
+def command(model: str, target: str, output: str, precision: str | None, shapes: tuple[str, ...], json_path: str | None) -> None:
+    """Build the target's artifact from an ONNX model at an explicit precision.
+
+    OpenVINO: IR (.xml/.bin) with the inference precision set, never left to the
+    runtime. ONNX Runtime: the graph-optimised ONNX. TensorRT: a serialized engine
+    (explicit INT8 from QDQ; needs TensorRT and an NVIDIA GPU).
+    """
+    from edgekit.compile import compile_model
+    from edgekit.feeds import parse_shape_option
+
+    shape_map = dict(parse_shape_option(s) for s in shapes)
+    run_and_emit(json_path, lambda: compile_model(model, output, target=target, precision=precision, shapes=shape_map), lambda m: _render(m, output))
+
+
+def _render(m: dict, output: str) -> None:
+    settings = ", ".join(f"{k}={v}" for k, v in m.get("settings", {}).items() if not isinstance(v, (dict, list)))
+    out(f"{output}: {m['backend']} on {m['device']}, precision {m['precision']} ({settings})")
+    out("files: " + ", ".join(m["files"]))

@@ -1,0 +1,218 @@
+"""TOML target profiles and project files -> frozen dataclasses. Unknown keys are errors.
+
+A target is a named place to deploy: backend + device + precision + backend options +
+bench settings + budgets. A bare backend name is a target with default settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgekit.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+STATS = ("p50", "p90", "p95", "p99", "mean", "max", "min")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", hint="check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}", hint="fix the syntax") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _unknown(key: str, known: typing.Iterable[str], label: str) -> UsageError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    return UsageError(f"{label}: unknown key {key!r}", hint=f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}")
+
+
+def dataclass_from_table(cls: type[T], data: dict[str, Any], *, label: str) -> T:
+    """Build a (frozen) options dataclass from a TOML table, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{label} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(key, fields, label)
+        kwargs[key] = _coerce(value, hints[key], f"{label}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, label: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{label} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{label} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{label} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{label} must be a string, not {value!r}")
+        return value
+    if origin in (dict, list, tuple):
+        expected = {dict: dict, list: list, tuple: (list, tuple)}[origin]
+        if not isinstance(value, expected):
+            raise UsageError(f"{label} must be a {origin.__name__}, not {value!r}")
+        return tuple(value) if origin is tuple else value
+    return value
+
+
+# --- budgets -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """`p99=33ms`: a statistic of the latency must stay at or under a number of milliseconds."""
+
+    stat: str
+    ms: float
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        m = re.fullmatch(r"\s*(\w+)\s*[=<]+\s*([0-9.]+(?:e-?\d+)?)\s*(ms|us|µs|s)?\s*", text)
+        if not m:
+            raise UsageError(f"bad budget {text!r}", hint="write it like p90=10ms (p50, p90, p95, p99, mean, max)")
+        stat, num, unit = m.group(1).lower(), float(m.group(2)), m.group(3) or "ms"
+        if stat not in STATS:
+            raise UsageError(f"bad budget {text!r}: unknown statistic {stat!r}", hint=f"use one of {', '.join(STATS)}")
+        ms = num * {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}[unit]
+        if ms <= 0:
+            raise UsageError(f"bad budget {text!r}: must be > 0")
+        return cls(stat, ms)
+
+    def __str__(self) -> str:
+        return f"{self.stat}<={self.ms:g}ms"
+
+
+def budgets_from_table(data: dict[str, Any], *, label: str) -> tuple[Budget, ...]:
+    out = []
+    for k, v in data.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(Budget.parse(f"{k}={v}ms"))
+        elif isinstance(v, str):
+            out.append(Budget.parse(f"{k}={v}"))
+        else:
+            raise UsageError(f"{label}.{k} must be a number of ms or a string like '33ms'")
+    return tuple(out)
+
+
+# --- bench settings ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """trtexec-like defaults: 200 ms warm-up, at least 10 iterations and 3 s."""
+
+    warmup_ms: float = 200.0
+    min_iterations: int = 10
+    min_duration_s: float = 3.0
+    max_duration_s: float = 30.0  # cap when a budget's interval straddles the budget
+    batch: int = 1
+    confidence: float = 0.95
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.warmup_ms < 0 or self.min_iterations < 1 or self.min_duration_s < 0 or self.batch < 1:
+            raise UsageError("bench settings: warmup_ms >= 0, min_iterations >= 1, min_duration_s >= 0, batch >= 1")
+        if self.max_duration_s < self.min_duration_s:
+            raise UsageError("bench settings: max_duration_s must be >= min_duration_s")
+        if not 0.5 < self.confidence < 1:
+            raise UsageError("bench settings: confidence must be between 0.5 and 1 (e.g. 0.95)")
+
+
+# --- targets -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    device: str = "CPU"
+    precision: str = "fp32"
+    description: str = ""
+    options: Any = None
+    bench: BenchSettings = BenchSettings()
+    budgets: tuple[Budget, ...] = ()
+    source: str = ""  # the profile file, "" for a bare backend name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "backend": self.backend, "device": self.device, "precision": self.precision,
+            "description": self.description, "options": dataclasses.asdict(self.options) if self.options is not None else {},
+            "bench": dataclasses.asdict(self.bench), "budgets": [str(b) for b in self.budgets], "source": self.source,
+        }
+
+
+_TARGET_KEYS = {"name", "backend", "device", "precision", "description", "options", "bench", "budgets"}
+_DEFAULT_DEVICE = {"tensorrt": "GPU"}
+
+
+def target_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("EDGEKIT_TARGETS", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "targets")
+    dirs.append(Path(__file__).resolve().parents[1] / "targets")  # the repository's profiles
+    return dirs
+
+
+def target_from_dict(data: dict[str, Any], *, name: str, source: str = "") -> Target:
+    from edgekit.backends import get_backend
+    from edgekit.backends.base import PRECISIONS
+
+    label = source or name
+    for key in data:
+        if key not in _TARGET_KEYS:
+            raise _unknown(key, _TARGET_KEYS, label)
+    if "backend" not in data:
+        raise UsageError(f"{label}: no backend", hint="add backend = \"openvino\" (or onnxruntime, tensorrt)")
+    backend = get_backend(data["backend"])
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise UsageError(f"{label}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    options = dataclass_from_table(backend.options_type, data.get("options", {}), label=f"{label} [options]")
+    bench = dataclass_from_table(BenchSettings, data.get("bench", {}), label=f"{label} [bench]")
+    budgets = budgets_from_table(data.get("budgets", {}), label=f"{label} [budgets]")
+    return Target(
+        name=data.get("name", name), backend=backend.name, device=data.get("device", _DEFAULT_DEVICE.get(backend.name, "CPU")),
+        precision=precision, description=data.get("description", ""), options=options, bench=bench, budgets=budgets, source=source,
+    )
+
+
+def load_target(spec: str) -> Target:
+    """`--target`: a backend name, a profile name (targets/NAME.toml) or a path to a .toml."""
+    from edgekit.backends import backend_names
+
+    if spec in backend_names():
+        return target_from_dict({"backend": spec}, name=spec)
+    path = Path(spec)
+    if spec.endswith(".toml") or os.sep in spec:
+        return target_from_dict(read_toml(path), name=path.stem, source=str(path))
+    for d in target_dirs():
+        candidate = d / f"{spec}.toml"
+        if candidate.exists():
+            return target_from_dict(read_toml(candidate), name=spec, source=str(candidate))
+    known = sorted({p.stem for d in target_dirs() if d.is_dir() for p in d.glob("*.toml")} | set(backend_names()))
+    close = difflib.get_close_matches(spec, known, n=1)
+    raise UsageError(f"unknown target {spec!r}", hint=f"did you mean {close[0]!r}?" if close else f"use a backend name, a profile ({', '.join(known)}) or a .toml path")
