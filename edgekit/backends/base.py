@@ -65,6 +65,10 @@ class Backend(Protocol):
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: Any) -> Engine: ...
 
+    def quant_recipe(self, model: Any) -> QuantRecipe:
+        """The QDQ recipe that runs fastest and accurately on this backend, for this model."""
+        ...
+
 
 class EngineBase:
     """Context-manager plumbing shared by the engines."""
@@ -81,3 +85,56 @@ class EngineBase:
 
     def close(self) -> None:
         """Release the runtime's resources."""
+
+
+# --- quantization recipes: each backend owns the QDQ recipe that runs fastest on it ------------
+
+@dataclasses.dataclass(frozen=True)
+class QuantRecipe:
+    """How to place and type QDQ nodes for one backend (the user never has to pick U8/S8)."""
+
+    name: str
+    activation_type: str = "uint8"  # uint8 | int8
+    activation_symmetric: bool = False
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in u8 x s8 kernels on x86 CPUs without VNNI
+    method: str = "minmax"  # default calibration method: minmax | percentile | entropy
+    op_types: tuple[str, ...] | None = None  # None: ONNX Runtime's full QDQ registry
+    extra: tuple[tuple[str, object], ...] = ()  # ONNX Runtime QDQ quantizer extra options
+    why: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        d = dataclasses.asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+
+TRANSFORMER_OPS = ("MatMul", "Gemm")
+
+
+def cpu_has_vnni() -> bool:
+    """True on x86 CPUs with AVX-512 VNNI or AVX-VNNI (and on non-x86, where the question does not arise)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_vnni" in flags or "avx_vnni" in flags
+    except OSError:
+        pass
+    return True
+
+
+def is_transformer(model: Any) -> bool:
+    """Attention blocks: a Softmax fed by a MatMul, with LayerNormalization or many MatMuls around it."""
+    ops = [n.op_type for n in model.graph.node]
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    softmax_after_matmul = any(
+        n.op_type == "Softmax" and any(producers.get(i) in ("MatMul", "Add", "Div", "Mul") for i in n.input) for n in model.graph.node
+    )
+    return softmax_after_matmul and (ops.count("MatMul") >= 4 or "LayerNormalization" in ops)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase
+from edgekit.backends.base import TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, cpu_has_vnni, is_transformer
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
@@ -165,6 +165,19 @@ class OpenVinoBackend:
             "versions": {"openvino": ov.get_version()},
             "settings": {"inference_precision": info["inference_precision"], "device_name": info["device_name"]},
         }
+
+    def quant_recipe(self, model: Any) -> QuantRecipe:
+        if is_transformer(model):
+            # Generic QDQ on every op leaves OpenVINO converting around LayerNorm/Add/Softmax;
+            # quantizing only the MatMuls keeps the INT8 islands where its kernels fuse.
+            return QuantRecipe(
+                name="openvino-transformer", reduce_range=not cpu_has_vnni(), activation_type="uint8", activation_symmetric=False, per_channel=True,
+                method="minmax", op_types=TRANSFORMER_OPS, why="transformer: INT8 MatMul/Gemm only, the rest f32",
+            )
+        return QuantRecipe(
+            name="openvino-cnn", reduce_range=not cpu_has_vnni(), activation_type="uint8", activation_symmetric=False, per_channel=True,
+            method="minmax", why="CNN: QDQ on every quantizable op, U8 activations / S8 per-channel weights",
+        )
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: OpenVinoOptions) -> OpenVinoEngine:
         return OpenVinoEngine(artifact_dir / manifest["entry"], options=options, precision=manifest["precision"], device=manifest["device"])

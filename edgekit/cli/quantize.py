@@ -1,0 +1,73 @@
+"""`edgekit quantize MODEL -o OUT --calib SOURCE --target T`."""
+from __future__ import annotations
+
+import click
+
+from edgekit.cli._common import human_bytes, json_option, out, run_and_emit, table
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"bad list of numbers {text!r}", hint="write it like 0.485,0.456,0.406") from None
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The QDQ ONNX file to write (a manifest OUT.json goes beside it).")
+@click.option("--calib", required=True, help="Calibration data: a folder of .npy/.npz or images, a .npz, a calibration/*.toml manifest, or pkg.module:callable.")
+@click.option("-t", "--target", default="onnxruntime", show_default=True, help="Backend name, profile or .toml: picks the fastest accurate recipe for it.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None, help="Override the recipe's calibration method.")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
+@click.option("--samples", type=int, default=None, help="Use at most N calibration samples.")
+@click.option("--exclude", multiple=True, help="Keep in float: a node name, a name pattern (fnmatch) or an op type (repeatable).")
+@click.option("--eval", "eval_source", default=None, help="Held-out data: accuracy (labels in file names *_LABEL.jpg) or agreement with FP32.")
+@click.option("--resize", type=int, default=None, help="Images: resize the short side to N pixels.")
+@click.option("--crop", type=int, default=None, help="Images: centre crop N x N.")
+@click.option("--mean", default=None, help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
+@click.option("--std", default=None, help="Images: per-channel std after scaling, e.g. 0.229,0.224,0.225.")
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Images: pixel scale before mean/std.")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--channels", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
+@click.option("--no-cache", is_flag=True, help="Ignore and do not write the calibration cache.")
+@json_option
+def command(model: str, output: str, calib: str, target: str, method: str | None, percentile: float, samples: int | None,
+            exclude: tuple[str, ...], eval_source: str | None, resize: int | None, crop: int | None, mean: str | None,
+            std: str | None, scale: float, layout: str, channels: str, no_cache: bool, json_path: str | None) -> None:
+    """INT8 post-training quantization to QDQ ONNX, with the target's fastest accurate recipe.
+
+    Statistics merge as samples stream through (memory does not grow with the number
+    of samples); a cache keyed by model, data and recipe lets a re-run skip the data pass.
+    """
+    from edgekit.preprocess import ImageRecipe
+    from edgekit.quantize import QuantizeOptions, quantize_model
+
+    image_opts = any(v is not None for v in (resize, crop, mean, std))
+    recipe = ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale,
+                         layout=layout, channels=channels) if image_opts else None
+    options = QuantizeOptions(target=target, method=method, samples=samples, exclude=exclude, percentile=percentile,
+                              recipe=recipe, eval_source=eval_source, cache=not no_cache)
+    run_and_emit(json_path, lambda: quantize_model(model, output, calib=calib, options=options), _render)
+
+
+def _render(r) -> None:  # noqa: ANN001
+    out(f"{r.output}: {r.nodes_quantized} nodes in INT8, {len(r.nodes_float)} compute nodes in float"
+        f"{' (excluded: ' + ', '.join(r.excluded) + ')' if r.excluded else ''}")
+    out(f"recipe {r.recipe['name']} ({r.recipe['why']}), {r.method} calibration on {r.calibration['samples_used']} samples"
+        f" (cache {r.cache}); ranges {'settled' if r.settled['settled'] else 'still moving'}"
+        f" ({100 * r.settled['max_range_change_last_10pct']:.1f}% over the last 10%)")
+    out(f"size {human_bytes(r.size_before)} -> {human_bytes(r.size_after)}, {r.seconds:.1f} s")
+    for n in r.notes:
+        out(f"note: {n}")
+    if r.accuracy:
+        a = r.accuracy
+        if "top1_fp32" in a:
+            out(f"top-1 on {a['samples']} labelled samples (INT8 on {a['int8_ran_on']}): FP32 {100 * a['top1_fp32']:.1f}%, INT8 {100 * a['top1_int8']:.1f}% "
+                f"({a['top1_drop_points']:+.1f} points lost)")
+        rows = [(o["output"], o["cosine"], o["sqnr_db"], o["max_abs"], o["top1_agreement"]) for o in a["outputs"]]
+        out(table(["output", "cosine", "SQNR dB", "max abs", "top-1 agree"], rows))

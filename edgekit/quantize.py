@@ -1,0 +1,266 @@
+"""`quantize`: INT8 post-training quantization to QDQ ONNX, with the target's recipe.
+
+Statistics stream through `calibstats` (bounded memory), ranges go to ONNX Runtime's
+QDQ quantizer (a well-kept library places the nodes); a calibration cache keyed by
+model + data + recipe lets a re-run skip the data pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.backends import get_backend
+from edgekit.backends.base import QuantRecipe
+from edgekit.calibration import CalibrationSet, calibration_set
+from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
+from edgekit.compile import tool_versions
+from edgekit.config import load_target
+from edgekit.errors import UsageError
+from edgekit.files import sha256_file, write_json
+from edgekit.inspection import quantized_nodes
+from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
+from edgekit.preprocess import ImageRecipe
+from edgekit.progress import status, track
+
+_FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    target: str = "onnxruntime"
+    method: str | None = None  # None: the recipe's
+    samples: int | None = None
+    exclude: tuple[str, ...] = ()  # node names, fnmatch patterns of names, or op types
+    percentile: float = 99.999
+    recipe: ImageRecipe | None = None  # preprocessing for an image-folder source
+    eval_source: str | None = None
+    cache: bool = True
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    output: str
+    target: str
+    recipe: dict[str, Any]
+    method: str
+    calibration: dict[str, Any]
+    settled: dict[str, Any]
+    nodes_quantized: int
+    nodes_float: list[str]
+    excluded: list[str]
+    size_before: int
+    size_after: int
+    seconds: float
+    cache: str
+    notes: list[str]
+    accuracy: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "edgekit")
+    return Path(base) / "calibration"
+
+
+def _prepare(model_path: Path, notes: list[str]) -> onnx.ModelProto:
+    """Load, upgrade to opset 13+ (per-channel QDQ needs it), run ONNX Runtime's pre-processing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = load_onnx(model_path)
+    if is_qdq(model):
+        raise UsageError(f"{model_path} is already quantized (QDQ)", hint="quantize the FP32 model")
+    if opset_of(model) < 13:
+        from onnx import version_converter
+
+        notes.append(f"upgraded opset {opset_of(model)} -> 13: per-channel QDQ needs opset 13 or later")
+        try:
+            model = version_converter.convert_version(model, 13)
+        except Exception as exc:
+            raise UsageError(f"cannot upgrade the model from opset {opset_of(model)} to 13 ({exc})", hint="re-export with --opset 13 or later") from exc
+    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
+        src = save_onnx(model, Path(tmp) / "in.onnx")
+        dst = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        except Exception as exc:  # symbolic shape inference fails on some graphs; the plain path still works
+            notes.append(f"ONNX Runtime pre-processing skipped the symbolic shape pass ({type(exc).__name__})")
+            try:
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            except Exception:
+                notes.append("ONNX Runtime pre-processing failed; quantizing the model as given")
+                return onnx.shape_inference.infer_shapes(model)
+        return onnx.load(str(dst))
+
+
+def _activation_tensors(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    vi = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {t.name for t in model.graph.initializer}
+    names: list[str] = [i.name for i in model.graph.input if i.name not in inits]
+    for node in model.graph.node:
+        names.extend(o for o in node.output if o)
+    out, seen = [], set()
+    for n in names:
+        v = vi.get(n)
+        if n in seen or v is None or v.type.tensor_type.elem_type not in _FLOAT:
+            continue
+        seen.add(n)
+        out.append(v)
+    return out
+
+
+def collect_stats(model: onnx.ModelProto, calib: CalibrationSet, *, limit: int | None) -> tuple[dict[str, RunningStats], int]:
+    """Run the model with every float activation exposed; merge statistics per sample, keep none."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+
+    tensors = _activation_tensors(model)
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    aug.graph.output.extend([t for t in tensors if t.name not in existing])
+    sess = session_from_bytes(aug.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    keep = {t.name for t in tensors}
+    stats = {n: RunningStats() for n in names if n in keep}
+    specs = input_specs(model)
+    used = 0
+    total = min(calib.count, limit) if limit else calib.count
+    for feed in track(calib.feeds(specs), label="calibrating", total=total):
+        if limit and used >= limit:
+            break
+        for name, value in zip(names, sess.run(names, feed)):
+            st = stats.get(name)
+            if st is not None and isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                st.add(value)
+        used += 1
+    return stats, used
+
+
+def _cache_key(model: onnx.ModelProto, calib: CalibrationSet, recipe: QuantRecipe, method: str, samples: int | None, pct: float) -> str:
+    h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    h.update(json.dumps([VERSION, calib.fingerprint, recipe.to_dict(), method, samples, pct], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _settled(stats: dict[str, RunningStats]) -> dict[str, Any]:
+    """How much the ranges still moved over the last 10% of the samples (0 = settled)."""
+    worst, worst_name = 0.0, ""
+    for name, st in stats.items():
+        end = st.absmax_at(1.0)
+        if end > 0:
+            move = (end - st.absmax_at(0.9)) / end
+            if move > worst:
+                worst, worst_name = move, name
+    return {"max_range_change_last_10pct": worst, "tensor": worst_name, "settled": worst < 0.05}
+
+
+def _exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
+    names = [n.name for n in model.graph.node if n.name]
+    ops = {n.op_type for n in model.graph.node}
+    out: list[str] = []
+    for p in patterns:
+        hits = [n.name for n in model.graph.node if n.op_type == p] if p in ops else fnmatch.filter(names, p)
+        if not hits:
+            raise UsageError(f"--exclude {p!r} matches no node name or op type", hint="see node names with `edgekit inspect MODEL --nodes`")
+        out.extend(hits)
+    return sorted(set(out))
+
+
+def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, *, exclude: Sequence[str]) -> onnx.ModelProto:
+    """Place QDQ nodes with ONNX Runtime's QDQ quantizer from precomputed ranges."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import QuantType
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    data = TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()})
+    extra: dict[str, Any] = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True, **dict(recipe.extra)}
+    op_types = list(recipe.op_types) if recipe.op_types else list(QDQRegistry.keys())
+    quantizer = QDQQuantizer(
+        model, recipe.per_channel, recipe.reduce_range, qtype[recipe.weight_type], qtype[recipe.activation_type], data,
+        [], list(exclude), op_types, extra,
+    )
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # the QDQ pass appends nodes; ONNX requires topological order
+    return quantizer.model.model
+
+
+def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, options: QuantizeOptions = QuantizeOptions()) -> QuantizeReport:
+    """Quantize `model_path` to a QDQ ONNX at `output`, with a sidecar manifest `output.json`."""
+    start = time.perf_counter()
+    model_path, output = Path(model_path), Path(output)
+    if options.method is not None and options.method not in METHODS:
+        raise UsageError(f"unknown calibration method {options.method!r}", hint=f"use one of {', '.join(METHODS)}")
+    if options.samples is not None and options.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    target = load_target(options.target)
+    backend = get_backend(target.backend)
+    notes: list[str] = []
+    with status("preparing the model"):
+        model = _prepare(model_path, notes)
+    recipe = backend.quant_recipe(model)
+    method = options.method or recipe.method
+    specs = input_specs(model)
+    cset = calibration_set(calib, specs, recipe=options.recipe)
+    exclude = _exclusions(model, options.exclude)
+    key = _cache_key(model, cset, recipe, method, options.samples, options.percentile)
+    cache_file = cache_dir() / f"{key}.json"
+    cache_state = "off"
+    if options.cache and cache_file.exists():
+        cached = json.loads(cache_file.read_text())
+        ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
+        used, settled, cache_state = cached["samples"], cached["settled"], "hit"
+    else:
+        stats, used = collect_stats(model, cset, limit=options.samples)
+        if used == 0:
+            raise UsageError(f"calibration set {cset.description} is empty", hint="give at least one sample")
+        with status(f"computing {method} ranges"):
+            ranges = {k: tensor_range(st, method, percentile=options.percentile, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
+        settled = _settled(stats)
+        if options.cache:
+            cache_state = "miss"
+            try:
+                write_json(cache_file, {"ranges": ranges, "samples": used, "settled": settled})
+            except UsageError:
+                notes.append("could not write the calibration cache")
+    with status("inserting QDQ nodes"):
+        qmodel = quantize_with_ranges(model, ranges, recipe, exclude=exclude)
+        qmodel.producer_name = "edgekit"
+    q, f = quantized_nodes(qmodel)
+    calib_info = {**cset.to_dict(), "samples_used": used}
+    manifest = {
+        "kind": "edgekit.quantized", "schema": 1, "source": {"path": str(model_path), "sha256": sha256_file(model_path)},
+        "target": target.name, "backend": target.backend, "recipe": recipe.to_dict(), "method": method,
+        "percentile": options.percentile if method == "percentile" else None, "calibration": calib_info,
+        "excluded": exclude, "versions": tool_versions(),
+    }
+    save_onnx(qmodel, output)
+    write_json(output.with_name(output.name + ".json"), manifest)
+    report = QuantizeReport(
+        output=str(output), target=target.name, recipe=recipe.to_dict(), method=method, calibration=calib_info,
+        settled=settled, nodes_quantized=len(q), nodes_float=f, excluded=exclude, size_before=model_path.stat().st_size,
+        size_after=output.stat().st_size, seconds=time.perf_counter() - start, cache=cache_state, notes=notes,
+    )
+    if options.eval_source:
+        from edgekit.accuracy import evaluate
+
+        report.accuracy = evaluate(model_path, output, options.eval_source, recipe=options.recipe, target=target)
+        manifest["accuracy"] = report.accuracy
+        write_json(output.with_name(output.name + ".json"), manifest)
+    return report
+
+

@@ -1,0 +1,169 @@
+"""`edgekit quantize` on real trained models and real data, per target recipe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import zoo
+from edgekit.cli import cli
+from edgekit.export import ExportOptions, export_model
+
+ROOT = Path(__file__).parents[1]
+PHOTOS = str(ROOT / "calibration" / "imagenet-photos.toml")
+IMAGENET_VAL = str(ROOT / "calibration" / "imagenet-val-foolbox.toml")
+
+
+def _quantize(tmp_path: Path, model: Path, *args: str, name: str = "q.onnx") -> tuple[object, Path, dict]:
+    out, js = tmp_path / name, tmp_path / (name + ".report.json")
+    res = CliRunner().invoke(cli, ["quantize", str(model), "-o", str(out), "--json", str(js), *args])
+    return res, out, (json.loads(js.read_text()) if js.exists() else {})
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
+def test_efficientnet_loses_at_most_one_point_on_imagenet_val(target: str, efficientnet_onnx: Path, tmp_path: Path) -> None:
+    res, out, report = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--target", target, "--eval", IMAGENET_VAL)
+    assert res.exit_code == 0, res.output
+    acc = report["accuracy"]
+    assert acc["samples"] == 20 and acc["top1_fp32"] >= 0.8
+    assert acc["top1_drop_points"] <= 1.0
+    assert target in acc["int8_ran_on"]
+    assert report["nodes_quantized"] >= 49 and not report["nodes_float"]
+    assert report["size_after"] < report["size_before"] / 3
+    manifest = json.loads(out.with_name(out.name + ".json").read_text())
+    assert manifest["calibration"]["preprocessing"]["crop"] == 224
+    assert manifest["recipe"]["activation_type"] == "uint8"
+
+
+def test_tensorrt_recipe_meets_explicit_quantization_rules(efficientnet_onnx: Path, tmp_path: Path) -> None:
+    from edgekit.backends.tensorrt import check_explicit_quantization
+
+    res, out, report = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--target", "tensorrt", "--eval", IMAGENET_VAL, "--samples", "8")
+    assert res.exit_code == 0, res.output
+    assert check_explicit_quantization(onnx.load(str(out))) == []
+    assert report["accuracy"]["top1_drop_points"] <= 5.0  # exact QDQ arithmetic: at most one of 20 images
+    # the ONNX Runtime recipe (U8, asymmetric) is not what TensorRT takes, and the checker says why
+    res, out_u8, _ = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--target", "onnxruntime", "--samples", "4", name="u8.onnx")
+    problems = check_explicit_quantization(onnx.load(str(out_u8)))
+    assert problems and any("signed INT8" in p for p in problems)
+
+
+def test_mnist_cnn_loses_at_most_half_a_point_on_1000_digits(tmp_path: Path) -> None:
+    model = tmp_path / "mnist.onnx"
+    export_model("zoo:mnist_cnn", model, options=ExportOptions(dynamic_batch=True))
+    calib = tmp_path / "calib.npz"
+    name = ort.InferenceSession(str(model)).get_inputs()[0].name
+    np.savez(calib, **{name: zoo.mnist_calibration(256)})
+    res, out, report = _quantize(tmp_path, model, "--calib", str(calib))
+    assert res.exit_code == 0, res.output
+    assert report["calibration"]["samples_used"] == 256
+    x, y = zoo.mnist_heldout()
+    assert len(y) == 1000
+    fp = ort.InferenceSession(str(model)).run(None, {name: x})[0].argmax(1)
+    q = ort.InferenceSession(str(out)).run(None, {name: x})[0].argmax(1)
+    fp_acc, q_acc = (fp == y).mean() * 100, (q == y).mean() * 100
+    assert fp_acc > 90
+    assert fp_acc - q_acc <= 0.5, (fp_acc, q_acc)
+
+
+@pytest.fixture(scope="module")
+def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
+    export_model("zoo:minilm", out, options=ExportOptions(dynamic_batch=True))
+    return out
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
+def test_minilm_embeddings_keep_cosine_099(target: str, minilm_onnx: Path, tmp_path: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    held = tmp_path / "held"
+    held.mkdir()
+    s = zoo.MINILM_SENTENCES
+    for i, feed in enumerate(zoo.minilm_feeds(s[:8])):
+        np.savez(calib / f"{i}.npz", **feed)
+    for i, feed in enumerate(zoo.minilm_feeds(s[8:])):
+        np.savez(held / f"{i}.npz", **feed)
+    res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib), "--target", target, "--eval", str(held))
+    assert res.exit_code == 0, res.output
+    emb = report["accuracy"]["outputs"][0]
+    # The default recipe alone reaches ~0.945 (worst sentence); 0.99 needs float fallback of the
+    # most sensitive MatMuls (see test_accuracy_budget). This guards the default from regressing.
+    assert emb["cosine_min_row"] >= 0.93, emb
+    assert emb["cosine"] >= 0.95, emb
+    if target == "openvino":
+        assert report["recipe"]["name"] == "openvino-transformer"
+
+
+@pytest.mark.xfail(strict=True, reason="known: with the STFT front-end conv quantized, near-silent frames lose their "
+                   "energy and the probability flips (max error 0.99); needs the float fallback of issue 6")
+def test_silero_vad_probabilities_within_005_on_real_speech(tmp_path: Path, speech_available: None) -> None:
+    model = tmp_path / "vad.onnx"
+    export_model("zoo:silero_vad", model, options=ExportOptions(dynamic_batch=True))
+    fp = ort.InferenceSession(str(model))
+    clips = zoo.speech_16k()
+
+    def stream(sess: ort.InferenceSession, clip: np.ndarray, keep: list | None = None) -> np.ndarray:
+        state = np.zeros((1, 2, 128), np.float32)
+        probs = []
+        for c in zoo.vad_chunks(clip):
+            if keep is not None:
+                keep.append({"audio": c[None], "state": state})
+            p, state = sess.run(None, {"audio": c[None], "state": state})
+            probs.append(p[0, 0])
+        return np.array(probs)
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    feeds: list = []
+    for clip in clips[:3]:  # calibrate on three speakers' clips, with the states the model really sees
+        stream(fp, clip, feeds)
+    for i, f in enumerate(feeds):
+        np.savez(calib / f"{i:04d}.npz", **f)
+    res, out, _ = _quantize(tmp_path, model, "--calib", str(calib))
+    assert res.exit_code == 0, res.output
+    q = ort.InferenceSession(str(out))
+    worst = max(float(np.abs(stream(q, clip) - stream(fp, clip)).max()) for clip in clips[3:])
+    assert worst <= 0.05, worst
+
+
+def test_calibration_cache_skips_the_data_pass(efficientnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    r1 = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--samples", "3", name="a.onnx")[2]
+    r2 = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--samples", "3", name="b.onnx")[2]
+    assert (r1["cache"], r2["cache"]) == ("miss", "hit")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    r3 = _quantize(tmp_path, efficientnet_onnx, "--calib", PHOTOS, "--samples", "3", "--method", "percentile", name="c.onnx")[2]
+    assert r3["cache"] == "miss"
+
+
+def _npz_dir(tmp_path: Path, arrays: dict[str, np.ndarray], name: str = "bad") -> str:
+    d = tmp_path / name
+    d.mkdir()
+    np.savez(d / "s0.npz", **{"inputs": np.zeros((1, 3, 224, 224), np.float32)})
+    np.savez(d / "s1.npz", **arrays)
+    return str(d)
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda t: _npz_dir(t, {"inputs": np.full((1, 3, 224, 224), np.nan, np.float32)}), "s1.npz[0]: input 'inputs' contains NaN"),
+        (lambda t: _npz_dir(t, {"inputs": np.full((1, 3, 224, 224), np.inf, np.float32)}), "contains Inf"),
+        (lambda t: _npz_dir(t, {"inputs": np.zeros((1, 3, 200, 224), np.float32)}), "s1.npz[0]: input 'inputs' has shape (1, 3, 200, 224)"),
+        (lambda t: _npz_dir(t, {"inputs": np.zeros((1, 3, 224, 224), np.float64)}), "dtype float64"),
+        (lambda t: _npz_dir(t, {"image": np.zeros((1, 3, 224, 224), np.float32)}), "do not match the model's inputs"),
+        (lambda t: (t / "empty").mkdir() or str(t / "empty"), "has no .npy, .npz or image files"),
+    ],
+    ids=["nan", "inf", "shape", "dtype", "names", "empty"],
+)
+def test_bad_calibration_data_is_exit_2_naming_sample_and_input(make, needle: str, efficientnet_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    res, out, _ = _quantize(tmp_path, efficientnet_onnx, "--calib", make(tmp_path), "--no-cache")
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
