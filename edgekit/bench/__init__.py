@@ -1,0 +1,1 @@
+"""Benchmarking: the timer, statistics, budget and baseline gates, and reports."""

@@ -1,0 +1,102 @@
+"""Bench reports: terminal table, JUnit XML, Markdown (CI job summaries), PNG plot."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekit.files import atomic_path, write_text
+
+
+def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    out = []
+    for r in results:
+        lat = r["latency_ms"]
+        verdicts = "; ".join(f"{b['budget']} {b['verdict'].upper()}" for b in r["budgets"]) or "-"
+        if r.get("baseline"):
+            b = r["baseline"]
+            verdicts += f"; baseline x{b['median_ratio']:.3f} (p={b['p_value']:.2g}) {'FAIL' if b['regressed'] else 'ok'}"
+        out.append([r["name"], r["target"], r["precision"], f"{lat['p50']['value']:.3f}", f"{lat['p90']['value']:.3f}",
+                    f"{lat['p99']['value']:.3f}", f"{lat['mean']:.3f}", lat["iterations"], verdicts])
+    return out
+
+
+HEADERS = ["model", "target", "precision", "p50 ms", "p90 ms", "p99 ms", "mean ms", "runs", "gates"]
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    ok = all(r["passed"] for r in results)
+    lines = [f"### edgekit bench: {'✅ pass' if ok else '❌ FAIL'}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows(results)]
+    for r in results:
+        for n in r.get("notes", []):
+            lines.append(f"\n- {r['name']}: {n}")
+    return "\n".join(lines) + "\n"
+
+
+def junit(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """One testcase per model x target x budget (and one per baseline gate), with the figures."""
+    root = ET.Element("testsuites", name="edgekit")
+    suite = ET.SubElement(root, "testsuite", name="edgekit.bench")
+    count = failures = 0
+    for r in results:
+        cls = f"{r['name']}.{r['target']}"
+        lat = r["latency_ms"]
+        figures = ", ".join(f"{k}={lat[k]['value']:.4f}ms" for k in ("p50", "p90", "p95", "p99")) + f", mean={lat['mean']:.4f}ms, runs={lat['iterations']}"
+        gates = [(b["budget"], b["verdict"] == "pass", f"{b['stat']}={b['value']:.4f}ms, CI [{b['ci_low']:.4f}, {b['ci_high']:.4f}], limit {b['limit_ms']:g}ms: {b['reason']}")
+                 for b in r["budgets"]]
+        if r.get("baseline"):
+            b = r["baseline"]
+            gates.append(("baseline", not b["regressed"], f"median ratio {b['median_ratio']:.4f}, p={b['p_value']:.3g}, max regression {100 * b['max_regression']:g}%"))
+        if not gates:
+            gates.append(("measure", True, "no gate"))
+        for name, ok, detail in gates:
+            count += 1
+            case = ET.SubElement(suite, "testcase", classname=cls, name=name, time=f"{r['duration_s']:.3f}")
+            props = ET.SubElement(case, "properties")
+            for k in ("p50", "p90", "p95", "p99"):
+                ET.SubElement(props, "property", name=f"{k}_ms", value=f"{lat[k]['value']:.6f}")
+            ET.SubElement(props, "property", name="mean_ms", value=f"{lat['mean']:.6f}")
+            ET.SubElement(props, "property", name="precision", value=str(r["precision"]))
+            if not ok:
+                failures += 1
+                ET.SubElement(case, "failure", message=f"{name} failed: {detail}").text = figures
+            ET.SubElement(case, "system-out").text = f"{figures}; {detail}"
+    for el in (suite, root):
+        el.set("tests", str(count))
+        el.set("failures", str(failures))
+    with atomic_path(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
+
+
+def plot(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    from edgekit import deps
+
+    plt = deps.pyplot()
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        s = np.asarray(r["samples_ms"])
+        label = f"{r['name']} ({r['target']})"
+        ax1.hist(s, bins=60, alpha=0.6, label=label)
+        xs = np.sort(s)
+        ax2.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=label)
+        for b in r["budgets"]:
+            ax2.axvline(b["limit_ms"], linestyle="--", color="red", linewidth=1)
+    ax1.set_xlabel("latency (ms)")
+    ax1.set_ylabel("runs")
+    ax1.set_title("latency histogram")
+    ax2.set_xlabel("latency (ms)")
+    ax2.set_ylabel("fraction of runs")
+    ax2.set_title("CDF (dashed: budgets)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def write_markdown(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    write_text(path, markdown(results))

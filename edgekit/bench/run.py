@@ -1,0 +1,179 @@
+"""`bench`: load an artifact, measure it, and decide budgets and the baseline gate."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bench.stats import bootstrap, regression_test, summary
+from edgekit.bench.timer import measure
+from edgekit.config import BenchSettings, Budget, Target, load_target
+from edgekit.errors import UsageError
+from edgekit.progress import interactive
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    budgets: tuple[Budget, ...] = ()  # in addition to the target's
+    baseline: str | None = None
+    max_regression: float = 0.10
+    data: str | None = None
+    batch: int | None = None
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    warmup_ms: float | None = None
+    min_iterations: int | None = None
+    name: str | None = None
+
+
+def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
+    from edgekit.compile import tool_versions
+    from edgekit.doctor import cpu_name
+
+    env: dict[str, Any] = {
+        "cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform(), "versions": tool_versions(),
+        "engine": engine_info, "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    cur = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    env["governor"] = gov.read_text().strip() if gov.exists() else None
+    env["clock_mhz"] = int(cur.read_text()) / 1000 if cur.exists() else None
+    return env
+
+
+def _settings(target: Target, options: BenchOptions) -> BenchSettings:
+    s = target.bench
+    over = {k: v for k, v in {"min_duration_s": options.min_duration_s, "warmup_ms": options.warmup_ms,
+                              "min_iterations": options.min_iterations, "batch": options.batch,
+                              "max_duration_s": options.max_duration_s}.items() if v is not None}
+    if "min_duration_s" in over and "max_duration_s" not in over:
+        over["max_duration_s"] = max(s.max_duration_s, over["min_duration_s"])
+    return dataclasses.replace(s, **over)
+
+
+def _feed(engine: Any, settings: BenchSettings, options: BenchOptions) -> dict[str, np.ndarray]:
+    from edgekit.feeds import check_feed, generated_feed
+
+    if options.data:
+        from edgekit.calibration import calibration_set
+
+        cs = calibration_set(options.data, engine.inputs)
+        feed = next(iter(cs.feeds(engine.inputs)))
+        check_feed(feed, engine.inputs, label=options.data)
+        return feed
+    shapes = {**{k: tuple(v) for k, v in settings.shapes.items()}, **options.shapes}
+    return generated_feed(engine.inputs, batch=settings.batch, shapes=shapes)
+
+
+def _decide(samples: np.ndarray, budget: Budget, confidence: float) -> tuple[str, dict[str, Any]]:
+    st = bootstrap(samples, budget.stat, confidence=confidence)
+    if st.ci_high <= budget.ms:
+        verdict = "pass"
+    elif st.ci_low > budget.ms:
+        verdict = "fail"
+    else:
+        verdict = "undecided"
+    return verdict, {"budget": str(budget), "stat": budget.stat, "limit_ms": budget.ms, **st.to_dict()}
+
+
+def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, options: BenchOptions = BenchOptions()) -> dict[str, Any]:
+    """Measure `artifact` on `target`; the result says pass/fail per budget and for the baseline."""
+    from edgekit.compile import open_engine, read_artifact
+
+    artifact = Path(artifact)
+    if target is None:
+        found = read_artifact(artifact) if artifact.exists() else None
+        tgt = None if found else load_target("onnxruntime")
+    else:
+        tgt = load_target(target) if isinstance(target, str) else target
+    if options.max_regression < 0:
+        raise UsageError("--max-regression must be >= 0")
+    baseline = _load_baseline(options.baseline) if options.baseline else None
+    t0 = time.perf_counter()
+    with open_engine(artifact, target=tgt) as (engine, manifest):
+        load_s = time.perf_counter() - t0
+        from edgekit.compile import _target_for
+
+        tgt = _target_for(manifest, tgt)
+        settings = _settings(tgt, options)
+        feed = _feed(engine, settings, options)
+        budgets = tuple(tgt.budgets) + tuple(options.budgets)
+        show = interactive()
+
+        def tick(frac: float) -> None:
+            if show:
+                import sys
+
+                sys.stderr.write(f"\rbenchmarking {artifact.name}: {100 * frac:3.0f}%")
+                sys.stderr.flush()
+
+        run = lambda: engine.run(feed)  # noqa: E731
+        samples = measure(run, settings, progress=tick)
+        decisions = [_decide(samples.latencies_ms, b, settings.confidence) for b in budgets]
+        notes: list[str] = []
+        # an interval that straddles a budget: measure longer (up to the cap) before deciding
+        while any(v == "undecided" for v, _ in decisions) and samples.wall_s < settings.max_duration_s:
+            more = min(max(settings.min_duration_s, 1.0), settings.max_duration_s - samples.wall_s)
+            samples.extend(measure(run, settings, min_duration_s=more, warm=False, progress=tick))
+            decisions = [_decide(samples.latencies_ms, b, settings.confidence) for b in budgets]
+        if show:
+            import sys
+
+            sys.stderr.write("\r\x1b[2K")
+        info = dict(engine.info)
+    lat = samples.latencies_ms
+    budget_results = []
+    for verdict, d in decisions:
+        if verdict == "undecided":
+            point = "pass" if d["value"] <= d["limit_ms"] else "fail"
+            d["reason"] = (f"the {int(100 * settings.confidence)}% interval [{d['ci_low']:.3f}, {d['ci_high']:.3f}] ms still straddles "
+                           f"{d['limit_ms']:g} ms after {samples.wall_s:.1f} s (cap {settings.max_duration_s:g} s): decided on the point estimate")
+            notes.append(f"{d['budget']}: {d['reason']}")
+            verdict = point
+        else:
+            d["reason"] = (f"the {int(100 * settings.confidence)}% interval [{d['ci_low']:.3f}, {d['ci_high']:.3f}] ms lies "
+                           f"{'under' if verdict == 'pass' else 'above'} {d['limit_ms']:g} ms")
+        d["verdict"] = verdict
+        budget_results.append(d)
+    base_result = None
+    if baseline is not None:
+        base_result = regression_test(lat, np.asarray(baseline["samples_ms"]), max_regression=options.max_regression)
+        base_result["baseline"] = options.baseline
+        base_result["baseline_p50_ms"] = float(np.median(baseline["samples_ms"]))
+    passed = all(b["verdict"] == "pass" for b in budget_results) and not (base_result and base_result["regressed"])
+    return {
+        "kind": "edgekit.bench", "schema": 1,
+        "name": options.name or artifact.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "artifact": str(artifact), "target": tgt.name, "backend": tgt.backend, "precision": info.get("precision"),
+        "batch": settings.batch, "inputs": {k: list(v.shape) for k, v in feed.items()},
+        "settings": dataclasses.asdict(settings),
+        "load_s": load_s, "first_inference_ms": samples.first_ms, "warmup_runs": samples.warmup_runs,
+        "duration_s": samples.wall_s, "throughput_per_s": settings.batch * len(lat) / max(samples.wall_s, 1e-9),
+        "latency_ms": summary(lat, confidence=settings.confidence),
+        "budgets": budget_results, "baseline": base_result, "notes": notes, "passed": passed,
+        "environment": environment(info), "samples_ms": lat.round(6).tolist(),
+    }
+
+
+def _load_baseline(path: str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"baseline {p}: no such file", hint="record one with --save-baseline PATH") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"baseline {p} is not valid JSON ({exc})", hint="record it again with --save-baseline") from exc
+    if isinstance(data, dict) and "results" in data and len(data["results"]) == 1:
+        data = data["results"][0]
+    if not isinstance(data, dict) or "samples_ms" not in data or len(data["samples_ms"]) < 5:
+        raise UsageError(f"baseline {p} has no latency samples", hint="use a report written by `edgekit bench --json` or --save-baseline")
+    return data
