@@ -26,7 +26,7 @@ from edgekit.config import target_from_dict
 
 def benchmark_app_median(xml: Path, *, seconds: float, threads: int, precision: str) -> float:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-t", str(seconds), "-hint", "none", "-nstreams", "1",
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-t", str(max(1, round(seconds))), "-hint", "none", "-nstreams", "1",
            "-nthreads", str(threads), "-infer_precision", precision]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     m = re.search(r"Median:\s+([0-9.]+)\s*ms", out)

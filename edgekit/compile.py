@@ -6,6 +6,7 @@ from what (hashes), with which versions and settings, and at which precision.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import platform
@@ -148,4 +149,7 @@ def _target_for(manifest: dict[str, Any], target: Target | str | None) -> Target
     t = manifest.get("target", {})
     data = {"backend": manifest["backend"], "device": manifest.get("device", "CPU"), "precision": manifest["precision"],
             "options": t.get("options", {}), "bench": t.get("bench", {})}
-    return target_from_dict(data, name=t.get("name", manifest["backend"]))
+    recorded = target_from_dict(data, name=t.get("name", manifest["backend"]))
+    from edgekit.config import Budget
+
+    return dataclasses.replace(recorded, budgets=tuple(Budget.parse(b) for b in t.get("budgets", [])))
