@@ -16,7 +16,7 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
         verdicts = "; ".join(f"{b['budget']} {b['verdict'].upper()}" for b in r["budgets"]) or "-"
         if r.get("baseline"):
             b = r["baseline"]
-            verdicts += f"; baseline x{b['median_ratio']:.3f} (p={b['p_value']:.2g}) {'FAIL' if b['regressed'] else 'ok'}"
+            verdicts += f"; baseline {b['stat']} x{b['ratio']:.3f} (p={b['p_value']:.2g}) {'FAIL' if b['regressed'] else 'ok'}"
         out.append([r["name"], r["target"], r["precision"], f"{lat['p50']['value']:.3f}", f"{lat['p90']['value']:.3f}",
                     f"{lat['p99']['value']:.3f}", f"{lat['mean']:.3f}", lat["iterations"], verdicts])
     return out
@@ -48,7 +48,7 @@ def junit(results: Sequence[dict[str, Any]], path: str | Path) -> None:
                  for b in r["budgets"]]
         if r.get("baseline"):
             b = r["baseline"]
-            gates.append(("baseline", not b["regressed"], f"median ratio {b['median_ratio']:.4f}, p={b['p_value']:.3g}, max regression {100 * b['max_regression']:g}%"))
+            gates.append(("baseline", not b["regressed"], f"{b['stat']} ratio {b['ratio']:.4f} (median ratio {b['median_ratio']:.4f}), p={b['p_value']:.3g}, max regression {100 * b['max_regression']:g}%"))
         if not gates:
             gates.append(("measure", True, "no gate"))
         for name, ok, detail in gates:

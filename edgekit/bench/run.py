@@ -24,6 +24,7 @@ class BenchOptions:
     budgets: tuple[Budget, ...] = ()  # in addition to the target's
     baseline: str | None = None
     max_regression: float = 0.10
+    gate_stat: str = "floor"  # what the baseline gate compares: floor (fastest 5%), p50 or mean
     data: str | None = None
     batch: int | None = None
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
@@ -96,6 +97,10 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         tgt = load_target(target) if isinstance(target, str) else target
     if options.max_regression < 0:
         raise UsageError("--max-regression must be >= 0")
+    from edgekit.bench.stats import GATE_STATS
+
+    if options.gate_stat not in GATE_STATS:
+        raise UsageError(f"unknown gate statistic {options.gate_stat!r}", hint=f"use one of {', '.join(GATE_STATS)}")
     baseline = _load_baseline(options.baseline) if options.baseline else None
     t0 = time.perf_counter()
     with open_engine(artifact, target=tgt) as (engine, manifest):
@@ -145,7 +150,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         budget_results.append(d)
     base_result = None
     if baseline is not None:
-        base_result = regression_test(lat, np.asarray(baseline["samples_ms"]), max_regression=options.max_regression)
+        base_result = regression_test(lat, np.asarray(baseline["samples_ms"]), max_regression=options.max_regression, stat=options.gate_stat)
         base_result["baseline"] = options.baseline
         base_result["baseline_p50_ms"] = float(np.median(baseline["samples_ms"]))
     passed = all(b["verdict"] == "pass" for b in budget_results) and not (base_result and base_result["regressed"])

@@ -12,6 +12,8 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--budget", "budgets", multiple=True, metavar="STAT=Nms", help="A latency budget, e.g. p99=33ms (repeatable; added to the target's).")
 @click.option("--baseline", default=None, type=click.Path(dir_okay=False), help="An earlier --json report: fail on a significant slowdown.")
 @click.option("--max-regression", default="10%", show_default=True, help="Slowdown of the median beyond which (if significant) the baseline gate fails.")
+@click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
+              help="What the baseline gate compares: floor = mean of the fastest 5% of runs (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline.")
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="A project file (edgekit.toml) of models x targets x budgets.")
 @click.option("--data", default=None, help="Real feeds (a .npz, folder, or calibration .toml) instead of generated ones.")
@@ -25,7 +27,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
-def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, max_regression: str,
+def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
             junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
@@ -52,10 +54,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     jobs = []
     if config:
         for e in load_project(config):
-            jobs.append((e.model, e.target, BenchOptions(budgets=e.budgets + extra, baseline=e.baseline, max_regression=e.max_regression,
+            jobs.append((e.model, e.target, BenchOptions(budgets=e.budgets + extra, baseline=e.baseline, max_regression=e.max_regression, gate_stat=gate_stat,
                                                          data=e.data or data, batch=e.batch or batch, name=e.name, **common)))
     else:
-        jobs.append((artifact, target, BenchOptions(budgets=extra, baseline=baseline, max_regression=parse_percent(max_regression, "--max-regression"),
+        jobs.append((artifact, target, BenchOptions(budgets=extra, baseline=baseline, max_regression=parse_percent(max_regression, "--max-regression"), gate_stat=gate_stat,
                                                     data=data, batch=batch, **common)))
     results = [bench_artifact(a, target=t, options=o) for a, t, o in jobs]
     run = {"kind": "edgekit.bench-run", "schema": 1, "passed": all(r["passed"] for r in results), "results": results}
@@ -78,6 +80,6 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     if not run["passed"]:
         failed = [f"{r['name']}@{r['target']}: " + ", ".join(
             [f"{b['budget']} ({b['stat']}={b['value']:.3f}ms)" for b in r["budgets"] if b["verdict"] != "pass"]
-            + ([f"baseline regression x{r['baseline']['median_ratio']:.3f} (p={r['baseline']['p_value']:.2g})"] if r.get("baseline") and r["baseline"]["regressed"] else []))
+            + ([f"baseline regression: {r['baseline']['stat']} x{r['baseline']['ratio']:.3f} (p={r['baseline']['p_value']:.2g})"] if r.get("baseline") and r["baseline"]["regressed"] else []))
             for r in results if not r["passed"]]
         raise GateFailed("latency gate failed: " + "; ".join(failed))
