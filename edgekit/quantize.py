@@ -26,7 +26,7 @@ from edgekit.calibration import CalibrationSet, calibration_set
 from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
-from edgekit.errors import UsageError
+from edgekit.errors import GateFailed, UsageError
 from edgekit.files import sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
@@ -46,6 +46,8 @@ class QuantizeOptions:
     recipe: ImageRecipe | None = None  # preprocessing for an image-folder source
     eval_source: str | None = None
     cache: bool = True
+    max_accuracy_drop: float | None = None  # with eval_source: keep the most sensitive nodes in float until met
+    metric: str = "cosine"  # cosine (1 - worst cosine) | top1 (points) | maxabs (first output)
 
 
 @dataclasses.dataclass
@@ -65,6 +67,7 @@ class QuantizeReport:
     cache: str
     notes: list[str]
     accuracy: dict[str, Any] | None = None
+    fallback: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,23 +240,32 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
                 write_json(cache_file, {"ranges": ranges, "samples": used, "settled": settled})
             except UsageError:
                 notes.append("could not write the calibration cache")
-    with status("inserting QDQ nodes"):
-        qmodel = quantize_with_ranges(model, ranges, recipe, exclude=exclude)
-        qmodel.producer_name = "edgekit"
+    fallback = None
+    if options.max_accuracy_drop is not None:
+        qmodel, fallback = _meet_budget(model, ranges, recipe, exclude, options)
+        exclude = sorted(set(exclude) | {k["node"] for k in fallback["kept_in_float"]})
+    else:
+        with status("inserting QDQ nodes"):
+            qmodel = quantize_with_ranges(_copy(model), ranges, recipe, exclude=exclude)
+    qmodel.producer_name = "edgekit"
     q, f = quantized_nodes(qmodel)
     calib_info = {**cset.to_dict(), "samples_used": used}
     manifest = {
         "kind": "edgekit.quantized", "schema": 1, "source": {"path": str(model_path), "sha256": sha256_file(model_path)},
         "target": target.name, "backend": target.backend, "recipe": recipe.to_dict(), "method": method,
         "percentile": options.percentile if method == "percentile" else None, "calibration": calib_info,
-        "excluded": exclude, "versions": tool_versions(),
+        "excluded": exclude, "fallback": fallback, "versions": tool_versions(),
     }
     save_onnx(qmodel, output)
+    if fallback is not None:
+        from edgekit.files import write_text
+
+        write_text(output.with_name(output.name + ".exclude.txt"), "".join(f"{n}\n" for n in exclude))
     write_json(output.with_name(output.name + ".json"), manifest)
     report = QuantizeReport(
         output=str(output), target=target.name, recipe=recipe.to_dict(), method=method, calibration=calib_info,
         settled=settled, nodes_quantized=len(q), nodes_float=f, excluded=exclude, size_before=model_path.stat().st_size,
-        size_after=output.stat().st_size, seconds=time.perf_counter() - start, cache=cache_state, notes=notes,
+        size_after=output.stat().st_size, seconds=time.perf_counter() - start, cache=cache_state, notes=notes, fallback=fallback,
     )
     if options.eval_source:
         from edgekit.accuracy import evaluate
@@ -261,6 +273,72 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         report.accuracy = evaluate(model_path, output, options.eval_source, recipe=options.recipe, target=target)
         manifest["accuracy"] = report.accuracy
         write_json(output.with_name(output.name + ".json"), manifest)
+    if fallback is not None and not fallback["met"]:
+        raise GateFailed(
+            f"no float fallback meets the accuracy budget: best {fallback['metric']} drop {fallback['drop_final']:.4g} "
+            f"> {fallback['budget']:g} with {len(fallback['kept_in_float'])} nodes in float; wrote that model to {output}",
+            hint="raise --max-accuracy-drop, give more calibration data, or try --method percentile", result=report,
+        )
     return report
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's quantizer edits the model it is given: each attempt gets its own copy."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def read_exclude_file(path: str | Path) -> tuple[str, ...]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read --exclude-file {path}: {exc.strerror}") from exc
+    return tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+
+
+def _meet_budget(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
+                 options: QuantizeOptions) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Quantize; while over the budget, keep the most sensitive nodes in float (ranked one node at a time)."""
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    from edgekit import sensitivity
+
+    if not options.eval_source:
+        raise UsageError("--max-accuracy-drop needs held-out data", hint="pass --eval SOURCE")
+    if options.metric not in sensitivity.METRICS:
+        raise UsageError(f"unknown metric {options.metric!r}", hint=f"use one of {', '.join(sensitivity.METRICS)}")
+    evaluator = _evaluator(model, options)
+    op_types = set(recipe.op_types or QDQRegistry.keys())
+    candidates = [n.name for n in model.graph.node if n.op_type in op_types and n.name and n.name not in exclude]
+
+    def q(extra: Sequence[str]) -> onnx.ModelProto:
+        return quantize_with_ranges(_copy(model), ranges, recipe, exclude=sorted(set(exclude) | set(extra)))
+
+    with status("measuring the full INT8 model"):
+        full = q([])
+        drop_full = evaluator.drop(full)
+    result: dict[str, Any] = {"metric": options.metric, "budget": options.max_accuracy_drop, "drop_full": drop_full,
+                              "candidates": len(candidates), "ranking": [], "kept_in_float": []}
+    if drop_full <= options.max_accuracy_drop:
+        return full, {**result, "drop_final": drop_full, "met": True}
+    ranking = sensitivity.rank_nodes(candidates, lambda n: q([c for c in candidates if c != n]), evaluator)
+    with status("searching the float fallback"):
+        found = sensitivity.search(ranking, q, evaluator, options.max_accuracy_drop)
+    kept = [{"node": n, "cost": c, "op_type": next(x.op_type for x in model.graph.node if x.name == n)} for n, c in ranking[:found["kept"]]]
+    result.update(ranking=[{"node": n, "cost": c} for n, c in ranking[:20]], kept_in_float=kept, drop_final=found["drop"], met=found["met"],
+                  tried={str(k): v for k, v in found["tried"].items()})
+    return q([k["node"] for k in kept]), result
+
+
+def _evaluator(model: onnx.ModelProto, options: QuantizeOptions) -> Any:
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.sensitivity import Evaluator
+
+    specs = input_specs(model)
+    data = calibration_set(options.eval_source or "", specs, recipe=options.recipe)
+    feeds = list(data.feeds(specs))
+    ref = session_from_bytes(model.SerializeToString())
+    return Evaluator(feeds=feeds, reference=[ref.run(None, f) for f in feeds], metric=options.metric, labels=data.labels)
 
 

@@ -79,7 +79,7 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
-def test_minilm_embeddings_keep_cosine_099(target: str, minilm_onnx: Path, tmp_path: Path) -> None:
+def test_minilm_default_recipe(target: str, minilm_onnx: Path, tmp_path: Path) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
     held = tmp_path / "held"
@@ -100,9 +100,56 @@ def test_minilm_embeddings_keep_cosine_099(target: str, minilm_onnx: Path, tmp_p
         assert report["recipe"]["name"] == "openvino-transformer"
 
 
-@pytest.mark.xfail(strict=True, reason="known: with the STFT front-end conv quantized, near-silent frames lose their "
-                   "energy and the probability flips (max error 0.99); needs the float fallback of issue 6")
+def test_minilm_meets_cosine_099_under_an_accuracy_budget(minilm_onnx: Path, tmp_path: Path) -> None:
+    calib, held = tmp_path / "calib", tmp_path / "held"
+    calib.mkdir()
+    held.mkdir()
+    s = zoo.MINILM_SENTENCES
+    for i, feed in enumerate(zoo.minilm_feeds(s[:8])):
+        np.savez(calib / f"{i}.npz", **feed)
+    for i, feed in enumerate(zoo.minilm_feeds(s[8:])):
+        np.savez(held / f"{i}.npz", **feed)
+    res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib), "--eval", str(held), "--max-accuracy-drop", "0.01")
+    assert res.exit_code == 0, res.output
+    fb = report["fallback"]
+    assert fb["met"] and fb["drop_full"] > 0.01 and fb["drop_final"] <= 0.01
+    assert 0 < len(fb["kept_in_float"]) <= 12  # a few MatMuls of 48, named in the report
+    assert all(k["op_type"] == "MatMul" and k["node"] in res.output for k in fb["kept_in_float"])
+    assert report["accuracy"]["outputs"][0]["cosine_min_row"] >= 0.99
+
+
+def test_outlier_layer_ranks_first_and_is_kept_in_float(tmp_path: Path) -> None:
+    """A trained CNN with one channel's activations scaled 1000x (the FP32 function unchanged)."""
+    import torch
+
+    net, (x,) = zoo.mnist_cnn()
+    c = 5
+    with torch.no_grad():
+        ref = net(torch.from_numpy(zoo.mnist_heldout()[0][:50])).numpy()
+        net[3].weight[c] *= 1000  # conv2: channel 5 becomes a 1000x outlier through ReLU and MaxPool
+        net[3].bias[c] *= 1000
+        net[7].weight[:, c * 49:(c + 1) * 49] /= 1000  # fc1 undoes it, so FP32 is unchanged
+        assert np.abs(net(torch.from_numpy(zoo.mnist_heldout()[0][:50])).numpy() - ref).max() < 1e-3
+    torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
+    np.savez(tmp_path / "calib.npz", x=zoo.mnist_calibration(128))
+    held = tmp_path / "held"
+    held.mkdir()
+    for i, row in enumerate(zoo.mnist_heldout()[0][:200]):
+        np.savez(held / f"{i:03d}.npz", x=row[None])
+    res, out, report = _quantize(tmp_path, tmp_path / "m.onnx", "--calib", str(tmp_path / "calib.npz"), "--eval", str(held),
+                                 "--max-accuracy-drop", "1.0", "--metric", "top1")
+    assert res.exit_code == 0, res.output
+    fb = report["fallback"]
+    assert fb["drop_full"] > 1.0 and fb["met"]
+    kept = [k["node"] for k in fb["kept_in_float"]]
+    outlier_path = ("/3/", "/4/", "/5/", "/6/", "/7/")  # conv2, its ReLU, MaxPool, Flatten, fc1 (TorchScript export names)
+    assert any(p in fb["ranking"][0]["node"] for p in outlier_path), fb["ranking"][:3]
+    assert 1 <= len(kept) <= 3 and all(any(p in k for p in outlier_path) for k in kept), kept
+
+
 def test_silero_vad_probabilities_within_005_on_real_speech(tmp_path: Path, speech_available: None) -> None:
+    """All-INT8 flips near-silent frames (the STFT magnitudes lose their energy); the accuracy budget
+    keeps the few nodes that cause it in float and the streamed probabilities stay within 0.05."""
     model = tmp_path / "vad.onnx"
     export_model("zoo:silero_vad", model, options=ExportOptions(dynamic_batch=True))
     fp = ort.InferenceSession(str(model))
@@ -118,18 +165,25 @@ def test_silero_vad_probabilities_within_005_on_real_speech(tmp_path: Path, spee
             probs.append(p[0, 0])
         return np.array(probs)
 
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    feeds: list = []
-    for clip in clips[:3]:  # calibrate on three speakers' clips, with the states the model really sees
-        stream(fp, clip, feeds)
-    for i, f in enumerate(feeds):
-        np.savez(calib / f"{i:04d}.npz", **f)
-    res, out, _ = _quantize(tmp_path, model, "--calib", str(calib))
+    def save(clip_set: list, folder: Path) -> str:
+        folder.mkdir()
+        feeds: list = []
+        for clip in clip_set:  # with the states the model really sees when streaming
+            stream(fp, clip, feeds)
+        for i, f in enumerate(feeds):
+            np.savez(folder / f"{i:04d}.npz", **f)
+        return str(folder)
+
+    calib, held = save(clips[:3], tmp_path / "calib"), save(clips[3:5], tmp_path / "held")
+    res, out, report = _quantize(tmp_path, model, "--calib", calib, "--eval", held, "--max-accuracy-drop", "0.03", "--metric", "maxabs")
     assert res.exit_code == 0, res.output
+    fb = report["fallback"]
+    assert fb["drop_full"] > 0.5 and fb["met"] and fb["drop_final"] <= 0.03
+    assert 0 < len(fb["kept_in_float"]) < fb["candidates"] / 2
     q = ort.InferenceSession(str(out))
-    worst = max(float(np.abs(stream(q, clip) - stream(fp, clip)).max()) for clip in clips[3:])
+    worst = max(float(np.abs(stream(q, clip) - stream(fp, clip)).max()) for clip in clips[5:])  # speakers never seen
     assert worst <= 0.05, worst
+    assert (tmp_path / "q.onnx.exclude.txt").read_text().split() == sorted(report["excluded"])
 
 
 def test_calibration_cache_skips_the_data_pass(efficientnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

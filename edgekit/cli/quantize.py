@@ -26,6 +26,10 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--samples", type=int, default=None, help="Use at most N calibration samples.")
 @click.option("--exclude", multiple=True, help="Keep in float: a node name, a name pattern (fnmatch) or an op type (repeatable).")
+@click.option("--exclude-file", default=None, type=click.Path(dir_okay=False), help="Node names to keep in float, one per line (e.g. OUT.exclude.txt of an earlier run).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="With --eval: keep the most sensitive nodes in float until the drop is at most this (cosine: 1 - worst cosine; top1: points; maxabs).")
+@click.option("--metric", type=click.Choice(["cosine", "top1", "maxabs"]), default="cosine", show_default=True, help="The accuracy metric of --max-accuracy-drop.")
 @click.option("--eval", "eval_source", default=None, help="Held-out data: accuracy (labels in file names *_LABEL.jpg) or agreement with FP32.")
 @click.option("--resize", type=int, default=None, help="Images: resize the short side to N pixels.")
 @click.option("--crop", type=int, default=None, help="Images: centre crop N x N.")
@@ -37,7 +41,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--no-cache", is_flag=True, help="Ignore and do not write the calibration cache.")
 @json_option
 def command(model: str, output: str, calib: str, target: str, method: str | None, percentile: float, samples: int | None,
-            exclude: tuple[str, ...], eval_source: str | None, resize: int | None, crop: int | None, mean: str | None,
+            exclude: tuple[str, ...], exclude_file: str | None, max_accuracy_drop: float | None, metric: str, eval_source: str | None, resize: int | None, crop: int | None, mean: str | None,
             std: str | None, scale: float, layout: str, channels: str, no_cache: bool, json_path: str | None) -> None:
     """INT8 post-training quantization to QDQ ONNX, with the target's fastest accurate recipe.
 
@@ -50,8 +54,12 @@ def command(model: str, output: str, calib: str, target: str, method: str | None
     image_opts = any(v is not None for v in (resize, crop, mean, std))
     recipe = ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale,
                          layout=layout, channels=channels) if image_opts else None
+    from edgekit.quantize import read_exclude_file
+
+    if exclude_file:
+        exclude = exclude + read_exclude_file(exclude_file)
     options = QuantizeOptions(target=target, method=method, samples=samples, exclude=exclude, percentile=percentile,
-                              recipe=recipe, eval_source=eval_source, cache=not no_cache)
+                              recipe=recipe, eval_source=eval_source, cache=not no_cache, max_accuracy_drop=max_accuracy_drop, metric=metric)
     run_and_emit(json_path, lambda: quantize_model(model, output, calib=calib, options=options), _render)
 
 
@@ -64,6 +72,13 @@ def _render(r) -> None:  # noqa: ANN001
     out(f"size {human_bytes(r.size_before)} -> {human_bytes(r.size_after)}, {r.seconds:.1f} s")
     for n in r.notes:
         out(f"note: {n}")
+    if r.fallback:
+        f = r.fallback
+        out(f"accuracy budget ({f['metric']} drop <= {f['budget']:g}): all INT8 {f['drop_full']:.4g} -> {f['drop_final']:.4g} "
+            f"with {len(f['kept_in_float'])} of {f['candidates']} nodes in float ({'met' if f['met'] else 'NOT met'})")
+        for k in f["kept_in_float"]:
+            out(f"  float: {k['node']} ({k['op_type']}, alone costs {k['cost']:.4g})")
+        out(f"  exclusion list: {r.output}.exclude.txt (pass it back with --exclude-file)")
     if r.accuracy:
         a = r.accuracy
         if "top1_fp32" in a:
