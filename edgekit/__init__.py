@@ -3,4 +3,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load"]
+
+
+def load(bundle: str, *, target: str | None = None):  # noqa: ANN201 - returns edgekit.pack.BundleEngine
+    """Verify a bundle (hashes, schema, compatibility) and load it as an engine: `with edgekit.load(path) as e: e.run(feed)`."""
+    from edgekit.pack import load as _load
+
+    return _load(bundle, target=target)

@@ -83,7 +83,7 @@ def compile_model(model: str | Path, out_dir: str | Path, *, target: Target | st
             "precision": prec,
             "entry": part["entry"],
             "target": target.to_dict(),
-            "source": {"path": str(model), "sha256": sha256_file(model), "manifest": source_manifest(model)},
+            "source": {"path": str(model.resolve()), "sha256": sha256_file(model), "manifest": source_manifest(model)},
             "files": {f: sha256_file(tmp / f) for f in part["files"]},
             "versions": {**tool_versions(), **part["versions"]},
             "settings": part.get("settings", {}),

@@ -1,0 +1,21 @@
+"""`edgekit pack ARTIFACT... -o BUNDLE`."""
+from __future__ import annotations
+
+import click
+
+from edgekit.cli._common import json_option, out, run_and_emit
+
+
+@click.command("pack")
+@click.argument("artifacts", nargs=-1, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The bundle: a .tar file, or a folder.")
+@click.option("--bench", "bench_report", default=None, type=click.Path(dir_okay=False), help="An `edgekit bench --json` report to ship with it.")
+@json_option
+def command(artifacts: tuple[str, ...], output: str, bench_report: str | None, json_path: str | None) -> None:
+    """Bundle compiled artifacts with the ONNX they came from, the preprocessing, I/O specs,
+    budgets, accuracy and latency results, and a manifest of SHA-256 hashes and tool versions."""
+    from edgekit.pack import pack_bundle
+
+    run_and_emit(json_path, lambda: pack_bundle(list(artifacts), output, bench_report=bench_report),
+                 lambda m: out(f"{output}: {len(m['artifacts'])} artifact(s), {len(m['files'])} files, "
+                               + ", ".join(f"{a['backend']} {a['precision']}" for a in m["artifacts"])))
