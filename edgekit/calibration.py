@@ -134,8 +134,10 @@ def from_images(folder: Path, recipe: ImageRecipe, specs: Sequence[TensorSpec], 
         raise UsageError(f"no images in {folder}", hint="add .jpg/.png files, or point --calib at the right folder")
     name = specs[0].name
     if recipe.crop is None and recipe.resize is None:
+        from edgekit import deps
+
         sizes = set()
-        pil = importlib.import_module("PIL.Image")
+        pil = deps.pil_image()
         for f in files:
             try:
                 with pil.open(f) as im:

@@ -128,7 +128,8 @@ def open_engine(artifact: str | Path, *, target: Target | str | None = None, pre
         raise UsageError(f"{artifact} is neither an .onnx file nor a compiled artifact", hint="pass an .onnx file or a folder written by `edgekit compile`")
     tgt = load_target(target) if isinstance(target, str) else target or load_target("onnxruntime")
     with tempfile.TemporaryDirectory(prefix="edgekit-") as tmp:
-        manifest = compile_model(artifact, Path(tmp) / "artifact", target=tgt, precision=precision, shapes=dict(tgt.bench.shapes and {k: tuple(v) for k, v in tgt.bench.shapes.items()}))
+        shapes = {k: tuple(v) for k, v in tgt.bench.shapes.items()}
+        manifest = compile_model(artifact, Path(tmp) / "artifact", target=tgt, precision=precision, shapes=shapes)
         engine = get_backend(tgt.backend).load(Path(tmp) / "artifact", manifest, options=tgt.options)
         with engine:
             yield engine, manifest
