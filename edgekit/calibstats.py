@@ -22,6 +22,7 @@ class RunningStats:
     width: float = 0.0  # histogram covers [0, width * BINS)
     hist: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(BINS, np.int64))
     history: list[float] = dataclasses.field(default_factory=list)  # absmax after each sample (floats only)
+    histogram: bool = True  # MinMax needs none: skipping it makes calibration about 2x faster
 
     def add(self, x: np.ndarray) -> None:
         if x.size == 0:
@@ -30,6 +31,8 @@ class RunningStats:
         self.lo, self.hi = min(self.lo, xmin), max(self.hi, xmax)
         amax = max(abs(xmin), abs(xmax))
         self.history.append(max(abs(self.lo), abs(self.hi)))
+        if not self.histogram:
+            return
         if amax == 0:
             self.hist[0] += x.size
             return

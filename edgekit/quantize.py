@@ -125,7 +125,7 @@ def _activation_tensors(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return out
 
 
-def collect_stats(model: onnx.ModelProto, calib: CalibrationSet, *, limit: int | None) -> tuple[dict[str, RunningStats], int]:
+def collect_stats(model: onnx.ModelProto, calib: CalibrationSet, *, limit: int | None, histograms: bool = True) -> tuple[dict[str, RunningStats], int]:
     """Run the model with every float activation exposed; merge statistics per sample, keep none."""
     from edgekit.backends.onnxruntime import session_from_bytes
 
@@ -137,7 +137,7 @@ def collect_stats(model: onnx.ModelProto, calib: CalibrationSet, *, limit: int |
     sess = session_from_bytes(aug.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
     keep = {t.name for t in tensors}
-    stats = {n: RunningStats() for n in names if n in keep}
+    stats = {n: RunningStats(histogram=histograms) for n in names if n in keep}
     specs = input_specs(model)
     used = 0
     total = min(calib.count, limit) if limit else calib.count
@@ -228,7 +228,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
         used, settled, cache_state = cached["samples"], cached["settled"], "hit"
     else:
-        stats, used = collect_stats(model, cset, limit=options.samples)
+        stats, used = collect_stats(model, cset, limit=options.samples, histograms=method != "minmax")
         if used == 0:
             raise UsageError(f"calibration set {cset.description} is empty", hint="give at least one sample")
         with status(f"computing {method} ranges"):
