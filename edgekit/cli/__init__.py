@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edgekit.cli.export", "Export a PyTorch model (or check an ONNX file) to ONNX, with a parity check."),
     "inspect": ("edgekit.cli.inspect", "Inputs, outputs, ops, parameters, MACs and quantized nodes of an ONNX model."),
     "quantize": ("edgekit.cli.quantize", "INT8 post-training quantization to QDQ ONNX with real calibration data."),
+    "compare": ("edgekit.cli.compare", "Compare two models or artifacts on the same real inputs (exit 3 beyond tolerances)."),
     "compile": ("edgekit.cli.compile", "Build a target's artifact (OpenVINO IR, TensorRT engine, optimised ONNX)."),
     "bench": ("edgekit.cli.bench", "Latency statistics against budgets and a baseline (exit 3 when a gate fails)."),
     "doctor": ("edgekit.cli.doctor", "Which backends work on this machine, and why not where they don't."),
