@@ -326,9 +326,33 @@ def _meet_budget(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
     with status("searching the float fallback"):
         found = sensitivity.search(ranking, q, evaluator, options.max_accuracy_drop)
     kept = [{"node": n, "cost": c, "op_type": next(x.op_type for x in model.graph.node if x.name == n)} for n, c in ranking[:found["kept"]]]
+    final = q([k["node"] for k in kept])
+    if kept:
+        with status("timing the float fallback"):
+            speed = _fallback_speed(full, final, kept, q, evaluator.feeds[0])
+        for k in kept:
+            k["latency_cost_ms"] = speed["per_node_ms"].get(k["node"])
+        result["latency_ms"] = {"all_int8": speed["all_int8"], "final": speed["final"]}
     result.update(ranking=[{"node": n, "cost": c} for n, c in ranking[:20]], kept_in_float=kept, drop_final=found["drop"], met=found["met"],
                   tried={str(k): v for k, v in found["tried"].items()})
-    return q([k["node"] for k in kept]), result
+    return final, result
+
+
+def _median_ms(model: onnx.ModelProto, feed: dict[str, np.ndarray], seconds: float = 0.4) -> float:
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.bench.timer import measure
+    from edgekit.config import BenchSettings
+
+    sess = session_from_bytes(model.SerializeToString())
+    samples = measure(lambda: sess.run(None, feed), BenchSettings(warmup_ms=100, min_iterations=5, min_duration_s=seconds))
+    return float(np.median(samples.latencies_ms))
+
+
+def _fallback_speed(full: onnx.ModelProto, final: onnx.ModelProto, kept: list[dict[str, Any]], q: Any, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What keeping each node in float costs in latency (ONNX Runtime, this CPU): all-INT8 vs that node alone in float."""
+    base = _median_ms(full, feed)
+    per = {k["node"]: _median_ms(q([k["node"]]), feed) - base for k in kept}
+    return {"all_int8": base, "final": _median_ms(final, feed), "per_node_ms": per}
 
 
 def _evaluator(model: onnx.ModelProto, options: QuantizeOptions) -> Any:

@@ -115,6 +115,8 @@ def test_minilm_meets_cosine_099_under_an_accuracy_budget(minilm_onnx: Path, tmp
     assert fb["met"] and fb["drop_full"] > 0.01 and fb["drop_final"] <= 0.01
     assert 0 < len(fb["kept_in_float"]) <= 12  # a few MatMuls of 48, named in the report
     assert all(k["op_type"] == "MatMul" and k["node"] in res.output for k in fb["kept_in_float"])
+    assert all(isinstance(k["latency_cost_ms"], float) for k in fb["kept_in_float"])  # what each costs in speed
+    assert fb["latency_ms"]["all_int8"] > 0 and fb["latency_ms"]["final"] > 0 and "ms in float" in res.output
     assert report["accuracy"]["outputs"][0]["cosine_min_row"] >= 0.99
 
 

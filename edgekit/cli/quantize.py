@@ -76,8 +76,11 @@ def _render(r) -> None:  # noqa: ANN001
         f = r.fallback
         out(f"accuracy budget ({f['metric']} drop <= {f['budget']:g}): all INT8 {f['drop_full']:.4g} -> {f['drop_final']:.4g} "
             f"with {len(f['kept_in_float'])} of {f['candidates']} nodes in float ({'met' if f['met'] else 'NOT met'})")
+        if f.get("latency_ms"):
+            out(f"  latency (ONNX Runtime, this CPU): all INT8 {f['latency_ms']['all_int8']:.2f} ms, with the fallback {f['latency_ms']['final']:.2f} ms")
         for k in f["kept_in_float"]:
-            out(f"  float: {k['node']} ({k['op_type']}, alone costs {k['cost']:.4g})")
+            extra = f", {k['latency_cost_ms']:+.2f} ms in float" if k.get("latency_cost_ms") is not None else ""
+            out(f"  float: {k['node']} ({k['op_type']}, alone costs {k['cost']:.4g}{extra})")
         out(f"  exclusion list: {r.output}.exclude.txt (pass it back with --exclude-file)")
     if r.accuracy:
         a = r.accuracy
