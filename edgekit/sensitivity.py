@@ -35,6 +35,15 @@ class Evaluator:
 
         sess = session_from_bytes(model.SerializeToString())
         got = [sess.run(None, f) for f in self.feeds]
+        if ":" in self.metric:  # a user metric, pkg.module:callable(reference, candidate, labels) -> drop
+            from edgekit.errors import UsageError
+            from edgekit.export import _import_callable
+
+            value = _import_callable(self.metric)(self.reference, got, self.labels)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise UsageError(f"metric {self.metric} returned {value!r}, not a number", hint="return the accuracy drop as a float") from None
         if self.metric == "cosine":
             worst = 1.0
             for ref, out in zip(self.reference, got):

@@ -147,6 +147,12 @@ def test_outlier_layer_ranks_first_and_is_kept_in_float(tmp_path: Path) -> None:
     outlier_path = ("/3/", "/4/", "/5/", "/6/", "/7/")  # conv2, its ReLU, MaxPool, Flatten, fc1 (TorchScript export names)
     assert any(p in fb["ranking"][0]["node"] for p in outlier_path), fb["ranking"][:3]
     assert 1 <= len(kept) <= 3 and all(any(p in k for p in outlier_path) for k in kept), kept
+    # the same search with a metric of the user's own (pkg.module:callable)
+    res, _, report = _quantize(tmp_path, tmp_path / "m.onnx", "--calib", str(tmp_path / "calib.npz"), "--eval", str(held),
+                               "--max-accuracy-drop", "0.5", "--metric", "zoo:top3_miss_points", name="user.onnx")
+    assert res.exit_code == 0, res.output
+    assert report["fallback"]["metric"] == "zoo:top3_miss_points" and report["fallback"]["met"]
+    assert report["fallback"]["drop_full"] > 0.5 >= report["fallback"]["drop_final"]
 
 
 def test_silero_vad_probabilities_within_005_on_real_speech(tmp_path: Path, speech_available: None) -> None:

@@ -254,3 +254,9 @@ def mnist_calibration(n: int = 256) -> np.ndarray:
 def mnist_heldout() -> tuple[np.ndarray, np.ndarray]:
     X, y = _mnist()
     return X[4000:], y[4000:]
+
+
+def top3_miss_points(reference, candidate, labels) -> float:  # noqa: ANN001
+    """A user metric for --metric zoo:top3_miss_points: points of samples whose FP32 top-1 leaves the INT8 top-3."""
+    missed = sum(int(np.argmax(r[0]) not in np.argsort(c[0].ravel())[-3:]) for r, c in zip(reference, candidate))
+    return 100.0 * missed / len(reference)

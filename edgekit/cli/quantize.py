@@ -29,7 +29,8 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--exclude-file", default=None, type=click.Path(dir_okay=False), help="Node names to keep in float, one per line (e.g. OUT.exclude.txt of an earlier run).")
 @click.option("--max-accuracy-drop", type=float, default=None,
               help="With --eval: keep the most sensitive nodes in float until the drop is at most this (cosine: 1 - worst cosine; top1: points; maxabs).")
-@click.option("--metric", type=click.Choice(["cosine", "top1", "maxabs"]), default="cosine", show_default=True, help="The accuracy metric of --max-accuracy-drop.")
+@click.option("--metric", default="cosine", show_default=True,
+              help="The accuracy metric of --max-accuracy-drop: cosine, top1, maxabs, or pkg.module:callable(reference, candidate, labels) returning the drop.")
 @click.option("--eval", "eval_source", default=None, help="Held-out data: accuracy (labels in file names *_LABEL.jpg) or agreement with FP32.")
 @click.option("--resize", type=int, default=None, help="Images: resize the short side to N pixels.")
 @click.option("--crop", type=int, default=None, help="Images: centre crop N x N.")
