@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from _common import HERE, prepare, save_feeds, tmpdir, write_results
 

@@ -25,12 +25,12 @@ import onnx
 
 from edgekit import deps
 from edgekit.errors import GateFailed, UsageError
-from edgekit.feeds import Feed, generated_feed
+from edgekit.feeds import generated_feed
 from edgekit.metrics import agreement
 from edgekit.onnxmodel import check_model, input_specs, load_onnx, opset_of, output_specs, save_onnx
 from edgekit.progress import status
 
-_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool", "uint8": "uint8"}
+_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
 
 @dataclasses.dataclass(frozen=True)

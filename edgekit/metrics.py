@@ -17,7 +17,6 @@ class OutputAgreement:
     _dot: float = 0.0
     _na: float = 0.0
     _nb: float = 0.0
-    _signal: float = 0.0
     _noise: float = 0.0
     _top1_same: int = 0
     _top1_rows: int = 0
@@ -35,7 +34,6 @@ class OutputAgreement:
         self._dot += float((a * b).sum())
         self._na += float((a * a).sum())
         self._nb += float((b * b).sum())
-        self._signal += float((a * a).sum())
         self._noise += float(((a - b) ** 2).sum())
         if a.ndim >= 2 and a.shape[-1] > 1:
             rows_a = a.reshape(-1, a.shape[-1])
@@ -55,7 +53,7 @@ class OutputAgreement:
     def sqnr_db(self) -> float:
         if self._noise == 0:
             return float("inf")
-        return 10 * float(np.log10(max(self._signal, 1e-30) / self._noise))
+        return 10 * float(np.log10(max(self._na, 1e-30) / self._noise))
 
     @property
     def top1_agreement(self) -> float | None:

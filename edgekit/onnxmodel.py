@@ -6,7 +6,6 @@ LFS pointer, external data that escapes the model's folder, absurd dimensions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 
@@ -202,16 +201,6 @@ def save_onnx(model: onnx.ModelProto, dest: str | os.PathLike[str]) -> Path:
         else:
             onnx.save_model(model, str(tmp))
     return dest
-
-
-def model_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of the .onnx file and any external data files beside it that it names."""
-    path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -78,17 +78,22 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
-def test_minilm_default_recipe(target: str, minilm_onnx: Path, tmp_path: Path) -> None:
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    held = tmp_path / "held"
-    held.mkdir()
+@pytest.fixture(scope="module")
+def minilm_sentences(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Real sentences as feeds: 8 to calibrate on, 5 held out."""
+    root = tmp_path_factory.mktemp("sentences")
+    folders = (root / "calib", root / "held")
     s = zoo.MINILM_SENTENCES
-    for i, feed in enumerate(zoo.minilm_feeds(s[:8])):
-        np.savez(calib / f"{i}.npz", **feed)
-    for i, feed in enumerate(zoo.minilm_feeds(s[8:])):
-        np.savez(held / f"{i}.npz", **feed)
+    for folder, part in zip(folders, (s[:8], s[8:])):
+        folder.mkdir()
+        for i, feed in enumerate(zoo.minilm_feeds(part)):
+            np.savez(folder / f"{i}.npz", **feed)
+    return folders
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
+def test_minilm_default_recipe(target: str, minilm_onnx: Path, minilm_sentences: tuple[Path, Path], tmp_path: Path) -> None:
+    calib, held = minilm_sentences
     res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib), "--target", target, "--eval", str(held))
     assert res.exit_code == 0, res.output
     emb = report["accuracy"]["outputs"][0]
@@ -100,15 +105,8 @@ def test_minilm_default_recipe(target: str, minilm_onnx: Path, tmp_path: Path) -
         assert report["recipe"]["name"] == "openvino-transformer"
 
 
-def test_minilm_meets_cosine_099_under_an_accuracy_budget(minilm_onnx: Path, tmp_path: Path) -> None:
-    calib, held = tmp_path / "calib", tmp_path / "held"
-    calib.mkdir()
-    held.mkdir()
-    s = zoo.MINILM_SENTENCES
-    for i, feed in enumerate(zoo.minilm_feeds(s[:8])):
-        np.savez(calib / f"{i}.npz", **feed)
-    for i, feed in enumerate(zoo.minilm_feeds(s[8:])):
-        np.savez(held / f"{i}.npz", **feed)
+def test_minilm_meets_cosine_099_under_an_accuracy_budget(minilm_onnx: Path, minilm_sentences: tuple[Path, Path], tmp_path: Path) -> None:
+    calib, held = minilm_sentences
     res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib), "--eval", str(held), "--max-accuracy-drop", "0.01")
     assert res.exit_code == 0, res.output
     fb = report["fallback"]

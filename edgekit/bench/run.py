@@ -61,15 +61,12 @@ def _settings(target: Target, options: BenchOptions) -> BenchSettings:
 
 
 def _feed(engine: Any, settings: BenchSettings, options: BenchOptions) -> dict[str, np.ndarray]:
-    from edgekit.feeds import check_feed, generated_feed
+    from edgekit.feeds import generated_feed
 
     if options.data:
         from edgekit.calibration import calibration_set
 
-        cs = calibration_set(options.data, engine.inputs)
-        feed = next(iter(cs.feeds(engine.inputs)))
-        check_feed(feed, engine.inputs, label=options.data)
-        return feed
+        return next(iter(calibration_set(options.data, engine.inputs).feeds(engine.inputs)))  # checked as it is read
     shapes = {**{k: tuple(v) for k, v in settings.shapes.items()}, **options.shapes}
     return generated_feed(engine.inputs, batch=settings.batch, shapes=shapes)
 

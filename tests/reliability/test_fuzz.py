@@ -1,7 +1,6 @@
 """Fuzzing: mutated ONNX files and calibration arrays either work or exit 2, never crash or hang."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
