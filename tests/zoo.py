@@ -260,3 +260,23 @@ def top3_miss_points(reference, candidate, labels) -> float:  # noqa: ANN001
     """A user metric for --metric zoo:top3_miss_points: points of samples whose FP32 top-1 leaves the INT8 top-3."""
     missed = sum(int(np.argmax(r[0]) not in np.argsort(c[0].ravel())[-3:]) for r, c in zip(reference, candidate))
     return 100.0 * missed / len(reference)
+
+
+def copies(model: Path, k: int, out: Path) -> Path:
+    """One ONNX running `k` copies of `model` on the same input: k copies do k/2 times the work of 2
+    (a slowdown of known size, for the baseline gate)."""
+    import onnx
+
+    src = onnx.load(str(model))
+    inp = src.graph.input[0].name
+    nodes, inits, outputs = [], [], []
+    for i in range(k):
+        g = onnx.compose.add_prefix(src, prefix=f"c{i}_").graph
+        for n in g.node:
+            n.input[:] = [inp if x == f"c{i}_{inp}" else x for x in n.input]
+        nodes += list(g.node)
+        inits += list(g.initializer)
+        outputs += list(g.output)
+    graph = onnx.helper.make_graph(nodes, "copies", [src.graph.input[0]], outputs, inits)
+    onnx.save(onnx.helper.make_model(graph, opset_imports=src.opset_import), str(out))
+    return out

@@ -16,10 +16,14 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
         verdicts = "; ".join(f"{b['budget']} {b['verdict'].upper()}" for b in r["budgets"]) or "-"
         if r.get("baseline"):
             b = r["baseline"]
-            verdicts += f"; baseline {b['stat']} x{b['ratio']:.3f} (p={b['p_value']:.2g}) {'FAIL' if b['regressed'] else 'ok'}"
+            verdicts += f"; baseline ({b.get('mode', 'recorded')}) {b['stat']} x{b['ratio']:.3f}{_ci(b)} (p={b['p_value']:.2g}) {'FAIL' if b['regressed'] else 'ok'}"
         out.append([r["name"], r["target"], r["precision"], f"{lat['p50']['value']:.3f}", f"{lat['p90']['value']:.3f}",
                     f"{lat['p99']['value']:.3f}", f"{lat['mean']:.3f}", lat["iterations"], verdicts])
     return out
+
+
+def _ci(b: dict[str, Any]) -> str:
+    return f" [{b['ci_low']:.3f}, {b['ci_high']:.3f}]" if "ci_low" in b else ""
 
 
 HEADERS = ["model", "target", "precision", "p50 ms", "p90 ms", "p99 ms", "mean ms", "runs", "gates"]
@@ -48,7 +52,7 @@ def junit(results: Sequence[dict[str, Any]], path: str | Path) -> None:
                  for b in r["budgets"]]
         if r.get("baseline"):
             b = r["baseline"]
-            gates.append(("baseline", not b["regressed"], f"{b['stat']} ratio {b['ratio']:.4f} (median ratio {b['median_ratio']:.4f}), p={b['p_value']:.3g}, max regression {100 * b['max_regression']:g}%"))
+            gates.append(("baseline", not b["regressed"], f"{b.get('mode', 'recorded')}: {b['stat']} ratio {b['ratio']:.4f}{_ci(b)} (median ratio {b['median_ratio']:.4f}), {b['test']} p={b['p_value']:.3g}, max regression {100 * b['max_regression']:g}%"))
         if not gates:
             gates.append(("measure", True, "no gate"))
         for name, ok, detail in gates:

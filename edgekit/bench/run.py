@@ -1,6 +1,7 @@
 """`bench`: load an artifact, measure it, and decide budgets and the baseline gate."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -12,17 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.stats import bootstrap, regression_test, summary
-from edgekit.bench.timer import measure
+from edgekit.bench.stats import bootstrap, paired_regression_test, regression_test, summary
+from edgekit.bench.timer import measure, measure_interleaved
 from edgekit.config import BenchSettings, Budget, Target, load_target
 from edgekit.errors import UsageError
+from edgekit.files import artifact_digest
 from edgekit.progress import interactive
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
     budgets: tuple[Budget, ...] = ()  # in addition to the target's
-    baseline: str | None = None
+    baseline: str | None = None  # an earlier --json report, or an artifact to measure interleaved with this one
+    paired: bool | None = None  # re-measure the baseline's artifact interleaved: None = when it is still there, unchanged
     max_regression: float = 0.10
     gate_stat: str = "floor"  # what the baseline gate compares: floor (fastest 5%), p50 or mean
     data: str | None = None
@@ -98,9 +101,11 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
 
     if options.gate_stat not in GATE_STATS:
         raise UsageError(f"unknown gate statistic {options.gate_stat!r}", hint=f"use one of {', '.join(GATE_STATS)}")
-    baseline = _load_baseline(options.baseline) if options.baseline else None
+    recorded, base_artifact, base_note = _resolve_baseline(options.baseline, options.paired) if options.baseline else (None, None, None)
+    digest = _digest(artifact) if artifact.exists() else None
     t0 = time.perf_counter()
-    with open_engine(artifact, target=tgt) as (engine, manifest):
+    with contextlib.ExitStack() as stack:
+        engine, manifest = stack.enter_context(open_engine(artifact, target=tgt))
         load_s = time.perf_counter() - t0
         from edgekit.compile import _target_for
 
@@ -118,7 +123,17 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
                 sys.stderr.flush()
 
         run = lambda: engine.run(feed)  # noqa: E731
-        samples = measure(run, settings, progress=tick)
+        base_samples = None
+        if base_artifact is not None:
+            try:
+                base_engine, _ = stack.enter_context(open_engine(base_artifact, target=tgt))
+            except UsageError as exc:
+                raise UsageError(f"baseline artifact {base_artifact}: {exc.message}", hint=exc.hint) from exc
+            base_feed = _feed(base_engine, settings, options)
+            samples, base_samples = measure_interleaved([run, lambda: base_engine.run(base_feed)], settings, progress=tick)
+            paired_current = samples.latencies_ms.copy()
+        else:
+            samples = measure(run, settings, progress=tick)
         decisions = [_decide(samples.latencies_ms, b, settings.confidence) for b in budgets]
         notes: list[str] = []
         # an interval that straddles a budget: measure longer (up to the cap) before deciding
@@ -146,16 +161,26 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         d["verdict"] = verdict
         budget_results.append(d)
     base_result = None
-    if baseline is not None:
-        base_result = regression_test(lat, np.asarray(baseline["samples_ms"]), max_regression=options.max_regression, stat=options.gate_stat)
+    if base_samples is not None:
+        assert samples.rounds is not None and base_samples.rounds is not None
+        base_result = paired_regression_test(paired_current, samples.rounds, base_samples.latencies_ms, base_samples.rounds,
+                                             max_regression=options.max_regression, stat=options.gate_stat, confidence=settings.confidence)
+        base_result.update(baseline_artifact=str(base_artifact), baseline_samples_ms=base_samples.latencies_ms.round(6).tolist(),
+                           baseline_sample_rounds=base_samples.rounds.tolist(), sample_rounds=samples.rounds.tolist())
+    elif recorded is not None:
+        base_result = regression_test(lat, np.asarray(recorded["samples_ms"]), max_regression=options.max_regression, stat=options.gate_stat)
+    if base_result is not None:
         base_result["baseline"] = options.baseline
-        base_result["baseline_p50_ms"] = float(np.median(baseline["samples_ms"]))
+        base_result["baseline_p50_ms"] = float(np.median(base_samples.latencies_ms if base_samples is not None else recorded["samples_ms"]))
+        if base_note:
+            base_result["note"] = base_note
+            notes.append(f"baseline: {base_note}")
     passed = all(b["verdict"] == "pass" for b in budget_results) and not (base_result and base_result["regressed"])
     return {
         "kind": "edgekit.bench", "schema": 1,
         "name": options.name or artifact.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": str(artifact), "target": tgt.name, "backend": tgt.backend, "precision": info.get("precision"),
+        "artifact": str(artifact), "artifact_path": str(artifact.resolve()), "artifact_sha256": digest, "target": tgt.name, "backend": tgt.backend, "precision": info.get("precision"),
         "batch": settings.batch, "inputs": {k: list(v.shape) for k, v in feed.items()},
         "settings": dataclasses.asdict(settings),
         "load_s": load_s, "first_inference_ms": samples.first_ms, "warmup_runs": samples.warmup_runs,
@@ -164,6 +189,55 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         "budgets": budget_results, "baseline": base_result, "notes": notes, "passed": passed,
         "environment": environment(info), "samples_ms": lat.round(6).tolist(),
     }
+
+
+def _resolve_baseline(path: str, paired: bool | None) -> tuple[dict[str, Any] | None, Path | None, str | None]:
+    """(recorded report, artifact to re-measure interleaved, a note on what was chosen and why).
+
+    A report whose artifact is still where it was, byte for byte, is re-measured beside the current
+    build (unless `paired` is False): a recorded run met other neighbours than this one, and on a
+    shared runner that alone moves latency by more than a typical regression threshold."""
+    p = Path(path)
+    if p.exists() and not _is_report(p):
+        if paired is False:
+            raise UsageError(f"--unpaired needs a recorded report, and {p} is an artifact", hint="give a --json report as --baseline, or drop --unpaired")
+        return None, p, None
+    data = _load_baseline(path)
+    if paired is False:
+        return data, None, "compared with the recorded samples (--unpaired): drift between runs on this machine counts as a change"
+    where = [Path(x) for x in (data.get("artifact_path"), data.get("artifact")) if x]
+    found = next((w for w in where if w.exists()), None)
+    why = None
+    if not data.get("artifact_sha256"):
+        why = "the report records no artifact digest"
+    elif found is None:
+        why = f"its artifact {data.get('artifact')} is not here"
+    elif _digest(found) != data["artifact_sha256"]:
+        why = f"its artifact {found} has changed since"
+    if why is None:
+        assert found is not None
+        return data, found, f"re-measured the baseline's artifact {found} interleaved with this one (paired)"
+    if paired:
+        raise UsageError(f"baseline {p}: cannot pair, {why}", hint="give the baseline artifact itself as --baseline, or drop --paired")
+    return data, None, (f"compared with the samples recorded on {data.get('created', '?')} ({why}): drift between runs on a shared "
+                        "machine counts as a change; give the baseline artifact for a paired comparison")
+
+
+def _digest(artifact: Path) -> str:
+    """The artifact's identity: a whole compile folder even when one of its files is named."""
+    from edgekit.compile import read_artifact
+
+    found = read_artifact(artifact)
+    return artifact_digest(found[0] if found else artifact)
+
+
+def _is_report(p: Path) -> bool:
+    if not p.is_file() or p.suffix.lower() != ".json":
+        return False
+    try:
+        return json.loads(p.read_text()).get("kind") != "edgekit.artifact"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return True  # _load_baseline says what is wrong with it
 
 
 def _load_baseline(path: str) -> dict[str, Any]:

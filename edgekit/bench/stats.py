@@ -62,15 +62,43 @@ def floor_ms(x: np.ndarray, fraction: float = 0.05) -> float:
     return float(np.mean(np.partition(x, k - 1)[:k]))
 
 
+GATE_MEASURES = {"floor": floor_ms, "p50": np.median, "mean": np.mean}
+
+
 def regression_test(current: np.ndarray, baseline: np.ndarray, *, max_regression: float, alpha: float = 0.01,
                     stat: str = "floor") -> dict[str, object]:
     """Slower only when `stat` grew by more than `max_regression` AND a one-sided Mann-Whitney U test
     says the current samples are stochastically larger (p < alpha): re-runs of one build do not flap."""
     from scipy.stats import mannwhitneyu
 
-    measure = {"floor": floor_ms, "p50": np.median, "mean": np.mean}[stat]
+    measure = GATE_MEASURES[stat]
     ratio = float(measure(current) / measure(baseline))
     p = float(mannwhitneyu(current, baseline, alternative="greater").pvalue)
     regressed = ratio > 1 + max_regression and p < alpha
-    return {"stat": stat, "ratio": ratio, "median_ratio": float(np.median(current) / np.median(baseline)), "p_value": p,
-            "alpha": alpha, "max_regression": max_regression, "regressed": regressed}
+    return {"mode": "recorded", "stat": stat, "ratio": ratio, "median_ratio": float(np.median(current) / np.median(baseline)),
+            "p_value": p, "test": "one-sided Mann-Whitney U", "alpha": alpha, "max_regression": max_regression, "regressed": regressed}
+
+
+def paired_regression_test(current: np.ndarray, current_rounds: np.ndarray, baseline: np.ndarray, baseline_rounds: np.ndarray, *,
+                           max_regression: float, alpha: float = 0.01, stat: str = "floor", confidence: float = 0.95,
+                           resamples: int = 2000, seed: int = 0) -> dict[str, object]:
+    """The gate for an interleaved measurement: `stat`(current) / `stat`(baseline) over all rounds, with a
+    round-block bootstrap (rounds resampled with replacement, both sides of a round kept together, so the
+    interval carries the machine's drift and the autocorrelation within a block). Slower only when the
+    ratio exceeds 1 + `max_regression` AND the one-sided bootstrap p-value of "no slower" is under alpha."""
+    measure = GATE_MEASURES[stat]
+    ids = np.unique(np.concatenate([current_rounds, baseline_rounds]))
+    cur_blocks = [current[current_rounds == i] for i in ids]
+    base_blocks = [baseline[baseline_rounds == i] for i in ids]
+    ratio = float(measure(current) / measure(baseline))
+    rng = np.random.default_rng(seed)
+    boot = np.empty(resamples)
+    for j in range(resamples):
+        pick = rng.integers(0, len(ids), size=len(ids))
+        boot[j] = measure(np.concatenate([cur_blocks[k] for k in pick])) / measure(np.concatenate([base_blocks[k] for k in pick]))
+    p = float((np.count_nonzero(boot <= 1.0) + 1) / (resamples + 1))
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    regressed = ratio > 1 + max_regression and p < alpha
+    return {"mode": "paired", "stat": stat, "ratio": ratio, "ci_low": float(lo), "ci_high": float(hi), "confidence": confidence,
+            "median_ratio": float(np.median(current) / np.median(baseline)), "p_value": p, "test": "round-block bootstrap",
+            "rounds": int(len(ids)), "alpha": alpha, "max_regression": max_regression, "regressed": regressed}

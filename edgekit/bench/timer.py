@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -20,26 +20,30 @@ class Samples:
     first_ms: float
     warmup_runs: int
     wall_s: float
+    rounds: np.ndarray | None = None  # interleaved measurement: the round of each sample
 
     def extend(self, more: Samples) -> None:
         self.latencies_ms = np.concatenate([self.latencies_ms, more.latencies_ms])
         self.wall_s += more.wall_s
 
 
+def warm_up(run: Callable[[], object], warmup_ms: float) -> tuple[float, int]:
+    """First inference time (ms) and the number of warm-up runs (time-based, at least one)."""
+    t0 = time.perf_counter()
+    run()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    warmups = 1
+    end = time.perf_counter() + warmup_ms / 1e3
+    while time.perf_counter() < end:
+        run()
+        warmups += 1
+    return first_ms, warmups
+
+
 def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_s: float | None = None,
             warm: bool = True, progress: Callable[[float], None] | None = None) -> Samples:
     """Run `run` until both the iteration and the duration minimums are met; one latency per run."""
-    first_ms = 0.0
-    warmups = 0
-    if warm:
-        t0 = time.perf_counter()
-        run()
-        first_ms = (time.perf_counter() - t0) * 1e3
-        warmups = 1
-        end = time.perf_counter() + settings.warmup_ms / 1e3
-        while time.perf_counter() < end:
-            run()
-            warmups += 1
+    first_ms, warmups = warm_up(run, settings.warmup_ms) if warm else (0.0, 0)
     duration = settings.min_duration_s if min_duration_s is None else min_duration_s
     times: list[float] = []
     clock = time.perf_counter
@@ -55,3 +59,43 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
             progress(min(1.0, (now - start) / max(duration, 1e-9)))
             next_tick = now + 0.25
     return Samples(np.asarray(times) * 1e3, first_ms, warmups, prev - start)
+
+
+def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSettings, *, min_rounds: int = 10,
+                        block_s: float = 0.1, seed: int = 0, progress: Callable[[float], None] | None = None) -> list[Samples]:
+    """Randomized multiple interleaved trials (Abedi & Brecht, ICPE 2017): short blocks of each `run`
+    in a fresh random order every round, until each has its minimum iterations and duration and there
+    are `min_rounds` rounds. A shared machine's slow phases last seconds, so every candidate meets the
+    same ones and their ratio survives drift that moves each one's latency by a third.
+
+    A block is at least `block_s` seconds and 3 runs; the first run after a switch (cold caches) counts,
+    as it would in an application that runs several models."""
+    rng = np.random.default_rng(seed)
+    warm = [warm_up(r, settings.warmup_ms) for r in runs]
+    times: list[list[float]] = [[] for _ in runs]
+    rounds: list[list[int]] = [[] for _ in runs]
+    spent = [0.0] * len(runs)
+    clock = time.perf_counter
+    start = clock()
+    next_tick = start + 0.25
+    r = 0
+    while r < min_rounds or min(spent) < settings.min_duration_s or min(len(t) for t in times) < settings.min_iterations:
+        for i in rng.permutation(len(runs)):
+            run, ts, rs = runs[i], times[i], rounds[i]
+            n = 0
+            prev = block_start = clock()
+            end = block_start + block_s
+            while n < 3 or prev < end:
+                run()
+                now = clock()
+                ts.append(now - prev)
+                prev = now
+                n += 1
+            rs.extend([r] * n)
+            spent[i] += prev - block_start
+        r += 1
+        now = clock()
+        if progress is not None and now >= next_tick:
+            progress(min(1.0, min(min(spent) / max(settings.min_duration_s, 1e-9), r / min_rounds)))
+            next_tick = now + 0.25
+    return [Samples(np.asarray(ts) * 1e3, f, w, s, np.asarray(rs)) for ts, rs, (f, w), s in zip(times, rounds, warm, spent)]

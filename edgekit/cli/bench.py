@@ -10,8 +10,11 @@ from edgekit.cli._common import emit_json, out, table
 @click.argument("artifact", required=False, type=click.Path())
 @click.option("-t", "--target", default=None, help="Backend name, profile or .toml (default: the artifact's own, or onnxruntime for an .onnx).")
 @click.option("--budget", "budgets", multiple=True, metavar="STAT=Nms", help="A latency budget, e.g. p99=33ms (repeatable; added to the target's).")
-@click.option("--baseline", default=None, type=click.Path(dir_okay=False), help="An earlier --json report: fail on a significant slowdown.")
-@click.option("--max-regression", default="10%", show_default=True, help="Slowdown of the median beyond which (if significant) the baseline gate fails.")
+@click.option("--baseline", default=None, type=click.Path(), help="An earlier --json report, or the baseline artifact: fail on a significant slowdown. "
+              "The baseline's artifact, when still there unchanged, is re-measured interleaved with this one (paired: drift cancels).")
+@click.option("--paired/--unpaired", default=None, help="Require the interleaved re-measurement of the baseline's artifact, or compare with its recorded samples only "
+              "(default: paired when the artifact is there).")
+@click.option("--max-regression", default="10%", show_default=True, help="Slowdown (of --gate-stat) beyond which, if significant, the baseline gate fails.")
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline.")
@@ -27,7 +30,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
-def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, max_regression: str, gate_stat: str,
+def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
             junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
@@ -49,7 +52,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     if (artifact is None) == (config is None):
         raise UsageError("give an ARTIFACT or --config edgekit.toml (one of them)", hint="see `edgekit bench --help`")
     common = dict(shapes=dict(parse_shape_option(s) for s in shapes), min_duration_s=min_duration, max_duration_s=max_duration,
-                  min_iterations=min_iterations, warmup_ms=warmup)
+                  min_iterations=min_iterations, warmup_ms=warmup, paired=paired)
     extra = tuple(Budget.parse(b) for b in budgets)
     jobs = []
     if config:
