@@ -52,14 +52,19 @@ def resolve_precision(model_is_qdq: bool, target: Target, precision: str | None)
 
 
 def source_manifest(model: Path) -> dict[str, Any] | None:
-    """The manifest `edgekit quantize` wrote beside a QDQ model (`model.int8.onnx.json`), if any."""
+    """The manifest `edgekit quantize` wrote beside a QDQ model (`model.int8.onnx.json`), if any and if
+    it describes this model (its recorded output digest matches the file)."""
     side = model.with_name(model.name + ".json")
-    if side.exists():
-        try:
-            return json.loads(side.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-    return None
+    if not side.exists():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    digest = data.get("output", {}).get("sha256") if isinstance(data, dict) else None
+    if digest is not None and digest != sha256_file(model):
+        return None  # stale: the model was written again (or the run died) after this sidecar
+    return data
 
 
 def compile_model(model: str | Path, out_dir: str | Path, *, target: Target | str, precision: str | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
-from edgekit.compile import MANIFEST, read_artifact, tool_versions
+from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
 from edgekit.errors import BackendUnavailable, GateFailed, UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
 from edgekit.preprocess import ImageRecipe
@@ -62,9 +62,8 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
                     src_rel = f"source/{src.name}"
                     (root / "source").mkdir(exist_ok=True)
                     shutil.copy2(src, root / src_rel)
-                    side = src.with_name(src.name + ".json")
-                    if side.exists():
-                        shutil.copy2(side, root / (src_rel + ".json"))
+                    if source_manifest(src) is not None:  # only a sidecar that describes this model
+                        shutil.copy2(src.with_name(src.name + ".json"), root / (src_rel + ".json"))
                     sources[manifest["source"]["sha256"]] = src_rel
             items.append({"dir": f"artifacts/{name}", "backend": manifest["backend"], "device": manifest["device"],
                           "precision": manifest["precision"], "entry": manifest["entry"], "versions": manifest["versions"],

@@ -257,6 +257,9 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         "excluded": exclude, "fallback": fallback, "versions": tool_versions(),
     }
     save_onnx(qmodel, output)
+    # the sidecar names the model it describes: a kill between the two writes leaves a sidecar that
+    # readers (compile, pack) see is stale, never one that describes another model
+    manifest["output"] = {"path": str(output), "sha256": sha256_file(output)}
     if fallback is not None:
         from edgekit.files import write_text
 

@@ -69,6 +69,16 @@ def test_mnist_cnn_loses_at_most_half_a_point_on_1000_digits(tmp_path: Path) -> 
     fp_acc, q_acc = (fp == y).mean() * 100, (q == y).mean() * 100
     assert fp_acc > 90
     assert fp_acc - q_acc <= 0.5, (fp_acc, q_acc)
+    # the sidecar manifest names the model it describes; one left beside another model is ignored
+    import shutil
+
+    from edgekit.compile import source_manifest
+    from edgekit.files import sha256_file
+
+    side = json.loads(out.with_name(out.name + ".json").read_text())
+    assert side["output"]["sha256"] == sha256_file(out) and source_manifest(out) == side
+    shutil.copy(model, out)  # the model written again without its sidecar (e.g. a run killed between the two writes)
+    assert source_manifest(out) is None
 
 
 @pytest.fixture(scope="module")
