@@ -274,6 +274,8 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         from edgekit.accuracy import evaluate
 
         report.accuracy = evaluate(model_path, output, options.eval_source, recipe=options.recipe, target=target)
+        if report.accuracy.get("speed", {}).get("note"):
+            report.notes.append(report.accuracy["speed"]["note"])
         manifest["accuracy"] = report.accuracy
         write_json(output.with_name(output.name + ".json"), manifest)
     if fallback is not None and not fallback["met"]:

@@ -55,10 +55,11 @@ GATE_STATS = ("floor", "p50", "mean")
 
 
 def floor_ms(x: np.ndarray, fraction: float = 0.05) -> float:
-    """Mean of the fastest 5% of runs. Noisy neighbours, interrupts and frequency dips only ever add
-    time, so this is what a build costs when nothing interferes; measured on a shared 2-core VM it
-    moved 4% between re-runs of one build where the median moved 25%."""
-    k = max(1, int(len(x) * fraction))
+    """Mean of the fastest 5% of runs (at least 3). Noisy neighbours, interrupts and frequency dips only
+    ever add time, so this is what a build costs when nothing interferes; measured on a shared 2-core VM
+    it moved 4% between re-runs of one build where the median moved 25%. At least 3 runs, so that a
+    short measurement's floor is not its single fastest run (whose bootstrap is degenerate)."""
+    k = min(len(x), max(3, int(len(x) * fraction)))
     return float(np.mean(np.partition(x, k - 1)[:k]))
 
 

@@ -90,3 +90,7 @@ def _render(r) -> None:  # noqa: ANN001
                 f"({a['top1_drop_points']:+.1f} points lost)")
         rows = [(o["output"], o["cosine"], o["sqnr_db"], o["max_abs"], o["top1_agreement"]) for o in a["outputs"]]
         out(table(["output", "cosine", "SQNR dB", "max abs", "top-1 agree"], rows))
+        if a.get("speed"):
+            sp = a["speed"]
+            out(f"speed on {sp['backend']} here: INT8 {sp['speedup']:.2f}x FP32 (interval {sp['speedup_ci'][0]:.2f}-{sp['speedup_ci'][1]:.2f}; "
+                f"floors {sp['fp32_floor_ms']:.2f} -> {sp['int8_floor_ms']:.2f} ms)")
