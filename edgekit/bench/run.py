@@ -131,7 +131,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
                 raise UsageError(f"baseline artifact {base_artifact}: {exc.message}", hint=exc.hint) from exc
             base_feed = _feed(base_engine, settings, options)
             samples, base_samples = measure_interleaved([run, lambda: base_engine.run(base_feed)], settings, progress=tick)
-            paired_current = samples.latencies_ms.copy()
+            paired_current, paired_rounds = samples.latencies_ms, samples.rounds  # before any longer measuring for a budget
         else:
             samples = measure(run, settings, progress=tick)
         decisions = [_decide(samples.latencies_ms, b, settings.confidence) for b in budgets]
@@ -162,11 +162,11 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         budget_results.append(d)
     base_result = None
     if base_samples is not None:
-        assert samples.rounds is not None and base_samples.rounds is not None
-        base_result = paired_regression_test(paired_current, samples.rounds, base_samples.latencies_ms, base_samples.rounds,
+        assert paired_rounds is not None and base_samples.rounds is not None
+        base_result = paired_regression_test(paired_current, paired_rounds, base_samples.latencies_ms, base_samples.rounds,
                                              max_regression=options.max_regression, stat=options.gate_stat, confidence=settings.confidence)
         base_result.update(baseline_artifact=str(base_artifact), baseline_samples_ms=base_samples.latencies_ms.round(6).tolist(),
-                           baseline_sample_rounds=base_samples.rounds.tolist(), sample_rounds=samples.rounds.tolist())
+                           baseline_sample_rounds=base_samples.rounds.tolist(), sample_rounds=paired_rounds.tolist())
     elif recorded is not None:
         base_result = regression_test(lat, np.asarray(recorded["samples_ms"]), max_regression=options.max_regression, stat=options.gate_stat)
     if base_result is not None:

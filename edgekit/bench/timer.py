@@ -23,6 +23,8 @@ class Samples:
     rounds: np.ndarray | None = None  # interleaved measurement: the round of each sample
 
     def extend(self, more: Samples) -> None:
+        if self.rounds is not None:  # runs measured on their own belong to no interleaved round: -1
+            self.rounds = np.concatenate([self.rounds, np.full(len(more.latencies_ms), -1)])
         self.latencies_ms = np.concatenate([self.latencies_ms, more.latencies_ms])
         self.wall_s += more.wall_s
 

@@ -17,7 +17,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--max-regression", default="10%", show_default=True, help="Slowdown (of --gate-stat) beyond which, if significant, the baseline gate fails.")
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs, at least 3 (robust to noisy neighbours), p50, or mean.")
-@click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline.")
+@click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline (with the artifact's path and SHA-256, so later runs re-measure it paired while it is there).")
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="A project file (edgekit.toml) of models x targets x budgets.")
 @click.option("--data", default=None, help="Real feeds (a .npz, folder, or calibration .toml) instead of generated ones.")
 @click.option("--batch", type=int, default=None, help="Batch size for generated feeds.")
