@@ -64,14 +64,16 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
 
 
 def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSettings, *, min_rounds: int = 10,
-                        block_s: float = 0.1, seed: int = 0, progress: Callable[[float], None] | None = None) -> list[Samples]:
+                        block_s: float = 0.1, settle_s: float = 0.01, seed: int = 0, progress: Callable[[float], None] | None = None) -> list[Samples]:
     """Randomized multiple interleaved trials (Abedi & Brecht, ICPE 2017): short blocks of each `run`
     in a fresh random order every round, until each has its minimum iterations and duration and there
     are `min_rounds` rounds. A shared machine's slow phases last seconds, so every candidate meets the
     same ones and their ratio survives drift that moves each one's latency by a third.
 
-    A block is at least `block_s` seconds and 3 runs; the first run after a switch (cold caches) counts,
-    as it would in an application that runs several models."""
+    A block is at least `block_s` seconds and 3 timed runs, after untimed runs for `settle_s` (at least
+    one) while the caches the other model evicted refill and its thread pool stops spinning (measured:
+    a tiny model's first ~5 runs after a switch are 30% slower, later ones as fast as alone), so each
+    build's figures, budgets included, are those of the build measured alone."""
     rng = np.random.default_rng(seed)
     warm = [warm_up(r, settings.warmup_ms) for r in runs]
     times: list[list[float]] = [[] for _ in runs]
@@ -84,8 +86,12 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
     while r < min_rounds or min(spent) < settings.min_duration_s or min(len(t) for t in times) < settings.min_iterations:
         for i in rng.permutation(len(runs)):
             run, ts, rs = runs[i], times[i], rounds[i]
+            block_start = clock()
+            run()  # warm-up after a switch, not counted: caches the other model evicted, its threads still spinning
+            while clock() - block_start < settle_s:
+                run()
             n = 0
-            prev = block_start = clock()
+            prev = timed_start = clock()
             end = block_start + block_s
             while n < 3 or prev < end:
                 run()
@@ -94,7 +100,7 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
                 prev = now
                 n += 1
             rs.extend([r] * n)
-            spent[i] += prev - block_start
+            spent[i] += prev - timed_start
         r += 1
         now = clock()
         if progress is not None and now >= next_tick:
