@@ -345,20 +345,17 @@ def _meet_budget(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
 
 def _fallback_speed(full: onnx.ModelProto, final: onnx.ModelProto, kept: list[dict[str, Any]], q: Any, feed: dict[str, np.ndarray]) -> dict[str, Any]:
     """What keeping each node in float costs in latency (ONNX Runtime, this CPU): that node alone in float vs all
-    INT8. Variants are timed round-robin and compared on their floor (fastest 5%), which interference cannot lower."""
+    INT8. Variants are timed in interleaved blocks and compared on their floor (fastest 5%), which interference cannot lower."""
     from edgekit.backends.onnxruntime import session_from_bytes
     from edgekit.bench.stats import floor_ms
-    from edgekit.bench.timer import measure
+    from edgekit.bench.timer import measure_interleaved
     from edgekit.config import BenchSettings
 
     models = {"all_int8": full, "final": final, **{k["node"]: q([k["node"]]) for k in kept}}
     sessions = {name: session_from_bytes(m.SerializeToString()) for name, m in models.items()}
-    settings = BenchSettings(warmup_ms=100, min_iterations=10, min_duration_s=0.3)
-    best = {name: float("inf") for name in sessions}
-    for _ in range(3):
-        for name, sess in sessions.items():
-            lat = measure(lambda s=sess: s.run(None, feed), settings).latencies_ms
-            best[name] = min(best[name], floor_ms(lat))
+    settings = BenchSettings(warmup_ms=100, min_iterations=10, min_duration_s=0.9)
+    timed = measure_interleaved([lambda s=sess: s.run(None, feed) for sess in sessions.values()], settings)
+    best = {name: floor_ms(t.latencies_ms) for name, t in zip(sessions, timed)}
     return {"all_int8": best["all_int8"], "final": best["final"], "per_node_ms": {k["node"]: best[k["node"]] - best["all_int8"] for k in kept}}
 
 
