@@ -11,7 +11,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
 from edgekit.errors import GateFailed, UsageError
-from edgekit.files import sha256_file, write_json
+from edgekit.files import private_cwd, sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
 from edgekit.preprocess import ImageRecipe
@@ -93,9 +92,11 @@ def _prepare(model_path: Path, notes: list[str]) -> onnx.ModelProto:
             model = version_converter.convert_version(model, 13)
         except Exception as exc:
             raise UsageError(f"cannot upgrade the model from opset {opset_of(model)} to 13 ({exc})", hint="re-export with --opset 13 or later") from exc
-    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
-        src = save_onnx(model, Path(tmp) / "in.onnx")
-        dst = Path(tmp) / "pre.onnx"
+    # ONNX Runtime's symbolic shape pass writes temporary files into the working directory when
+    # it gives up: run it in a private folder so nothing lands in the user's (and runs don't share)
+    with private_cwd(prefix="edgekit-q-") as tmp:
+        src = save_onnx(model, tmp / "in.onnx")
+        dst = tmp / "pre.onnx"
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
         except Exception as exc:  # symbolic shape inference fails on some graphs; the plain path still works
