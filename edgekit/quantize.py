@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgekit.backends import get_backend
-from edgekit.backends.base import QuantRecipe
+from edgekit.backends.base import QuantRecipe, recipe_for_target
 from edgekit.calibration import CalibrationSet, calibration_set
 from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
@@ -184,21 +184,36 @@ def _exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
 
 
 def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, *, exclude: Sequence[str]) -> onnx.ModelProto:
-    """Place QDQ nodes with ONNX Runtime's QDQ quantizer from precomputed ranges."""
+    """Place QDQ nodes with ONNX Runtime's QDQ quantizer from precomputed ranges, region by region
+    (edgekit.regions: which nodes its op quantizers handle, which tensors are marked directly)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import QuantType
     from onnxruntime.quantization.registry import QDQRegistry
 
+    from edgekit.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan
+
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     data = TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()})
     extra: dict[str, Any] = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True, **dict(recipe.extra)}
     op_types = list(recipe.op_types) if recipe.op_types else list(QDQRegistry.keys())
+    nodes, tensors = [], []
+    if recipe.region_policies:
+        name_nodes(model)
+        nodes, tensors = quantization_plan(model, find_regions(model), dict(recipe.region_policies), set(op_types), exclude=set(exclude))
+        op_types = sorted(set(op_types) | {n.op_type for n in model.graph.node if n.name in set(nodes)})
+        nodes = nodes or ["<none>"]  # ONNX Runtime reads an empty list as "every node"
+        # Q x K^T multiplies two activations: symmetric S8 on both (NNCF's mixed preset), as OpenVINO's fused attention takes
+        extra["TensorQuantOverrides"] = {**extra.get("TensorQuantOverrides", {}), **{t: [{"quant_type": QuantType.QInt8, "symmetric": True}] for t in tensors}}
     quantizer = QDQQuantizer(
         model, recipe.per_channel, recipe.reduce_range, qtype[recipe.weight_type], qtype[recipe.activation_type], data,
-        [], list(exclude), op_types, extra,
+        nodes, list(exclude), op_types, extra,
     )
+    for t in tensors:  # activations the plan quantizes above shape-only ops (see edgekit.regions)
+        quantizer.quantize_activation_tensor(t)
     quantizer.quantize_model()
+    if recipe.hoist_shape_ops:
+        hoist_qdq_over_shape_ops(quantizer.model.model)
     quantizer.model.topological_sort()  # the QDQ pass appends nodes; ONNX requires topological order
     return quantizer.model.model
 
@@ -216,7 +231,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
     notes: list[str] = []
     with status("preparing the model"):
         model = _prepare(model_path, notes)
-    recipe = backend.quant_recipe(model)
+    recipe = recipe_for_target(backend, model, target)
     method = options.method or recipe.method
     specs = input_specs(model)
     cset = calibration_set(calib, specs, recipe=options.recipe)

@@ -66,7 +66,8 @@ class Backend(Protocol):
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: Any) -> Engine: ...
 
     def quant_recipe(self, model: Any) -> QuantRecipe:
-        """The QDQ recipe that runs fastest and accurately on this backend, for this model."""
+        """The QDQ recipe that runs fastest and accurately on this backend, for this model. A CPU backend
+        also takes `*, cpu_features: tuple[str, ...]`, the target CPU's (see recipe_for_target)."""
         ...
 
 
@@ -100,34 +101,100 @@ class QuantRecipe:
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in u8 x s8 kernels on x86 CPUs without VNNI
     method: str = "minmax"  # default calibration method: minmax | percentile | entropy
-    op_types: tuple[str, ...] | None = None  # None: ONNX Runtime's full QDQ registry
+    op_types: tuple[str, ...] | None = None  # outside regions: None = ONNX Runtime's full QDQ registry
     extra: tuple[tuple[str, object], ...] = ()  # ONNX Runtime QDQ quantizer extra options
     why: str = ""
+    # per region kind (edgekit.regions.KINDS) -> policy (edgekit.regions.POLICIES); () = no regions, op_types everywhere
+    region_policies: tuple[tuple[str, str], ...] = ()
+    hoist_shape_ops: bool = False  # move per-tensor Q/DQ above Reshape/Transpose to the producer (OpenVINO fuses it there)
+    regions: tuple[tuple[str, int], ...] = ()  # what was found: kind -> count (the report lists them in full)
+    cpu_features: tuple[str, ...] = ()  # the target CPU's features the recipe assumed ("host" resolved)
+    cpu_features_from: str = ""  # where they came from: the profile, or this machine
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
         d["extra"] = dict(self.extra)
+        d["region_policies"] = dict(self.region_policies)
+        d["regions"] = dict(self.regions)
         return d
 
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")
 
+# CPU features a profile may name ([device] cpu_features), and the /proc/cpuinfo flags that show them
+CPU_FEATURES = {
+    "sse4_2": ("sse4_2",), "avx2": ("avx2",), "avx512": ("avx512f",), "avx_vnni": ("avx_vnni",), "avx512_vnni": ("avx512_vnni",),
+    "avx512_bf16": ("avx512_bf16",), "avx512_fp16": ("avx512_fp16",), "amx": ("amx_int8", "amx_tile"),
+    "arm64": (), "arm64-dotprod": ("asimddp",), "arm64-i8mm": ("i8mm",), "arm64-sve": ("sve",),
+}
+_X86 = ("sse4_2", "avx2", "avx512", "avx_vnni", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx")
+_INT8_DOT = ("avx_vnni", "avx512_vnni", "amx", "arm64-dotprod", "arm64-i8mm")
 
-def cpu_has_vnni() -> bool:
-    """True on x86 CPUs with AVX-512 VNNI or AVX-VNNI (and on non-x86, where the question does not arise)."""
+
+def host_cpu_features() -> tuple[str, ...]:
+    """This machine's CPU features, in CPU_FEATURES' names (read from /proc/cpuinfo)."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
-        return True
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_vnni" in flags or "avx_vnni" in flags
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return True
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    out = ["arm64"] if arm else []
+    for name, needles in CPU_FEATURES.items():
+        if needles and all(n in flags for n in needles) and name.startswith("arm64") == arm:
+            out.append(name)
+    return tuple(out)
+
+
+def resolve_cpu_features(features: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """(the features a recipe assumes, where they came from) for a profile's `cpu_features`."""
+    if not features or features == ("host",):
+        return host_cpu_features(), "host" if features else "host (the target names no [device] cpu_features)"
+    return tuple(features), "profile"
+
+
+def missing_cpu_features(assumed: list[str] | tuple[str, ...]) -> list[str]:
+    """The features a recipe assumed that this machine's CPU lacks (the INT8 dot-product ones matter)."""
+    here = set(host_cpu_features())
+    return [f for f in assumed if f not in here]
+
+
+def x86_without_int8_dot(features: tuple[str, ...]) -> bool:
+    """An x86 CPU with no VNNI/AMX: its u8 x s8 kernels add pairs in int16 and saturate (use 7-bit weights)."""
+    return any(f in _X86 for f in features) and not any(f in _INT8_DOT for f in features)
+
+
+def cpu_has_vnni() -> bool:
+    """True on x86 CPUs with AVX-512 VNNI or AVX-VNNI (and on non-x86, where the question does not arise)."""
+    return not x86_without_int8_dot(host_cpu_features())
+
+
+def recipe_for_target(backend: Any, model: Any, target: Any) -> QuantRecipe:
+    """The backend's recipe for `model` on `target`'s device. CPU recipes take the device's features
+    (the profile's `[device] cpu_features`, "host" = this machine); other backends take the model only."""
+    import inspect
+
+    fn = backend.quant_recipe
+    if "cpu_features" not in inspect.signature(fn).parameters:
+        return fn(model)
+    features, source = resolve_cpu_features(tuple(getattr(target, "cpu_features", ()) or ()))
+    return dataclasses.replace(fn(model, cpu_features=features), cpu_features=features, cpu_features_from=source)
+
+
+def region_recipe(model: Any, policies: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, int], ...]]:
+    """(recipe.region_policies, recipe.regions) for a model: the policies of the kinds it has, and the counts."""
+    from collections import Counter
+
+    from edgekit.regions import find_regions
+
+    counts = Counter(r.kind for r in find_regions(model))
+    return tuple(sorted(policies.items())), tuple(sorted(counts.items()))
 
 
 def is_transformer(model: Any) -> bool:

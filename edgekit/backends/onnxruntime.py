@@ -12,11 +12,16 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, TRANSFORMER_OPS, QuantRecipe, cpu_has_vnni, is_transformer
+from edgekit.backends.base import (
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, is_transformer, region_recipe, x86_without_int8_dot,
+)
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
 _LEVELS = ("disable", "basic", "extended", "all")
+# region policies (edgekit.regions): ONNX Runtime's CPU kernels gain from INT8 MatMuls with constant weights;
+# Q x K^T and P x V in INT8 cost accuracy and run no faster here
+_ORT_REGION_POLICIES = {"attention": "weights", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,20 +147,25 @@ class OnnxRuntimeBackend:
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: OnnxRuntimeOptions) -> OnnxRuntimeEngine:
         return OnnxRuntimeEngine(artifact_dir / manifest["entry"], options=options, precision=manifest["precision"])
 
-    def quant_recipe(self, model: Any) -> QuantRecipe:
+    def quant_recipe(self, model: Any, *, cpu_features: tuple[str, ...] = ()) -> QuantRecipe:
         # Measured (DESIGN.md): on x86 S8 activations run slower than FP32 in ONNX Runtime (0.8x);
         # U8 activations with S8 per-channel weights run 2-3x faster.
-        if is_transformer(model):
+        policies, regions = region_recipe(model, _ORT_REGION_POLICIES)
+        seven_bit = x86_without_int8_dot(cpu_features)
+        common = dict(reduce_range=seven_bit, activation_type="uint8", activation_symmetric=False, weight_type="int8", per_channel=True,
+                      method="minmax", region_policies=policies, regions=regions)
+        bits = " (7-bit weights: x86 without VNNI)" if seven_bit else ""
+        if is_transformer(model) and not any(k == "conv-stem" for k, _ in regions):
             # QDQ around LayerNorm/Softmax/Add costs accuracy (cosine 0.86 on MiniLM) and speed;
-            # the MatMuls carry the compute.
+            # the MatMuls with constant weights carry the compute.
             return QuantRecipe(
-                name="onnxruntime-transformer", reduce_range=not cpu_has_vnni(), activation_type="uint8", per_channel=True,
-                method="minmax", op_types=TRANSFORMER_OPS, extra=(("MatMulConstBOnly", True),),
-                why="transformer: INT8 MatMul/Gemm with constant weights, U8 activations / S8 per-channel weights",
+                name="onnxruntime-transformer", op_types=TRANSFORMER_OPS, **common,  # type: ignore[arg-type]
+                why="transformer: INT8 MatMul/Gemm with constant weights, U8 activations / S8 per-channel weights" + bits,
             )
         return QuantRecipe(
-            name="onnxruntime-u8s8", reduce_range=not cpu_has_vnni(), activation_type="uint8", activation_symmetric=False, weight_type="int8", per_channel=True,
-            method="minmax", why="U8 activations / S8 per-channel weights: ONNX Runtime's fast x86 INT8 kernels",
+            name="onnxruntime-u8s8", **common,  # type: ignore[arg-type]
+            why="U8 activations / S8 per-channel weights: ONNX Runtime's fast x86 INT8 kernels; attention blocks, LayerNorm "
+                "and GELU inside keep the transformer placement" + bits,
         )
 
     def load_onnx(self, path: Path, *, options: OnnxRuntimeOptions, precision: str) -> OnnxRuntimeEngine:

@@ -13,9 +13,18 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.backends.base import TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, cpu_has_vnni, is_transformer
+from edgekit.backends.base import (
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, is_transformer, region_recipe, x86_without_int8_dot,
+)
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
+
+# the region policies (edgekit.regions) of both OpenVINO recipes
+_OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8"}
+# outside regions in a CNN: ONNX Runtime's QDQ registry plus global pooling (NNCF quantizes it; OpenVINO pools in u8)
+_OV_CNN_OPS = ("AveragePool", "BatchNormalization", "Clip", "Conv", "ConvTranspose", "CumSum", "Flatten", "Gather", "GatherElements", "Gemm",
+               "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "ReduceMean", "Relu", "Reshape", "Resize", "Slice", "Split", "Squeeze",
+               "TopK", "Transpose", "Unsqueeze", "Where")
 
 # edgekit precision -> OpenVINO inference precision (int8 comes from the QDQ nodes; the rest runs f32)
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
@@ -166,17 +175,25 @@ class OpenVinoBackend:
             "settings": {"inference_precision": info["inference_precision"], "device_name": info["device_name"]},
         }
 
-    def quant_recipe(self, model: Any) -> QuantRecipe:
-        if is_transformer(model):
-            # Generic QDQ on every op leaves OpenVINO converting around LayerNorm/Add/Softmax;
-            # quantizing only the MatMuls keeps the INT8 islands where its kernels fuse.
+    def quant_recipe(self, model: Any, *, cpu_features: tuple[str, ...] = ()) -> QuantRecipe:
+        # Placement after NNCF's for OpenVINO (see edgekit.regions): OpenVINO fuses a FakeQuantize into the
+        # FullyConnected/Convolution that produces its input, and tokenizes attention into one fused kernel
+        # that QDQ on Softmax, on P x V or after a Transpose breaks (42 extra eltwise layers on MiniLM-L6).
+        policies, regions = region_recipe(model, _OV_REGION_POLICIES)
+        seven_bit = x86_without_int8_dot(cpu_features)
+        common = dict(reduce_range=seven_bit, activation_type="uint8", activation_symmetric=False, per_channel=True, method="minmax",
+                      region_policies=policies, regions=regions, hoist_shape_ops=True, extra=(("OpTypesToExcludeOutputQuantization", ["MatMul", "Gemm"]),))
+        bits = " (7-bit weights: x86 without VNNI)" if seven_bit else ""
+        if is_transformer(model) and not any(k == "conv-stem" for k, _ in regions):
             return QuantRecipe(
-                name="openvino-transformer", reduce_range=not cpu_has_vnni(), activation_type="uint8", activation_symmetric=False, per_channel=True,
-                method="minmax", op_types=TRANSFORMER_OPS, why="transformer: INT8 MatMul/Gemm only, the rest f32",
+                name="openvino-transformer", op_types=TRANSFORMER_OPS, **common,  # type: ignore[arg-type]
+                why="transformer: INT8 projections and Q x K^T (quantized before its Reshape/Transpose), attention output, "
+                    "LayerNorm, GELU, Softmax and residual Adds f32" + bits,
             )
         return QuantRecipe(
-            name="openvino-cnn", reduce_range=not cpu_has_vnni(), activation_type="uint8", activation_symmetric=False, per_channel=True,
-            method="minmax", why="CNN: QDQ on every quantizable op, U8 activations / S8 per-channel weights",
+            name="openvino-cnn", op_types=_OV_CNN_OPS, **common,  # type: ignore[arg-type]
+            why="CNN: QDQ on every quantizable op and the global pooling, U8 activations / S8 per-channel weights; "
+                "attention blocks, LayerNorm and GELU inside follow the transformer placement" + bits,
         )
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: OpenVinoOptions) -> OpenVinoEngine:

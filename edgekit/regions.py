@@ -1,0 +1,293 @@
+"""Regions of an ONNX graph that want different quantization: recipes per subgraph, not per model.
+
+`find_regions` names the blocks a recipe treats differently, wherever they are (a CNN with
+attention blocks gets both treatments): attention (MatMul-Softmax-MatMul with the projections
+that feed and read it), layer norms (the op or its ReduceMean/Sub/Pow/Sqrt/Div decomposition),
+GELU (the op or its Erf form), conv stems (the first convolution on a graph input), RNN cells
+(LSTM/GRU/RNN/Scan/Loop) and embedding tables (Gather from a float table).
+
+`quantization_plan` turns regions + a recipe's per-region policies into what ONNX Runtime's
+QDQ quantizer is told: the nodes its op quantizers handle, and activation tensors marked
+directly. The placement follows NNCF's (nncf/quantization/algorithms/min_max, OpenVINO ignored
+patterns and quantizer propagation): inside attention only the MatMuls quantize; the
+Softmax->MatMul product stays float (NNCF's MULTIHEAD_ATTENTION_OUTPUT pattern); the two
+activation inputs of Q x K^T are quantized above their Reshape/Transpose, where the projection's
+bias Add ends, so OpenVINO fuses the requantization into the FullyConnected and keeps its fused
+attention kernel; LayerNorm, GELU, Softmax and residual Adds stay float.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import onnx
+
+# ops that only move data: per-tensor quantization commutes with them
+SHAPE_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+_SCORE_OPS = ("Add", "Div", "Mul", "Where", "Sub", "Cast") + SHAPE_OPS  # between Q x K^T and Softmax (scale, mask)
+_PROJ_PATH_OPS = ("Add", "Mul", "Div", "Split", "Slice", "Gather") + SHAPE_OPS  # between a projection and Q x K^T / P x V
+_NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "RMSNormalization", "GroupNormalization", "InstanceNormalization")
+_GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
+_RNN_OPS = ("LSTM", "GRU", "RNN", "Scan", "Loop")
+_CONV_OPS = ("Conv", "ConvTranspose")
+_WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+KINDS = ("attention", "layernorm", "gelu", "conv-stem", "rnn", "embedding")
+POLICIES = ("int8", "float", "weights", "attention")  # what a region may get (see quantization_plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    kind: str
+    nodes: tuple[str, ...]  # node names, in graph order
+    qk: str | None = None  # attention: the Q x K^T MatMul
+    pv: str | None = None  # attention: the Softmax x V MatMul
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "nodes": len(self.nodes), "first": self.nodes[0], "last": self.nodes[-1]}
+        if self.qk:
+            d.update(qk=self.qk, pv=self.pv)
+        return d
+
+
+def node_name(node: onnx.NodeProto, index: int) -> str:
+    """A node's name; unnamed nodes get `op_type_index` (name_nodes writes the same names into a model)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give unnamed nodes the names `find_regions` reports, so a plan can refer to every node."""
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = node_name(n, i)
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.nodes = list(model.graph.node)
+        self.name = {id(n): node_name(n, i) for i, n in enumerate(self.nodes)}
+        self.order = {self.name[id(n)]: i for i, n in enumerate(self.nodes)}
+        self.consts = {t.name for t in model.graph.initializer} | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
+        self.float_inits = {t.name for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+        self.inputs = {i.name for i in model.graph.input} - self.consts
+        self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers[i].append(n)
+
+    def n(self, node: onnx.NodeProto) -> str:
+        return self.name[id(node)]
+
+    def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and i not in self.consts]
+
+    def is_weighted(self, node: onnx.NodeProto) -> bool:
+        return node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in self.consts
+
+    def up(self, tensor: str, through: tuple[str, ...], depth: int) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+        """Walk producers from `tensor` through `through` ops (first dynamic input) to the first other node."""
+        path: list[onnx.NodeProto] = []
+        for _ in range(depth + 1):
+            p = self.producer.get(tensor)
+            if p is None or p.op_type not in through:
+                return p, path
+            path.append(p)
+            dyn = self.dynamic_inputs(p)
+            if not dyn:
+                return None, path
+            tensor = dyn[0]
+        return None, path
+
+    def down(self, tensor: str, through: tuple[str, ...], depth: int) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+        """Follow the single consumer of `tensor` through `through` ops to the first other node."""
+        path: list[onnx.NodeProto] = []
+        for _ in range(depth + 1):
+            cons = self.consumers.get(tensor, [])
+            if len(cons) != 1:
+                return None, path
+            c = cons[0]
+            if c.op_type not in through:
+                return c, path
+            path.append(c)
+            tensor = c.output[0]
+        return None, path
+
+
+def find_regions(model: onnx.ModelProto) -> list[Region]:
+    """Every region of the kinds in KINDS, in graph order. A node belongs to at most one region."""
+    g = _Graph(model)
+    found: list[Region] = []
+    taken: set[str] = set()
+
+    def add(kind: str, nodes: list[onnx.NodeProto], **kw: Any) -> None:
+        names = sorted({g.n(x) for x in nodes} - taken, key=g.order.__getitem__)
+        if names:
+            taken.update(names)
+            found.append(Region(kind, tuple(names), **kw))
+
+    for n in g.nodes:
+        if n.op_type == "Softmax":
+            _attention(g, n, add)
+    for n in g.nodes:
+        if g.n(n) in taken:
+            continue
+        if n.op_type in _NORM_OPS:
+            add("layernorm", [n])
+        elif n.op_type == "ReduceMean":
+            _decomposed_layernorm(g, n, add)
+        elif n.op_type in _GELU_OPS:
+            add("gelu", [n])
+        elif n.op_type == "Erf":
+            _erf_gelu(g, n, add)
+        elif n.op_type in _RNN_OPS:
+            add("rnn", [n])
+        elif n.op_type == "Gather" and n.input[0] in g.float_inits and n.input[1] not in g.consts:
+            add("embedding", [n])
+    for n in g.nodes:
+        if n.op_type in _CONV_OPS and g.n(n) not in taken:
+            top, path = g.up(n.input[0], ("Transpose", "Cast", "Sub", "Div", "Mul", "Add", "Pad", "Reshape", "Unsqueeze"), 4)
+            if top is None and path and set(g.dynamic_inputs(path[-1])) & g.inputs or n.input[0] in g.inputs:
+                add("conv-stem", [*path, n])
+    found.sort(key=lambda r: g.order[r.nodes[0]])
+    return found
+
+
+def _attention(g: _Graph, softmax: onnx.NodeProto, add: Any) -> None:
+    qk, score_path = g.up(softmax.input[0], _SCORE_OPS, 6)
+    if qk is None or qk.op_type != "MatMul" or len(g.dynamic_inputs(qk)) != 2:
+        return
+    pv, prob_path = g.down(softmax.output[0], ("Cast", "Dropout", "Identity", "Reshape"), 3)
+    if pv is None or pv.op_type != "MatMul" or len(g.dynamic_inputs(pv)) != 2:
+        return
+    nodes = [qk, *score_path, softmax, *prob_path, pv]
+    for t in (qk.input[0], qk.input[1], pv.input[1]):  # Q, K and V: up to their projections
+        proj, path = g.up(t, _PROJ_PATH_OPS, 8)
+        if proj is not None and g.is_weighted(proj):
+            nodes += [proj, *path]
+    out, path = g.down(pv.output[0], SHAPE_OPS, 4)
+    if out is not None and g.is_weighted(out):
+        nodes += [*path, out]
+    add("attention", nodes, qk=g.n(qk), pv=g.n(pv))
+
+
+def _decomposed_layernorm(g: _Graph, mean: onnx.NodeProto, add: Any) -> None:
+    """ReduceMean(x) -> Sub(x, mean) -> Pow/Mul -> ReduceMean -> Add(eps) -> Sqrt -> Div -> [Mul gamma] -> [Add beta]."""
+    x = mean.input[0]
+    subs = [c for c in g.consumers.get(mean.output[0], []) if c.op_type == "Sub" and c.input[0] == x]
+    if not subs:
+        return
+    nodes, frontier = [mean, subs[0]], [subs[0]]
+    allowed = ("Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Reciprocal")
+    div = None
+    for _ in range(8):
+        nxt = [c for f in frontier for c in g.consumers.get(f.output[0], []) if c.op_type in allowed and c not in nodes]
+        if not nxt:
+            break
+        nodes += nxt
+        frontier = nxt
+        div = next((c for c in nxt if c.op_type == "Div"), div)
+        if div is not None:
+            break
+    if div is None:
+        return
+    tail, path = g.down(div.output[0], ("Mul", "Add"), 2)
+    add("layernorm", nodes + [p for p in path if any(i in g.consts for i in p.input)])
+
+
+def _erf_gelu(g: _Graph, erf: onnx.NodeProto, add: Any) -> None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)), in any order of its multiplications."""
+    pre = g.producer.get(erf.input[0])
+    nodes = [erf] + ([pre] if pre is not None and pre.op_type in ("Div", "Mul") else [])
+    _, path = g.down(erf.output[0], ("Add", "Mul"), 3)
+    add("gelu", nodes + path)
+
+
+def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: dict[str, str], base_ops: set[str], *,
+                      exclude: set[str] = frozenset()) -> tuple[list[str], list[str]]:  # type: ignore[assignment]
+    """(nodes for ONNX Runtime's op quantizers, activation tensors to quantize directly).
+
+    Nodes outside every region quantize when their op is in `base_ops`. A region's nodes follow its
+    kind's policy: `int8` as outside; `float` none; `weights` only MatMul/Gemm/Conv with constant
+    weights; `attention` the weighted ones plus Q x K^T's two inputs above their shape-only ops.
+    """
+    g = _Graph(model)
+    by_name = {g.n(n): n for n in g.nodes}
+    in_region = {name: r for r in regions for name in r.nodes}
+    nodes: list[str] = []
+    tensors: list[str] = []
+    for n in g.nodes:
+        name = g.n(n)
+        r = in_region.get(name)
+        if name in exclude:
+            continue
+        policy = policies.get(r.kind, "int8") if r is not None else "int8"
+        if policy not in POLICIES:
+            raise ValueError(f"unknown region policy {policy!r}")
+        if policy == "int8" and n.op_type in base_ops:
+            nodes.append(name)
+        elif policy in ("weights", "attention") and g.is_weighted(n):
+            nodes.append(name)
+    for r in regions:
+        if policies.get(r.kind) == "attention" and r.qk and r.qk not in exclude:
+            for t in by_name[r.qk].input[:2]:
+                top = t
+                while (p := g.producer.get(top)) is not None and p.op_type in SHAPE_OPS and len(g.consumers[top]) == 1 \
+                        and len(g.consumers[p.output[0]]) == 1:
+                    top = p.input[0]
+                tensors.append(top)
+    return nodes, tensors
+
+
+def hoist_qdq_over_shape_ops(model: onnx.ModelProto) -> int:
+    """`x -> Reshape/Transpose/... -> Q -> DQ -> y` becomes `x -> Q -> DQ -> Reshape/... -> y` when x and the
+    shape op's output have no other consumers (per-tensor Q/DQ commutes with them). OpenVINO then fuses the
+    requantization into the op that produces x (MVN, GELU, a FullyConnected) instead of running it alone,
+    as NNCF's quantizer propagation places it. Returns how many pairs moved."""
+    moved, again = 0, True
+    while again:
+        again = False
+        g = _Graph(model)
+        for q in g.nodes:
+            if _hoist_one(model, g, q):
+                moved += 1
+                again = True
+                break
+    return moved
+
+
+def _hoist_one(model: onnx.ModelProto, g: _Graph, q: onnx.NodeProto) -> bool:
+    if q.op_type != "QuantizeLinear" or len(q.input) < 2 or q.input[1] not in g.consts:
+        return False
+    shape = g.producer.get(q.input[0])
+    if shape is None or shape.op_type not in SHAPE_OPS or len(g.consumers[q.input[0]]) != 1:
+        return False
+    x = shape.input[0]
+    if len(g.consumers[x]) != 1 or x in g.consts or _per_channel(model, q):
+        return False
+    src = g.producer.get(x)
+    if src is None or src.op_type in SHAPE_OPS or src.op_type == "MatMul" and len(g.dynamic_inputs(src)) == 2:
+        # only onto an op that can absorb it: not an attention product (P x V, inside OpenVINO's fused attention
+        # kernel), not another shape op (OpenVINO then pushes the pair through a Transpose it runs in 8 bits)
+        return False
+    dqs = g.consumers[q.output[0]]
+    if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+        return False
+    dq = dqs[0]
+    deq = dq.output[0]
+    # x -> Q -> DQ -> shape -> (former DQ consumers)
+    q.input[0] = x
+    shape.input[0] = deq
+    shape.output[0] = deq + "_shaped"
+    for c in g.consumers[deq]:
+        for i, name in enumerate(c.input):
+            if name == deq:
+                c.input[i] = shape.output[0]
+    return True
+
+
+def _per_channel(model: onnx.ModelProto, q: onnx.NodeProto) -> bool:
+    scale = next((t for t in model.graph.initializer if t.name == q.input[1]), None)
+    return scale is not None and any(d > 1 for d in scale.dims)
