@@ -17,7 +17,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.backends import get_backend
-from edgekit.backends.base import PRECISIONS, CompileRequest, Engine
+from edgekit.backends.base import PRECISIONS, CompileRequest, Engine, cpu_feature_notes
 from edgekit.config import Target, load_target
 from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, sha256_file
@@ -94,6 +94,7 @@ def compile_model(model: str | Path, out_dir: str | Path, *, target: Target | st
             "settings": part.get("settings", {}),
             "shapes": {k: list(v) for k, v in (shapes or {}).items()},
         }
+        manifest["cpu_features_missing"], manifest["notes"] = cpu_feature_notes(manifest["source"]["manifest"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

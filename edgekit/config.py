@@ -157,12 +157,14 @@ class Target:
     bench: BenchSettings = BenchSettings()
     budgets: tuple[Budget, ...] = ()
     source: str = ""  # the profile file, "" for a bare backend name
+    cpu_features: tuple[str, ...] = ()  # the device CPU's ([device] cpu_features); ("host",) = this machine, () = unsaid
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "backend": self.backend, "device": self.device, "precision": self.precision,
             "description": self.description, "options": dataclasses.asdict(self.options) if self.options is not None else {},
             "bench": dataclasses.asdict(self.bench), "budgets": [str(b) for b in self.budgets], "source": self.source,
+            "cpu_features": list(self.cpu_features),
         }
 
 
@@ -194,10 +196,38 @@ def target_from_dict(data: dict[str, Any], *, name: str, source: str = "") -> Ta
     options = dataclass_from_table(backend.options_type, data.get("options", {}), label=f"{label} [options]")
     bench = dataclass_from_table(BenchSettings, data.get("bench", {}), label=f"{label} [bench]")
     budgets = budgets_from_table(data.get("budgets", {}), label=f"{label} [budgets]")
+    device, cpu_features = _device_table(data.get("device", _DEFAULT_DEVICE.get(backend.name, "CPU")), label=label)
     return Target(
-        name=data.get("name", name), backend=backend.name, device=data.get("device", _DEFAULT_DEVICE.get(backend.name, "CPU")),
+        name=data.get("name", name), backend=backend.name, device=device,
         precision=precision, description=data.get("description", ""), options=options, bench=bench, budgets=budgets, source=source,
+        cpu_features=cpu_features,
     )
+
+
+def _device_table(value: Any, *, label: str) -> tuple[str, tuple[str, ...]]:
+    """`device = "CPU"`, or a `[device]` table: `name = "CPU"`, `cpu_features = ["avx2", "avx512_vnni"]` or "host"."""
+    from edgekit.backends.base import CPU_FEATURES
+
+    if isinstance(value, str):
+        return value, ()
+    if not isinstance(value, dict):
+        raise UsageError(f"{label}: device must be a name like \"CPU\" or a [device] table")
+    for key in value:
+        if key not in ("name", "cpu_features"):
+            raise _unknown(key, ("name", "cpu_features"), f"{label} [device]")
+    name = value.get("name", "CPU")
+    feats = value.get("cpu_features", ())
+    if feats == "host":
+        return name, ("host",)
+    if isinstance(feats, str) or not isinstance(feats, list) or not feats or not all(isinstance(f, str) for f in feats):
+        raise UsageError(f"{label} [device] cpu_features must be \"host\" or a non-empty list of feature names",
+                         hint=f"e.g. cpu_features = [\"avx2\"]; known: {', '.join(CPU_FEATURES)}")
+    for f in feats:
+        if f not in CPU_FEATURES:
+            close = difflib.get_close_matches(f, list(CPU_FEATURES), n=1)
+            raise UsageError(f"{label} [device] cpu_features: unknown feature {f!r}",
+                             hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(CPU_FEATURES)}, or \"host\"")
+    return name, tuple(feats)
 
 
 def load_target(spec: str) -> Target:

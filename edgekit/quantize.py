@@ -191,7 +191,7 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     from onnxruntime.quantization.quant_utils import QuantType
     from onnxruntime.quantization.registry import QDQRegistry
 
-    from edgekit.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan
+    from edgekit.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan, unfold_reshaped_gemms
 
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     data = TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()})
@@ -199,6 +199,8 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     op_types = list(recipe.op_types) if recipe.op_types else list(QDQRegistry.keys())
     nodes, tensors = [], []
     if recipe.region_policies:
+        if recipe.hoist_shape_ops:
+            unfold_reshaped_gemms(model)
         name_nodes(model)
         nodes, tensors = quantization_plan(model, find_regions(model), dict(recipe.region_policies), set(op_types), exclude=set(exclude))
         op_types = sorted(set(op_types) | {n.op_type for n in model.graph.node if n.name in set(nodes)})

@@ -242,8 +242,8 @@ def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: d
 
 
 def hoist_qdq_over_shape_ops(model: onnx.ModelProto) -> int:
-    """`x -> Reshape/Transpose/... -> Q -> DQ -> y` becomes `x -> Q -> DQ -> Reshape/... -> y` when x and the
-    shape op's output have no other consumers (per-tensor Q/DQ commutes with them). OpenVINO then fuses the
+    """`x -> Reshape/Transpose/... -> Q -> DQ -> y` becomes `x -> Q -> DQ -> Reshape/... -> y` when the shape op's
+    output has no other consumer (per-tensor Q/DQ commutes with them; x's other consumers keep reading x). OpenVINO then fuses the
     requantization into the op that produces x (MVN, GELU, a FullyConnected) instead of running it alone,
     as NNCF's quantizer propagation places it. Returns how many pairs moved."""
     moved, again = 0, True
@@ -265,7 +265,7 @@ def _hoist_one(model: onnx.ModelProto, g: _Graph, q: onnx.NodeProto) -> bool:
     if shape is None or shape.op_type not in SHAPE_OPS or len(g.consumers[q.input[0]]) != 1:
         return False
     x = shape.input[0]
-    if len(g.consumers[x]) != 1 or x in g.consts or _per_channel(model, q):
+    if x in g.consts or _per_channel(model, q):
         return False
     src = g.producer.get(x)
     if src is None or src.op_type in SHAPE_OPS or src.op_type == "MatMul" and len(g.dynamic_inputs(src)) == 2:
@@ -291,3 +291,51 @@ def _hoist_one(model: onnx.ModelProto, g: _Graph, q: onnx.NodeProto) -> bool:
 def _per_channel(model: onnx.ModelProto, q: onnx.NodeProto) -> bool:
     scale = next((t for t in model.graph.initializer if t.name == q.input[1]), None)
     return scale is not None and any(d > 1 for d in scale.dims)
+
+
+def unfold_reshaped_gemms(model: onnx.ModelProto) -> int:
+    """`Reshape(x, [-1, K]) -> Gemm(W, b) -> Reshape(back)` becomes `MatMul(x, W) -> Add(b)`.
+
+    ONNX Runtime's pre-processing fuses a 3-D MatMul + Add into a 2-D Gemm between two Reshapes. OpenVINO
+    cannot fuse through those Reshapes: the bias, GELU and the requantization after a FullyConnected then
+    run as separate eltwise passes (6 per MiniLM layer pair) that NNCF's graph, which keeps the MatMul, does
+    not have. Only where x's last dimension is K and the result has x's leading dimensions. Returns how many."""
+    from onnx import helper, numpy_helper
+
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    inits = {t.name: t for t in model.graph.initializer}
+    g = _Graph(model)
+    done = 0
+    for gemm in g.nodes:
+        if gemm.op_type != "Gemm" or gemm.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        rin, outs = g.producer.get(gemm.input[0]), g.consumers.get(gemm.output[0], [])
+        if rin is None or rin.op_type != "Reshape" or len(g.consumers[rin.output[0]]) != 1 or len(outs) != 1 or outs[0].op_type != "Reshape":
+            continue
+        rout, x = outs[0], rin.input[0]
+        w = numpy_helper.to_array(inits[gemm.input[1]])
+        w = w.T if attrs.get("transB", 0) else w
+        xs, ys = shapes.get(x), shapes.get(rout.output[0])
+        if not xs or not ys or len(xs) < 3 or xs[-1] != w.shape[0] or ys[:-1] != xs[:-1] or ys[-1] != w.shape[1] or None in xs:
+            continue
+        wname = gemm.input[1]
+        if attrs.get("transB", 0):
+            wname = gemm.input[1] + "_transposed"
+            model.graph.initializer.append(numpy_helper.from_array(w, wname))
+        has_bias = len(gemm.input) > 2 and gemm.input[2]
+        mm_out = rout.output[0] + "_matmul" if has_bias else rout.output[0]
+        new = [helper.make_node("MatMul", [x, wname], [mm_out], name=gemm.name or f"{rout.output[0]}_matmul")]
+        if has_bias:
+            new.append(helper.make_node("Add", [mm_out, gemm.input[2]], [rout.output[0]], name=(gemm.name or rout.output[0]) + "_bias"))
+        nodes = list(model.graph.node)
+        at = nodes.index(gemm)
+        keep = [n for n in nodes[:at] if n is not rin] + new + [n for n in nodes[at + 1:] if n is not rout]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        g = _Graph(model)
+        done += 1
+    return done

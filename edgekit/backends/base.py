@@ -165,6 +165,17 @@ def missing_cpu_features(assumed: list[str] | tuple[str, ...]) -> list[str]:
     return [f for f in assumed if f not in here]
 
 
+def cpu_feature_notes(quant_manifest: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(missing features, notes) for running here a model whose quantize manifest names the CPU features its
+    recipe assumed: the figures measured on this machine are not the device's."""
+    recipe = (quant_manifest or {}).get("recipe") or {}
+    missing = missing_cpu_features(recipe.get("cpu_features") or [])
+    if not missing:
+        return [], []
+    return missing, [f"the INT8 recipe assumed a CPU with {', '.join(missing)} ({recipe.get('cpu_features_from') or 'profile'}); "
+                     f"this machine lacks it, so its speed here is not the device's (--strict makes this exit 3)"]
+
+
 def x86_without_int8_dot(features: tuple[str, ...]) -> bool:
     """An x86 CPU with no VNNI/AMX: its u8 x s8 kernels add pairs in int16 and saturate (use 7-bit weights)."""
     return any(f in _X86 for f in features) and not any(f in _INT8_DOT for f in features)

@@ -135,7 +135,9 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         else:
             samples = measure(run, settings, progress=tick)
         decisions = [_decide(samples.latencies_ms, b, settings.confidence) for b in budgets]
-        notes: list[str] = []
+        from edgekit.backends.base import cpu_feature_notes
+
+        cpu_missing, notes = cpu_feature_notes((manifest.get("source") or {}).get("manifest"))
         # an interval that straddles a budget: measure longer (up to the cap) before deciding
         while any(v == "undecided" for v, _ in decisions) and samples.wall_s < settings.max_duration_s:
             more = min(max(settings.min_duration_s, 1.0), settings.max_duration_s - samples.wall_s)
@@ -186,7 +188,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         "load_s": load_s, "first_inference_ms": samples.first_ms, "warmup_runs": samples.warmup_runs,
         "duration_s": samples.wall_s, "throughput_per_s": settings.batch * len(lat) / max(samples.wall_s, 1e-9),
         "latency_ms": summary(lat, confidence=settings.confidence),
-        "budgets": budget_results, "baseline": base_result, "notes": notes, "passed": passed,
+        "budgets": budget_results, "baseline": base_result, "notes": notes, "cpu_features_missing": cpu_missing, "passed": passed,
         "environment": environment(info), "samples_ms": lat.round(6).tolist(),
     }
 

@@ -29,11 +29,12 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--junit", default=None, type=click.Path(dir_okay=False), help="Write JUnit XML: one testcase per model x target x budget.")
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
+@click.option("--strict", is_flag=True, help="Exit 3 when this machine's CPU lacks features the model's INT8 recipe assumed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
-            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
+            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, strict: bool = False) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
     ARTIFACT is a compile output folder, a file in one, or an .onnx file (compiled for
@@ -80,6 +81,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         if len(results) != 1:
             raise UsageError("--save-baseline records one result; with --config, set baseline paths per entry")
         write_json(save_baseline, results[0])
+    lacking = sorted({f for r in results for f in r.get("cpu_features_missing", [])})
+    if strict and lacking:
+        raise GateFailed(f"--strict: this machine lacks {', '.join(lacking)}, which the INT8 recipe assumed",
+                         hint="bench on the device's kind of CPU (edgekit bench --device), or quantize for this one")
     if not run["passed"]:
         failed = [f"{r['name']}@{r['target']}: " + ", ".join(
             [f"{b['budget']} ({b['stat']}={b['value']:.3f}ms)" for b in r["budgets"] if b["verdict"] != "pass"]
