@@ -31,6 +31,7 @@ from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
 from edgekit.preprocess import ImageRecipe
 from edgekit.progress import status, track
+from edgekit.regions import region_report
 
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
@@ -67,6 +68,7 @@ class QuantizeReport:
     notes: list[str]
     accuracy: dict[str, Any] | None = None
     fallback: dict[str, Any] | None = None
+    regions: list[dict[str, Any]] | None = None  # edgekit.regions: each region found and its recipe's policy for it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,6 +289,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         output=str(output), target=target.name, recipe=recipe.to_dict(), method=method, calibration=calib_info,
         settled=settled, nodes_quantized=len(q), nodes_float=f, excluded=exclude, size_before=model_path.stat().st_size,
         size_after=output.stat().st_size, seconds=time.perf_counter() - start, cache=cache_state, notes=notes, fallback=fallback,
+        regions=region_report(model, dict(recipe.region_policies)),
     )
     if options.eval_source:
         from edgekit.accuracy import evaluate

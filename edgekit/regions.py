@@ -181,17 +181,14 @@ def _decomposed_layernorm(g: _Graph, mean: onnx.NodeProto, add: Any) -> None:
         return
     nodes, frontier = [mean, subs[0]], [subs[0]]
     allowed = ("Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Reciprocal")
-    div = None
-    for _ in range(8):
-        nxt = [c for f in frontier for c in g.consumers.get(f.output[0], []) if c.op_type in allowed and c not in nodes]
+    for _ in range(6):  # breadth first from (x - mean) to the Div by the standard deviation, not past it
+        nxt = [c for f in frontier if f.op_type != "Div" for c in g.consumers.get(f.output[0], []) if c.op_type in allowed and c not in nodes]
         if not nxt:
             break
         nodes += nxt
         frontier = nxt
-        div = next((c for c in nxt if c.op_type == "Div"), div)
-        if div is not None:
-            break
-    if div is None:
+    div = next((n for n in nodes if n.op_type == "Div" and subs[0].output[0] in n.input), None)
+    if div is None or not any(n.op_type in ("Sqrt", "Reciprocal") for n in nodes):
         return
     tail, path = g.down(div.output[0], ("Mul", "Add"), 2)
     add("layernorm", nodes + [p for p in path if any(i in g.consts for i in p.input)])
@@ -203,6 +200,19 @@ def _erf_gelu(g: _Graph, erf: onnx.NodeProto, add: Any) -> None:
     nodes = [erf] + ([pre] if pre is not None and pre.op_type in ("Div", "Mul") else [])
     _, path = g.down(erf.output[0], ("Add", "Mul"), 3)
     add("gelu", nodes + path)
+
+
+def region_report(model: onnx.ModelProto, policies: dict[str, str]) -> list[dict[str, Any]]:
+    """The regions found, each with the policy its recipe gave it (the quantize report's `regions`)."""
+    return [{**r.to_dict(), "policy": policies.get(r.kind, "int8")} for r in find_regions(model)] if policies else []
+
+
+def region_line(regions: list[dict[str, Any]]) -> str:
+    """`attention x6 (attention), layernorm x13 (float), ...` for a terminal."""
+    from collections import Counter
+
+    counts = Counter((r["kind"], r["policy"]) for r in regions)
+    return ", ".join(f"{k} x{n} ({p})" for (k, p), n in counts.items())
 
 
 def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: dict[str, str], base_ops: set[str], *,

@@ -71,6 +71,10 @@ def _render(r) -> None:  # noqa: ANN001
         f" (cache {r.cache}); ranges {'settled' if r.settled['settled'] else 'still moving'}"
         f" ({100 * r.settled['max_range_change_last_10pct']:.1f}% over the last 10%)")
     out(f"size {human_bytes(r.size_before)} -> {human_bytes(r.size_after)}, {r.seconds:.1f} s")
+    if r.regions:
+        from edgekit.regions import region_line
+
+        out(f"regions: {region_line(r.regions)}")
     for n in r.notes:
         out(f"note: {n}")
     if r.fallback:
