@@ -120,6 +120,11 @@ class QuantRecipe:
 
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")
+# outside regions in a CNN: ONNX Runtime's QDQ registry plus global pooling (NNCF quantizes it too: OpenVINO pools in
+# u8, and ONNX Runtime keeps the last residual Add + ReLU in one QLinearAdd, as its own quantize_static does)
+CNN_OPS = ("AveragePool", "BatchNormalization", "Clip", "Conv", "ConvTranspose", "CumSum", "Flatten", "Gather", "GatherElements", "Gemm",
+           "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "ReduceMean", "Relu", "Reshape", "Resize", "Slice", "Split", "Squeeze",
+           "TopK", "Transpose", "Unsqueeze", "Where")
 
 # CPU features a profile may name ([device] cpu_features), and the /proc/cpuinfo flags that show them
 CPU_FEATURES = {

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit import deps
 from edgekit.backends.base import (
-    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, is_transformer, region_recipe, x86_without_int8_dot,
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
 )
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
@@ -163,7 +163,7 @@ class OnnxRuntimeBackend:
                 why="transformer: INT8 MatMul/Gemm with constant weights, U8 activations / S8 per-channel weights" + bits,
             )
         return QuantRecipe(
-            name="onnxruntime-u8s8", **common,  # type: ignore[arg-type]
+            name="onnxruntime-u8s8", op_types=CNN_OPS, **common,  # type: ignore[arg-type]
             why="U8 activations / S8 per-channel weights: ONNX Runtime's fast x86 INT8 kernels; attention blocks, LayerNorm "
                 "and GELU inside keep the transformer placement" + bits,
         )

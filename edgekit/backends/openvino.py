@@ -14,18 +14,13 @@ import numpy as np
 
 from edgekit import deps
 from edgekit.backends.base import (
-    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, is_transformer, region_recipe, x86_without_int8_dot,
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
 )
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
 # the region policies (edgekit.regions) of both OpenVINO recipes
 _OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8"}
-# outside regions in a CNN: ONNX Runtime's QDQ registry plus global pooling (NNCF quantizes it; OpenVINO pools in u8)
-_OV_CNN_OPS = ("AveragePool", "BatchNormalization", "Clip", "Conv", "ConvTranspose", "CumSum", "Flatten", "Gather", "GatherElements", "Gemm",
-               "GlobalAveragePool", "MatMul", "MaxPool", "Pad", "ReduceMean", "Relu", "Reshape", "Resize", "Slice", "Split", "Squeeze",
-               "TopK", "Transpose", "Unsqueeze", "Where")
-
 # edgekit precision -> OpenVINO inference precision (int8 comes from the QDQ nodes; the rest runs f32)
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 KNOWN_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -191,7 +186,7 @@ class OpenVinoBackend:
                     "LayerNorm, GELU, Softmax and residual Adds f32" + bits,
             )
         return QuantRecipe(
-            name="openvino-cnn", op_types=_OV_CNN_OPS, **common,  # type: ignore[arg-type]
+            name="openvino-cnn", op_types=CNN_OPS, **common,  # type: ignore[arg-type]
             why="CNN: QDQ on every quantizable op and the global pooling, U8 activations / S8 per-channel weights; "
                 "attention blocks, LayerNorm and GELU inside follow the transformer placement" + bits,
         )
