@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,mobilenetv2,minilm-l6,efficientnet-lite0")
     ap.add_argument("--backends", default="openvino,onnxruntime")
     ap.add_argument("--seconds", type=float, default=4.0, help="interleaved measuring time per variant, at least")
+    ap.add_argument("--results", default="int8_speed", help="results file name in bench/results/ (a re-run of some models: another name)")
     args = ap.parse_args()
     from edgekit.backends.base import host_cpu_features
 
@@ -190,7 +191,7 @@ def main() -> None:
               f"{'ok' if v['ok'] else 'BEHIND'}")
     from edgekit.doctor import cpu_name
 
-    path = write_results("int8_speed", {"cpu": cpu_name(), "cpu_features": list(host_cpu_features()), "seconds": args.seconds,
+    path = write_results(args.results, {"cpu": cpu_name(), "cpu_features": list(host_cpu_features()), "seconds": args.seconds,
                                         "note": "interleaved on a shared 2-core machine: compare ratios, not absolute ms",
                                         "rows": rows, "verdicts": verdicts})
     print(f"wrote {path}")
