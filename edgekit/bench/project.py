@@ -8,7 +8,7 @@ from typing import Any
 from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
 from edgekit.errors import UsageError
 
-_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch"}
+_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,7 @@ class BenchEntry:
     max_regression: float = 0.10
     data: str | None = None
     batch: int | None = None
+    device: str | None = None  # a [devices.NAME] of the same file, or ssh://...: measured there (edgekit.devices)
 
 
 def parse_percent(value: Any, label: str) -> float:
@@ -38,8 +39,8 @@ def load_project(path: str | Path) -> list[BenchEntry]:
     path = Path(path)
     data = read_toml(path)
     for k in data:
-        if k not in ("bench", "defaults"):
-            raise _unknown(k, ("bench", "defaults"), str(path))
+        if k not in ("bench", "defaults", "devices"):
+            raise _unknown(k, ("bench", "defaults", "devices"), str(path))
     defaults = data.get("defaults", {})
     for k in defaults:
         if k not in _ENTRY_KEYS:
@@ -63,6 +64,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
             max_regression=parse_percent(item.get("max_regression", 0.10), label),
             data=str(base / item["data"]) if item.get("data") else None,
             batch=item.get("batch"),
+            device=item.get("device"),
         ))
     if not entries:
         raise UsageError(f"{path} has no [[bench]] entries", hint="add one: [[bench]] model = \"...\" target = \"...\"")

@@ -18,6 +18,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs, at least 3 (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline (with the artifact's path and SHA-256, so later runs re-measure it paired while it is there).")
+@click.option("--device", default=None, metavar="NAME", help="Measure on this device over SSH: a [devices.NAME] of edgekit.toml (--config, else ./edgekit.toml) or ssh://user@host:port.")
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="A project file (edgekit.toml) of models x targets x budgets.")
 @click.option("--data", default=None, help="Real feeds (a .npz, folder, or calibration .toml) instead of generated ones.")
 @click.option("--batch", type=int, default=None, help="Batch size for generated feeds.")
@@ -31,7 +32,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
-            save_baseline: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
+            save_baseline: str | None, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
             junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
@@ -43,7 +44,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     """
     from edgekit.bench import report
     from edgekit.bench.project import load_project, parse_percent
-    from edgekit.bench.run import BenchOptions, bench_artifact
+    from edgekit.bench.run import BenchOptions
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
     from edgekit.feeds import parse_shape_option
@@ -58,11 +59,13 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     if config:
         for e in load_project(config):
             jobs.append((e.model, e.target, BenchOptions(budgets=e.budgets + extra, baseline=e.baseline, max_regression=e.max_regression, gate_stat=gate_stat,
-                                                         data=e.data or data, batch=e.batch or batch, name=e.name, **common)))
+                                                         data=e.data or data, batch=e.batch or batch, name=e.name, **common), device or e.device))
     else:
         jobs.append((artifact, target, BenchOptions(budgets=extra, baseline=baseline, max_regression=parse_percent(max_regression, "--max-regression"), gate_stat=gate_stat,
-                                                    data=data, batch=batch, **common)))
-    results = [bench_artifact(a, target=t, options=o) for a, t, o in jobs]
+                                                    data=data, batch=batch, **common), device))
+    from edgekit.devices import bench_jobs
+
+    results = bench_jobs(jobs, config=config)
     run = {"kind": "edgekit.bench-run", "schema": 1, "passed": all(r["passed"] for r in results), "results": results}
     if json_path != "-":
         out(table(report.HEADERS, report.rows(results)))

@@ -1,0 +1,181 @@
+"""`edgekit bench --device` / `doctor --device` against real OpenSSH servers on 127.0.0.1.
+
+Each server is Debian's sshd, started here on a free port with throwaway host and user keys, its own
+sshd_config and known_hosts, and stopped by its own process id. The "device" Python is a second
+virtual environment (no torch in it) whose site-packages point at this environment's packages and
+at this checkout's edgekit. Nothing mocks SSH.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import venv
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+
+ROOT = Path(__file__).parents[1]
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+pytestmark = pytest.mark.requires_openvino
+
+
+# --- the servers ---------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgekit-test", "-f", str(path)], check=True)
+    return path
+
+
+class Sshd:
+    """A real sshd on 127.0.0.1 that lets `user_key` in as the current user."""
+
+    def __init__(self, root: Path, user_key: Path) -> None:
+        root.mkdir(parents=True)
+        self.root, self.port = root, _free_port()
+        self.host_key = _keygen(root / "host_ed25519")
+        (root / "authorized_keys").write_text(Path(str(user_key) + ".pub").read_text())
+        self.config = root / "sshd_config"
+        self.config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}", f"PidFile {root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no",
+            "MaxStartups 50", "LogLevel ERROR", ""]))
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=open(root / "sshd.log", "wb"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()}")
+                time.sleep(0.05)
+
+    def known_hosts_line(self) -> str:
+        return f"[127.0.0.1]:{self.port} " + " ".join(Path(str(self.host_key) + ".pub").read_text().split()[:2]) + "\n"
+
+    def sessions(self) -> list[psutil.Process]:
+        """One process per open connection (sshd's per-connection child)."""
+        return psutil.Process(self.proc.pid).children()
+
+    def stop(self) -> None:
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            child.kill()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
+    root = tmp_path_factory.mktemp("lab")
+    user_key = _keygen(root / "id_user")
+    servers = [Sshd(root / "sshd-a", user_key), Sshd(root / "sshd-b", user_key)]
+    known = root / "known_hosts"
+    known.write_text("".join(s.known_hosts_line() for s in servers))
+    yield {"root": root, "key": user_key, "known_hosts": known, "servers": servers}
+    for s in servers:
+        s.stop()
+
+
+# --- the device's Python -------------------------------------------------------------------------
+
+def device_python(where: Path, *, without: tuple[str, ...] = (), edgekit_root: Path = ROOT) -> Path:
+    """A virtual environment standing in for the device's: this environment's packages (minus
+    `without`, and never torch) and `edgekit_root`'s edgekit, through one .pth file. Takes ~1 s."""
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(where)
+    site = where / "shared-site"
+    site.mkdir()
+    skip = ("torch", "__editable__", "edgekit", "_distutils_hack", "distutils-precedence") + without
+    ours = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p, "numpy").exists()))
+    for entry in ours.iterdir():
+        if not entry.name.lower().startswith(skip) and not entry.name.endswith(".pth"):
+            (site / entry.name).symlink_to(entry)
+    py = where / "bin" / "python"
+    sp = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    Path(sp, "device.pth").write_text(f"{edgekit_root}\n{site}\n")
+    return py
+
+
+@pytest.fixture(scope="module")
+def pythons(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("device-pythons")
+    old = root / "old-edgekit"
+    shutil.copytree(ROOT / "edgekit", old / "edgekit", ignore=shutil.ignore_patterns("__pycache__"))
+    init = old / "edgekit" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.1+was-'))
+    pack = old / "edgekit" / "pack.py"
+    text = pack.read_text()
+    assert 'm["schema"] != 1' in text, "the bundle schema check moved: update how this test makes an older edgekit"
+    pack.write_text(text.replace('m["schema"] != 1', 'm["schema"] != 0'))  # an edgekit from before bundle schema 1
+    t0 = time.perf_counter()
+    out = {"device": device_python(root / "device"), "no-openvino": device_python(root / "no-openvino", without=("openvino", "nncf")),
+           "old": device_python(root / "old", edgekit_root=old)}
+    print(f"three device environments in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+# --- the artifact --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_ov(efficientnet_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite0, INT8 (calibrated on real photos), compiled for OpenVINO."""
+    from edgekit.compile import compile_model
+
+    d = tmp_path_factory.mktemp("remote-artifact")
+    q = d / "model.int8.onnx"
+    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib", str(ROOT / "calibration" / "imagenet-photos.toml"),
+                                   "--samples", "4", "--target", "openvino"])
+    assert res.exit_code == 0, res.output
+    compile_model(q, d / "ov", target="openvino", shapes={"inputs": (1, 3, 224, 224)})
+    return d / "ov"
+
+
+def _device_table(name: str, server: Sshd, lab: dict, python: Path, workdir: Path, *, known_hosts: Path | None = None, key: Path | None = None) -> str:
+    opts = [f"IdentityFile={key or lab['key']}", "IdentitiesOnly=yes", f"UserKnownHostsFile={known_hosts or lab['known_hosts']}"]
+    return (f'[devices.{name}]\nhost = "127.0.0.1"\nport = {server.port}\nuser = "{os.environ.get("USER") or "root"}"\n'
+            f'python = "{python}"\nworkdir = "{workdir}"\nssh_options = {json.dumps(opts)}\n\n')
+
+
+def _project(tmp: Path, text: str) -> Path:
+    p = tmp / "edgekit.toml"
+    p.write_text(text)
+    return p
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _error_line(res: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+def _leftovers(workdir: Path, local: Path) -> list[str]:
+    """Anything a run may have left behind: folders on the device, files beside the outputs here."""
+    device = sorted(p.name for p in workdir.iterdir()) if workdir.exists() else []
+    return device + sorted(p.name for p in local.iterdir() if p.name not in ("edgekit.toml",))
