@@ -58,7 +58,8 @@ class Sshd:
             "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no",
             "MaxStartups 50", "LogLevel ERROR", ""]))
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=open(root / "sshd.log", "wb"))
+        with open(root / "sshd.log", "wb") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -179,3 +180,78 @@ def _leftovers(workdir: Path, local: Path) -> list[str]:
     """Anything a run may have left behind: folders on the device, files beside the outputs here."""
     device = sorted(p.name for p in workdir.iterdir()) if workdir.exists() else []
     return device + sorted(p.name for p in local.iterdir() if p.name not in ("edgekit.toml",))
+
+
+def _cmdlines(server: Sshd) -> list[list[str]]:
+    out = []
+    for c in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            out.append(c.cmdline())
+        except psutil.Error:
+            pass
+    return out
+
+
+def _bench_running(server: Sshd) -> bool:
+    return any(c[1:4] == ["-m", "edgekit", "bench"] for c in _cmdlines(server))
+
+
+def _p50(path: Path) -> float:
+    return json.loads(path.read_text())["results"][0]["latency_ms"]["p50"]["value"]
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    server, work = lab["servers"][0], tmp_path / "device-work"
+    _project(tmp_path, _device_table("lab", server, lab, pythons["device"], work))
+    local, device = [], []
+    for i in range(2):  # alternate rounds: the machine's load drifts, the order must not decide
+        for where in (("local", "device") if i % 2 == 0 else ("device", "local")):
+            args = ["bench", str(int8_ov), "--min-duration", "1", "--json", f"{where}-{i}.json"] + (["--device", "lab"] if where == "device" else [])
+            res = _run(args, tmp_path)
+            assert res.returncode == 0, res.stderr
+            (device if where == "device" else local).append(_p50(tmp_path / f"{where}-{i}.json"))
+    ratio = sorted(device)[len(device) // 2] / sorted(local)[len(local) // 2]
+    print(f"p50 device {device} ms, local {local} ms: device/local {ratio:.3f}")
+    assert 0.6 < ratio < 1.67, (device, local)
+
+    r = json.loads((tmp_path / "device-0.json").read_text())["results"][0]
+    assert r["target"] == "openvino@lab" and r["device"]["name"] == "lab" and r["precision"] == "int8"
+    env = r["environment"]
+    assert env["device"]["python_executable"] == str(pythons["device"])  # measured by the device's own Python and edgekit
+    assert env["cpu"] and env["engine"]["backend"] == "openvino" and "throttled" in env["device"]
+    assert r["device"]["artifact_path"].startswith(str(work)) and r["artifact_path"] == str(int8_ov.resolve())
+    assert any("measured on device lab" in n for n in r["notes"])
+
+    # the paired baseline: the baseline artifact travels in the same bundle, both measured interleaved there
+    base = tmp_path / "baseline-artifact"
+    shutil.copytree(int8_ov, base)
+    res = _run(["bench", str(int8_ov), "--device", "lab", "--baseline", str(base), "--min-duration", "1", "--json", "paired.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    b = json.loads((tmp_path / "paired.json").read_text())["results"][0]["baseline"]
+    assert b["mode"] == "paired" and not b["regressed"] and b["baseline_artifact"] == str(base.resolve())
+
+    # the device's edgekit runs without torch, and doctor --device says so
+    res = _run(["doctor", "--device", "lab", "--json", "doctor.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = json.loads((tmp_path / "doctor.json").read_text())
+    assert {b["name"]: b["available"] for b in d["backends"]}["openvino"] and not d["missing"] or all(m["what"] == "tensorrt" for m in d["missing"])
+    assert "no module named 'torch'" in subprocess.run([str(pythons["device"]), "-c", "import torch"], capture_output=True, text=True).stderr.lower()
+    assert list(work.iterdir()) == []
+
+
+def test_two_devices_run_in_parallel_to_one_junit(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    a, b = lab["servers"]
+    text = _device_table("a", a, lab, pythons["device"], tmp_path / "work-a") + _device_table("b", b, lab, pythons["device"], tmp_path / "work-b")
+    text += f'[[bench]]\nname = "lite0"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "a"\nbudgets = {{ p99 = 5000 }}\n\n'
+    text += f'[[bench]]\nname = "lite0"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "b"\nbudgets = {{ p99 = 5000 }}\n'
+    _project(tmp_path, text)
+    res = _run(["bench", "--config", "edgekit.toml", "--min-duration", "1", "--junit", "junit.xml", "--markdown", "summary.md", "--json", "run.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    cases = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
+    assert sorted(c.get("classname") for c in cases) == ["lite0.openvino@a", "lite0.openvino@b"]
+    assert "openvino@a" in (tmp_path / "summary.md").read_text() and "openvino@b" in (tmp_path / "summary.md").read_text()
+    ra, rb = json.loads((tmp_path / "run.json").read_text())["results"]
+    da, db = ra["environment"]["device"], rb["environment"]["device"]
+    assert da["started"] < db["ended"] and db["started"] < da["ended"], "the two devices did not measure at the same time"

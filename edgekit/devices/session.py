@@ -38,7 +38,7 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
               on_event: Callable[[dict[str, Any]], None] = lambda e: None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the agent on `device`: (its last event, `result` or `error`; every event). Transport failures raise (exit 4)."""
     header = dict(header, payload=payload.stat().st_size if payload else 0)
-    proc = subprocess.Popen(ssh_argv(device, remote_python_command(device, agent_source())), stdin=subprocess.PIPE,
+    proc = subprocess.Popen(ssh_argv(device, remote_python_command(device)), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     assert proc.stdin and proc.stdout and proc.stderr
     err_lines: list[str] = []
@@ -55,7 +55,7 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
     final = None
     try:
         with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.write((json.dumps(header) + "\n").encode())
+            proc.stdin.write((json.dumps(agent_source()) + "\n" + json.dumps(header) + "\n").encode())
             proc.stdin.flush()
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace")

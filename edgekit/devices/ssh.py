@@ -38,7 +38,11 @@ def _base_argv(device: Device) -> list[str]:
     return argv
 
 
-def remote_python_command(device: Device, code: str) -> str:
+# the agent's source arrives as the first line of stdin (JSON-quoted): a short command line in `ps` on the device
+BOOTSTRAP = "import sys, json; exec(compile(json.loads(sys.stdin.buffer.readline()), 'edgekit-agent', 'exec'))"
+
+
+def remote_python_command(device: Device, code: str = BOOTSTRAP) -> str:
     """A POSIX shell line that runs `code` with the device's Python (an executable or a venv folder)."""
     py = device.python
     if py == "~" or py.startswith("~/"):
@@ -88,6 +92,8 @@ def connection_error(device: Device, stderr: str) -> EdgekitError:
     if "permission denied" in text or "too many authentication failures" in text:
         return BackendUnavailable(f"{who}: the device refused every key offered ({last})",
                                   hint=f"install your public key there (ssh-copy-id{port_flag} {user + '@' if user else ''}{host}), or name the right one: ssh_options = [\"IdentityFile=~/.ssh/KEY\"] in [devices.{device.name}]")
+    if "closed by remote host" in text or "connection reset" in text or "broken pipe" in text:
+        return BackendUnavailable(f"{who}: the connection was lost ({last})", hint=f"run again when the device is reachable (check: ssh{port_flag} {user + '@' if user else ''}{host} true); the next run removes any folder this one left there")
     if any(s in text for s in ("connection refused", "timed out", "no route to host", "could not resolve", "network is unreachable", "connection closed")):
         return BackendUnavailable(f"{who} is not reachable: {last}", hint=f"check that it is on and sshd runs there: ssh{port_flag} {user + '@' if user else ''}{host} true")
     return BackendUnavailable(f"{who}: ssh failed: {last}", hint=f"try it by hand: ssh{port_flag} {user + '@' if user else ''}{host} true")
