@@ -49,7 +49,7 @@ def diagnose_device(name: str, *, config: str | None = None) -> dict[str, Any]:
             from edgekit.devices.remote import _device_error
 
             raise _device_error(device, final, hello, "")
-        report["missing"].append({"what": "edgekit", "why": final.get("message"), "fix": f"{py} -m pip install 'edgekit[onnxruntime]' (add ,openvino or ,tensorrt for those backends; no torch needed)"})
+        report["missing"].append({"what": "edgekit", "why": final.get("message"), "fix": f"{py} -m pip install edgekit (ONNX Runtime included; 'edgekit[openvino]' or 'edgekit[tensorrt]' for those backends; no torch needed)"})
         return report
     found = final["doctor"]
     report.update(machine=found.get("machine"), backends=found.get("backends", []), record=final["device"],

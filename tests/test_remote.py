@@ -255,3 +255,98 @@ def test_two_devices_run_in_parallel_to_one_junit(lab: dict, pythons: dict, int8
     ra, rb = json.loads((tmp_path / "run.json").read_text())["results"]
     da, db = ra["environment"]["device"], rb["environment"]["device"]
     assert da["started"] < db["ended"] and db["started"] < da["ended"], "the two devices did not measure at the same time"
+
+
+def test_host_keys_are_checked_and_a_refused_key_names_the_fix(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    a, b = lab["servers"]
+    work = tmp_path / "work"
+    cases = {
+        "unknown": (tmp_path / "empty_known_hosts", lab["key"], f"ssh-keyscan -p {a.port} 127.0.0.1 >> {tmp_path / 'empty_known_hosts'}"),
+        "changed": (tmp_path / "changed_known_hosts", lab["key"], f"ssh-keygen -R '[127.0.0.1]:{a.port}'"),
+        "wrong key": (lab["known_hosts"], _keygen(tmp_path / "not_authorized"), f"ssh-copy-id -p {a.port} "),
+    }
+    (tmp_path / "empty_known_hosts").write_text("")
+    (tmp_path / "changed_known_hosts").write_text(b.known_hosts_line().replace(f":{b.port} ", f":{a.port} "))  # another host's key
+    for what, (known, key, fix) in cases.items():
+        _project(tmp_path, _device_table("lab", a, lab, pythons["device"], work, known_hosts=known, key=key))
+        res = _run(["bench", str(int8_ov), "--device", "lab", "--json", "out.json"], tmp_path)
+        assert res.returncode == 4, (what, res.stderr)
+        line = _error_line(res)
+        assert fix in line, (what, line)
+        assert {"unknown": "never accepts an unseen host key", "changed": "CHANGED", "wrong key": "refused every key"}[what] in line
+    assert (tmp_path / "empty_known_hosts").read_text() == ""  # nothing accepted behind the user's back
+    assert not work.exists() and not (tmp_path / "out.json").exists()
+
+
+def test_device_without_the_backend_or_edgekit_or_a_new_enough_edgekit(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    server, work = lab["servers"][0], tmp_path / "work"
+    bare = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(bare)
+    devices = {"noov": pythons["no-openvino"], "bare": bare, "old": pythons["old"]}
+    _project(tmp_path, "".join(_device_table(n, server, lab, py, work) for n, py in devices.items()))
+    expect = {"noov": f"{pythons['no-openvino']} -m pip install 'edgekit[openvino]'",
+              "bare": f"{bare / 'bin' / 'python'} -m pip install 'edgekit[openvino]'",
+              "old": "pip install -U 'edgekit[openvino]>="}
+    for name, fix in expect.items():
+        res = _run(["bench", str(int8_ov), "--device", name, "--min-duration", "0.2", "--json", "out.json"], tmp_path)
+        assert res.returncode == 4, (name, res.stderr)
+        assert fix in _error_line(res), (name, res.stderr)
+        assert list(work.iterdir()) == [] and not (tmp_path / "out.json").exists(), name
+    assert "older than this one" in _run(["bench", str(int8_ov), "--device", "old"], tmp_path).stderr
+    # doctor --device says what is missing there, with the line that installs it
+    res = _run(["doctor", "--device", "noov"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"missing: openvino: {pythons['no-openvino']} -m pip install 'edgekit[openvino]'" in res.stdout
+    res = _run(["doctor", "--device", "bare"], tmp_path)
+    assert res.returncode == 4 and "no edgekit" in res.stdout and "-m pip install edgekit (ONNX Runtime included" in _error_line(res)
+
+
+def test_a_cut_connection_stops_the_device_run_and_a_later_run_cleans_what_a_hard_cut_left(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    server, work = lab["servers"][0], tmp_path / "work"
+    _project(tmp_path, _device_table("lab", server, lab, pythons["device"], work))
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["PYTHONPATH"] = str(ROOT)
+    for hard in (False, True):
+        run = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(int8_ov), "--device", "lab", "--min-duration", "60", "--json", "out.json"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _bench_running(server):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.1)
+        session = server.sessions()
+        # hard: the device's processes die first (a reboot, an OOM kill) and cannot clean up; soft: only the connection
+        victims = ([p for s in session for p in s.children(recursive=True)][::-1] if hard else []) + session
+        for p in victims:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError):
+                pass
+        _out, err = run.communicate(timeout=60)
+        assert run.returncode == 4 and "connection was lost" in err and len(err.strip().splitlines()) == 1, err
+        deadline = time.monotonic() + 20
+        while not hard and (list(work.iterdir()) or _bench_running(server)) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the device notices the end of its input, stops the bench, removes its folder
+        left = [p.name for p in work.iterdir()]
+        assert (len(left) == 1 and left[0].startswith("run-")) if hard else left == [], left
+        assert not _bench_running(server) and not (tmp_path / "out.json").exists()
+    res = _run(["bench", str(int8_ov), "--device", "lab", "--min-duration", "0.2", "--json", "out.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    notes = json.loads((tmp_path / "out.json").read_text())["results"][0]["notes"]
+    assert list(work.iterdir()) == [] and any("removed 1 folder(s) left on lab" in n for n in notes), (notes, list(work.iterdir()))
+
+
+def test_a_full_disk_on_the_device_is_exit_4_and_leaves_nothing(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        _project(tmp_path, _device_table("lab", lab["servers"][0], lab, pythons["device"], small / "work"))
+        res = _run(["bench", str(int8_ov), "--device", "lab", "--json", "out.json"], tmp_path)
+        assert res.returncode == 4, res.stderr
+        line = _error_line(res)
+        assert "MiB free" in line and "set workdir" in line
+        assert list((small / "work").iterdir()) == [] and not (tmp_path / "out.json").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

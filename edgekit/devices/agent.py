@@ -41,10 +41,18 @@ class Failure(Exception):
         self.kind, self.message, self.extra = kind, message, extra
 
 
+def _write(stream, text):
+    """Write to the other side; when it has gone (EPIPE), carry on: the run still has to clean up."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def emit(event, **data):
     data["event"] = event
-    sys.stdout.write(EVENT + json.dumps(data) + "\n")
-    sys.stdout.flush()
+    _write(sys.stdout, EVENT + json.dumps(data) + "\n")
 
 
 def _read(path):
@@ -276,7 +284,7 @@ class Run(object):
             rc = self.child.wait()
             self.child = None
         text = _read(log) or ""
-        sys.stderr.write(text + ("\n" if text else ""))
+        _write(sys.stderr, text + ("\n" if text else ""))
         lines = [ln for ln in text.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("error:")]
         last = errors[-1] if errors else (lines[-1] if lines else "")
@@ -372,7 +380,6 @@ def main():
     stdin = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
     header = json.loads(stdin.readline().decode("utf-8"))
     run = Run(header)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         version = run.probe()
         if version is None:

@@ -122,7 +122,7 @@ def _backends(plan: _Plan) -> str:
 
     from edgekit.compile import MANIFEST
 
-    names = sorted({json.loads((f / MANIFEST).read_text())["backend"] for f in plan.folders})
+    names = sorted({json.loads((f / MANIFEST).read_text())["backend"] for f in plan.folders} - {"onnxruntime"})  # onnxruntime: in edgekit itself
     return ",".join(names)
 
 
@@ -130,7 +130,8 @@ def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], 
     """One line that names the fix, for the agent's `error` event."""
     name, kind, msg = device.name, event.get("kind"), event.get("message", "")
     py = hello.get("python_executable") or device.python
-    install = f"{py} -m pip install 'edgekit[{extra}]'" if extra else f"{py} -m pip install edgekit"
+    spec = f"edgekit[{extra}]" if extra else "edgekit"
+    install = f"{py} -m pip install '{spec}'"
     if kind == "no-edgekit":
         return BackendUnavailable(f"device {name}: {msg}", hint=f"install it there: {install} (no torch needed), or point python = \"...\" in [devices.{name}] at the environment that has it")
     if kind in ("disk", "workdir"):
@@ -139,7 +140,7 @@ def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], 
         theirs = hello.get("edgekit") or "0"
         if _older(theirs, __version__) and event.get("exit_code") != 4:
             return BackendUnavailable(f"device {name}: its edgekit {theirs} is older than this one ({__version__}) and cannot use the bundle: {msg}",
-                                      hint=f"upgrade it there: {py} -m pip install -U 'edgekit[{extra}]>={__version__}'")
+                                      hint=f"upgrade it there: {py} -m pip install -U '{spec}>={__version__}'")
         if event.get("exit_code") == 4 or "not available here" in msg:
             return BackendUnavailable(f"device {name} cannot run it: {msg}", hint=f"install the backend there: {install}")
         return BackendUnavailable(f"device {name}: the bundle does not verify there: {msg}", hint="run again (a damaged transfer), or compile for the device's versions")
