@@ -284,13 +284,15 @@ def test_device_without_the_backend_or_edgekit_or_a_new_enough_edgekit(lab: dict
     server, work = lab["servers"][0], tmp_path / "work"
     bare = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(bare)
-    devices = {"noov": pythons["no-openvino"], "bare": bare, "old": pythons["old"]}
+    devices = {"noov": pythons["no-openvino"], "old": pythons["old"]}
     _project(tmp_path, "".join(_device_table(n, server, lab, py, work) for n, py in devices.items()))
+    opts = "&".join(f"ssh_option={o}" for o in (f"IdentityFile={lab['key']}", "IdentitiesOnly=yes", f"UserKnownHostsFile={lab['known_hosts']}"))
+    url = f"ssh://{os.environ.get('USER') or 'root'}@127.0.0.1:{server.port}?python={bare}&workdir={work}&{opts}"  # a device as a URL
     expect = {"noov": f"{pythons['no-openvino']} -m pip install 'edgekit[openvino]'",
               "bare": f"{bare / 'bin' / 'python'} -m pip install 'edgekit[openvino]'",
               "old": "pip install -U 'edgekit[openvino]>="}
     for name, fix in expect.items():
-        res = _run(["bench", str(int8_ov), "--device", name, "--min-duration", "0.2", "--json", "out.json"], tmp_path)
+        res = _run(["bench", str(int8_ov), "--device", url if name == "bare" else name, "--min-duration", "0.2", "--json", "out.json"], tmp_path)
         assert res.returncode == 4, (name, res.stderr)
         line = _error_line(res)
         assert fix in line and (name != "old" or "its edgekit 0.0.1+was-" in line and "older than this one" in line), (name, line)
@@ -299,7 +301,7 @@ def test_device_without_the_backend_or_edgekit_or_a_new_enough_edgekit(lab: dict
     res = _run(["doctor", "--device", "noov"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"missing: openvino: {pythons['no-openvino']} -m pip install 'edgekit[openvino]'" in res.stdout
-    res = _run(["doctor", "--device", "bare"], tmp_path)
+    res = _run(["doctor", "--device", url], tmp_path)
     assert res.returncode == 4 and "no edgekit" in res.stdout and "-m pip install edgekit (ONNX Runtime included" in _error_line(res)
 
 
@@ -352,3 +354,24 @@ def test_a_full_disk_on_the_device_is_exit_4_and_leaves_nothing(lab: dict, pytho
         assert list((small / "work").iterdir()) == [] and not (tmp_path / "out.json").exists()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_device_settings_are_checked_before_connecting(tmp_path: Path) -> None:
+    from edgekit.devices import device_from_url, resolve_device
+    from edgekit.errors import UsageError
+
+    d = device_from_url("ssh://ci@orin.lab:2222?python=~/venv&ssh_option=ProxyJump=bastion")
+    assert (d.user, d.host, d.port, d.python, d.ssh_options) == ("ci", "orin.lab", 2222, "~/venv", ("ProxyJump=bastion",))
+    bad = {
+        '[devices.x]\nhost = "h"\nssh_options = ["StrictHostKeyChecking=no"]\n': "always checks host keys",
+        '[devices.x]\nhost = "h"\nssh_options = ["BatchMode no"]\n': "never prompts",
+        '[devices.x]\nhost = "h"\nprot = 22\n': "did you mean 'port'",
+        '[devices.x]\nuser = "u"\n': "needs host",
+        '[devices.y]\nhost = "h"\n': "has no device 'x'.*known devices: y",
+    }
+    for text, says in bad.items():
+        _project(tmp_path, text)
+        with pytest.raises(UsageError, match=says):
+            resolve_device("x", config=tmp_path / "edgekit.toml")
+    with pytest.raises(UsageError, match="missing.toml to look it up in"):
+        resolve_device("lab", config=tmp_path / "missing.toml")

@@ -14,6 +14,7 @@ A URL takes the same keys as query parameters: `ssh://ci@orin.lab:2222?python=~/
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ def resolve_device(name: str, *, config: str | Path | None = None) -> Device:
                          hint=f"add [devices.{name}] with host = \"...\" to edgekit.toml (or pass --config), or give ssh://user@host:port")
     known = devices_in(path)
     if name not in known:
-        raise _unknown(name, known, f"{path} [devices]") if known else UsageError(
-            f"{path} defines no devices, so {name!r} is unknown", hint=f"add [devices.{name}] with host = \"...\", or give ssh://user@host:port")
+        close = difflib.get_close_matches(name, known, n=1)
+        raise UsageError(f"{path} has no device {name!r}", hint=f"did you mean {close[0]!r}?" if close else
+                         (f"known devices: {', '.join(sorted(known))}; " if known else "") + f"add [devices.{name}] with host = \"...\", or give ssh://user@host:port")
     return known[name]
