@@ -55,6 +55,8 @@ def diagnose_device(name: str, *, config: str | None = None) -> dict[str, Any]:
     report.update(machine=found.get("machine"), backends=found.get("backends", []), record=final["device"],
                   workdir=final["workdir"], free_bytes=final["free_bytes"], stale_runs=final["stale_runs"])
     for b in report["backends"]:
+        if b["name"] == "tensorrt" and not final["device"].get("nvidia_gpu"):
+            continue  # not missing: TensorRT needs an NVIDIA GPU, and the device shows none
         if not b.get("available"):
             extra = "" if b["name"] == "onnxruntime" else f"[{b['name']}]"
             report["missing"].append({"what": b["name"], "why": b.get("reason"), "fix": f"{py} -m pip install 'edgekit{extra}'"})

@@ -229,16 +229,19 @@ def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, py
     # the paired baseline: the baseline artifact travels in the same bundle, both measured interleaved there
     base = tmp_path / "baseline-artifact"
     shutil.copytree(int8_ov, base)
-    res = CliRunner().invoke(cli, ["bench", str(int8_ov), "--device", "lab", "--baseline", str(base), "--min-duration", "0.5", "--json", "paired.json"])
+    # (A/A: the gate's own flapping rate is bench/baseline_gate.py's business; a wide threshold keeps this test about the pairing)
+    res = CliRunner().invoke(cli, ["bench", str(int8_ov), "--device", "lab", "--baseline", str(base), "--max-regression", "100%",
+                                   "--min-duration", "0.5", "--json", "paired.json"])
     assert res.exit_code == 0, res.output
     b = json.loads((tmp_path / "paired.json").read_text())["results"][0]["baseline"]
     assert b["mode"] == "paired" and not b["regressed"] and b["baseline_artifact"] == str(base.resolve())
+    assert len(b["baseline_samples_ms"]) >= 10 and len(set(b["sample_rounds"])) >= 10  # measured there, interleaved round by round
 
     # the device's edgekit runs without torch, and doctor --device says so
     res = CliRunner().invoke(cli, ["doctor", "--device", "lab", "--json", "doctor.json"])
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "doctor.json").read_text())
-    assert {b["name"]: b["available"] for b in d["backends"]}["openvino"] and not d["missing"] or all(m["what"] == "tensorrt" for m in d["missing"])
+    assert {b["name"]: b["available"] for b in d["backends"]}["openvino"] and d["missing"] == []  # (no NVIDIA GPU: TensorRT is not "missing")
     assert "no module named 'torch'" in subprocess.run([str(pythons["device"]), "-c", "import torch"], capture_output=True, text=True).stderr.lower()
     assert list(work.iterdir()) == []
 

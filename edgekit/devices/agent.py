@@ -131,7 +131,8 @@ def device_record():
     """The device as a whole: what it is, its Jetson power mode, and where its readings come from."""
     rec = {"hostname": platform.node(), "os": platform.platform(), "machine": platform.machine(),
            "python": platform.python_version(), "python_executable": sys.executable,
-           "model": _read("/proc/device-tree/model")}
+           "model": _read("/proc/device-tree/model"),
+           "nvidia_gpu": bool(shutil.which("nvidia-smi") or os.path.exists("/etc/nv_tegra_release") or os.path.exists("/dev/nvhost-ctrl"))}
     mode = _command(["nvpmodel", "-q"])
     if mode:
         rec["jetson_power_mode"] = mode.splitlines()[0].replace("NV Power Mode:", "").strip()

@@ -128,7 +128,7 @@ def _backends(plan: _Plan) -> str:
 
 def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], extra: str) -> EdgekitError:
     """One line that names the fix, for the agent's `error` event."""
-    name, kind, msg = device.name, event.get("kind"), event.get("message", "")
+    name, kind, msg = device.name, event.get("kind"), event.get("message", "").split("; install it:")[0]  # the fix below names the device's Python
     py = hello.get("python_executable") or device.python
     spec = f"edgekit[{extra}]" if extra else "edgekit"
     install = f"{py} -m pip install '{spec}'"
