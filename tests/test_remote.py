@@ -287,13 +287,14 @@ def test_device_without_the_backend_or_edgekit_or_a_new_enough_edgekit(lab: dict
     server, work = lab["servers"][0], tmp_path / "work"
     bare = tmp_path / "bare"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(bare)
-    devices = {"noov": pythons["no-openvino"], "old": pythons["old"]}
+    devices = {"noov": pythons["no-openvino"], "old": pythons["old"], "nopy": tmp_path / "no-such-venv"}
     _project(tmp_path, "".join(_device_table(n, server, lab, py, work) for n, py in devices.items()))
     opts = "&".join(f"ssh_option={o}" for o in (f"IdentityFile={lab['key']}", "IdentitiesOnly=yes", f"UserKnownHostsFile={lab['known_hosts']}"))
     url = f"ssh://{os.environ.get('USER') or 'root'}@127.0.0.1:{server.port}?python={bare}&workdir={work}&{opts}"  # a device as a URL
     expect = {"noov": f"{pythons['no-openvino']} -m pip install 'edgekit[openvino]'",
               "bare": f"{bare / 'bin' / 'python'} -m pip install 'edgekit[openvino]'",
-              "old": "pip install -U 'edgekit[openvino]>="}
+              "old": "pip install -U 'edgekit[openvino]>=",
+              "nopy": f"no Python at '{tmp_path / 'no-such-venv'}' there; set python = "}
     for name, fix in expect.items():
         res = _run(["bench", str(int8_ov), "--device", url if name == "bare" else name, "--min-duration", "0.2", "--json", "out.json"], tmp_path)
         assert res.returncode == 4, (name, res.stderr)
@@ -329,13 +330,13 @@ def test_a_cut_connection_stops_the_device_run_and_a_later_run_cleans_what_a_har
             except (psutil.Error, ProcessLookupError):
                 pass
         _out, err = run.communicate(timeout=60)
-        assert run.returncode == 4 and "connection was lost" in err and len(err.strip().splitlines()) == 1, err
+        assert run.returncode == 4 and "connection was lost" in err and len(err.strip().splitlines()) == 1, (hard, run.returncode, err)
         deadline = time.monotonic() + 20
         while ((not hard and list(work.iterdir())) or _bench_running(server)) and time.monotonic() < deadline:
             time.sleep(0.2)  # soft: the device notices the end of its input, stops the bench, removes its folder
         left = [p.name for p in work.iterdir()]
         assert (len(left) == 1 and left[0].startswith("run-")) if hard else left == [], left
-        assert not _bench_running(server) and not (tmp_path / "out.json").exists()
+        assert not _bench_running(server) and not (tmp_path / "out.json").exists(), (hard, _cmdlines(server))
     res = _run(["bench", str(int8_ov), "--device", "lab", "--min-duration", "0.2", "--json", "out.json"], tmp_path)
     assert res.returncode == 0, res.stderr
     notes = json.loads((tmp_path / "out.json").read_text())["results"][0]["notes"]

@@ -62,7 +62,11 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
             if not line.startswith(EVENT):
                 log.info("%s: %s", device.name, line.rstrip())
                 continue
-            event = json.loads(line[len(EVENT):])
+            try:
+                event = json.loads(line[len(EVENT):])
+            except json.JSONDecodeError:  # a line cut short by a dying connection
+                log.info("%s: %s", device.name, line.rstrip())
+                continue
             events.append(event)
             on_event(event)
             if event["event"] == "ready" and payload is not None:
@@ -72,6 +76,9 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
             if event["event"] in ("result", "error"):
                 final = event
                 break
+    except BaseException:
+        proc.terminate()  # Ctrl-C or a bug here: the connection closes, and the device stops and cleans up its run
+        raise
     finally:
         for t in threads[1:]:
             t.join(timeout=30)
@@ -96,4 +103,4 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
         raise BackendUnavailable(f"device {device.name}: the connection was lost during the run ({last})",
                                  hint="the device stops the run and removes its folder when it notices, and the next run there removes any folder left behind; run again when it is reachable")
     raise BackendUnavailable(f"device {device.name}: the device's Python failed before edgekit could start ({last})",
-                             hint=f"check it by hand: ssh {device.address} {device.python} -c 'import edgekit'")
+                             hint=f"check it by hand: ssh{' -p ' + str(device.port) if device.port else ''} {device.user + '@' if device.user else ''}{device.host} {device.python} -c 'import edgekit'")
