@@ -16,10 +16,10 @@ from edgekit.errors import BackendUnavailable
 _EXTRAS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "export from PyTorch"),
     "openvino": ("openvino", "the OpenVINO backend"),
-    "nncf": ("openvino", "NNCF quantization"),
+    "nncf": ("bench", "NNCF, a peer that bench/ scripts compare against"),
     "tensorrt": ("tensorrt", "the TensorRT backend"),
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
-    "PIL": ("images", "image calibration data"),
+    "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
 }
 

@@ -18,6 +18,7 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs, at least 3 (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline (with the artifact's path and SHA-256, so later runs re-measure it paired while it is there).")
+@click.option("--artifact", "bundle_artifact", default=None, help="With a bundle (.tar or folder): bench this artifact (as `edgekit verify` lists it) instead of the one edgekit.load would choose.")
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="A project file (edgekit.toml) of models x targets x budgets.")
 @click.option("--data", default=None, help="Real feeds (a .npz, folder, or calibration .toml) instead of generated ones.")
 @click.option("--batch", type=int, default=None, help="Batch size for generated feeds.")
@@ -31,13 +32,14 @@ from edgekit.cli._common import emit_json, out, table
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
-            save_baseline: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
+            save_baseline: str | None, bundle_artifact: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
             junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
-    ARTIFACT is a compile output folder, a file in one, or an .onnx file (compiled for
-    the target on the fly). A budget passes when its confidence interval lies under
+    ARTIFACT is a compile output folder, a file in one, an .onnx file (compiled for
+    the target on the fly), or a bundle (the artifact edgekit.load would choose, with
+    the budgets it was packed with). A budget passes when its confidence interval lies under
     it and fails when it lies above; in between, edgekit measures longer (up to
     --max-duration) and says how it decided.
     """
@@ -51,6 +53,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
 
     if (artifact is None) == (config is None):
         raise UsageError("give an ARTIFACT or --config edgekit.toml (one of them)", hint="see `edgekit bench --help`")
+    if artifact is not None:  # a bundle: its verified, extracted artifact, removed when the command ends
+        from edgekit.bundle import artifact_from_bundle
+
+        artifact = str(click.get_current_context().with_resource(artifact_from_bundle(artifact, name=bundle_artifact, target=target, announce=out if json_path != "-" else None)))
     common = dict(shapes=dict(parse_shape_option(s) for s in shapes), min_duration_s=min_duration, max_duration_s=max_duration,
                   min_iterations=min_iterations, warmup_ms=warmup, paired=paired)
     extra = tuple(Budget.parse(b) for b in budgets)
