@@ -9,6 +9,7 @@ Which artifact runs follows one stated rule (`choose_artifact`), shared by `edge
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -36,13 +37,20 @@ RULE = ("artifacts that run here; the one named (backend= or artifact=), else th
         f"({' < '.join(PRECISION_ORDER)}), then the device-specific runtime ({', '.join(BACKEND_ORDER)}), then pack order")
 
 
-def corrupt(path: Path | str, detail: str) -> UsageError:
-    return UsageError(f"incomplete or corrupt bundle: {path} ({detail})", hint="copy it again")
+def corrupt(path: Path | str, detail: object) -> UsageError:
+    return UsageError(f"incomplete or corrupt bundle: {path} ({_one_line(detail)})", hint="copy it again")
+
+
+def _one_line(detail: object) -> str:
+    """tarfile's errors can span lines (one per compression it tried); the last one is about plain tar."""
+    lines = [line.strip(" -") for line in str(detail).strip().splitlines() if line.strip(" -")]
+    return lines[-1] if lines else str(detail)
 
 
 def files_under(root: Path) -> dict[str, str]:
     """SHA-256 of every file under `root` except the manifest, by relative POSIX path."""
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST}
+    files = (p for p in sorted(root.rglob("*")) if p.is_file())
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.relative_to(root).as_posix() != BUNDLE_MANIFEST}
 
 
 # --- termination-safe temporary folders -------------------------------------------------------
@@ -91,22 +99,23 @@ def cleanup_on_termination() -> Iterator[None]:
 
 # --- opening ---------------------------------------------------------------------------------
 
-def safe_extract(tar_path: Path, dest: Path) -> None:
+def safe_extract(tar_path: Path, dest: Path) -> dict[str, str]:
     """Extract only regular files and folders that stay inside `dest`; check every member before writing any.
 
+    Returns the SHA-256 of every file written (hashed on the way, so verifying reads nothing twice).
     A truncated or damaged tar (a partial copy) is an exit-2 "copy it again" error.
     """
     try:
         tar = tarfile.open(tar_path, "r")
     except (tarfile.TarError, EOFError, OSError) as exc:
         if tar_path.stat().st_size and _looks_like_tar_start(tar_path):
-            raise corrupt(tar_path, str(exc)) from exc
-        raise UsageError(f"{tar_path} is not a readable tar bundle ({exc})", hint="pack it again with `edgekit pack`") from exc
+            raise corrupt(tar_path, exc) from exc
+        raise UsageError(f"{tar_path} is not a readable tar bundle ({_one_line(exc)})", hint="pack it again with `edgekit pack`") from exc
     with tar:
         try:
             members = tar.getmembers()
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise corrupt(tar_path, str(exc)) from exc
+            raise corrupt(tar_path, exc) from exc
         for m in members:
             p = Path(m.name)
             if p.is_absolute() or ".." in p.parts or m.name.startswith(("/", "\\")):
@@ -115,43 +124,50 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
                 raise UsageError(f"bundle member {m.name!r} is a link ({m.linkname!r}); bundles hold regular files only", hint="this bundle is unsafe: do not use it")
             if not (m.isfile() or m.isdir()):
                 raise UsageError(f"bundle member {m.name!r} is not a regular file", hint="this bundle is unsafe: do not use it")
+        digests: dict[str, str] = {}
         for m in members:
             target = dest / m.name
             if m.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            h = hashlib.sha256()
             try:
                 src = tar.extractfile(m)
                 assert src is not None
                 with open(target, "wb") as f:
-                    shutil.copyfileobj(src, f)
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        h.update(chunk)
+                        f.write(chunk)
             except (tarfile.TarError, EOFError) as exc:
                 raise corrupt(tar_path, f"{m.name}: {exc}") from exc
+            digests[target.relative_to(dest).as_posix()] = h.hexdigest()
+        return digests
 
 
 def _looks_like_tar_start(path: Path) -> bool:
     """A file that starts like a tar header (the 'ustar' magic at 257) but does not open: a cut copy."""
     with open(path, "rb") as f:
         head = f.read(512)
-    return head[257:262] == b"ustar" or head.startswith(BUNDLE_MANIFEST.encode())  # edgekit writes its manifest first
+    # edgekit writes its manifest first (older bundles and other tar writers may start with a PAX header)
+    return head[257:262] == b"ustar" or head.startswith((BUNDLE_MANIFEST.encode(), b"././@PaxHeader"))
 
 
 @contextlib.contextmanager
-def opened_bundle(path: str | Path) -> Iterator[Path]:
-    """The bundle's root folder: the folder itself, or a private temporary extraction of a tar,
-    removed on any exit (errors, KeyboardInterrupt, SIGTERM/SIGHUP)."""
+def opened_bundle(path: str | Path) -> Iterator[tuple[Path, dict[str, str] | None]]:
+    """(the bundle's root folder, SHA-256 of its files when already known): the folder itself, or a
+    private temporary extraction of a tar, removed on any exit (errors, KeyboardInterrupt, SIGTERM/SIGHUP)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such bundle", hint="check the path")
     if path.is_dir():
-        yield path
+        yield path, None
         return
     with cleanup_on_termination():
         tmp = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
         try:
-            safe_extract(path, tmp)
-            yield tmp
+            digests = safe_extract(path, tmp)
+            yield tmp, digests
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -185,10 +201,11 @@ def _major_minor(v: str) -> str:
 
 # --- verifying -------------------------------------------------------------------------------
 
-def verify_root(root: Path, *, label: Path | str, target: str | None = None) -> dict[str, Any]:
-    """Hashes, schema, compatibility and preprocessing of an opened bundle (see `verify_bundle`)."""
+def verify_root(root: Path, *, label: Path | str, target: str | None = None, digests: dict[str, str] | None = None) -> dict[str, Any]:
+    """Hashes, schema, compatibility and preprocessing of an opened bundle (see `verify_bundle`);
+    `digests`: the files' SHA-256 as `safe_extract` computed them."""
     m = read_manifest(root, label=label)
-    on_disk = files_under(root)
+    on_disk = {k: v for k, v in digests.items() if k != BUNDLE_MANIFEST} if digests is not None else files_under(root)
     for name, digest in m["files"].items():
         if name not in on_disk:
             raise corrupt(label, f"file {name} is missing")
@@ -211,8 +228,8 @@ def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, A
 
     A changed byte or a version mismatch: exit 3; a truncated copy or a missing file: exit 2.
     """
-    with opened_bundle(path) as root:
-        return verify_root(root, label=path, target=target)
+    with opened_bundle(path) as (root, digests):
+        return verify_root(root, label=path, target=target, digests=digests)
 
 
 def _compatibility(a: dict[str, Any], target: str | None) -> dict[str, Any]:
@@ -341,8 +358,8 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
             raise UsageError("--artifact picks an artifact inside a bundle", hint=f"{path} is not a bundle (.tar or a folder with {BUNDLE_MANIFEST})")
         yield path
         return
-    with opened_bundle(path) as root:
-        report = verify_root(root, label=path, target=target)
+    with opened_bundle(path) as (root, digests):
+        report = verify_root(root, label=path, target=target, digests=digests)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
         if announce is not None:

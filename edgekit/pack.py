@@ -142,6 +142,7 @@ def _normal_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """No owner names or ids from the build machine; the usual modes for files and folders."""
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    info.mtime = int(info.mtime)  # a fractional mtime would add a PAX header before each member
     info.mode = 0o755 if info.isdir() else 0o644
     return info
 
