@@ -1,12 +1,21 @@
 """edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets."""
 from __future__ import annotations
 
+TYPE_CHECKING = False  # not `from typing import ...`: `import edgekit` stays under a millisecond
+if TYPE_CHECKING:  # the loader imports numpy and the backends: only when load() is called
+    import os
+    from collections.abc import Sequence
+    from typing import Any
+
+    from edgekit.loader import BundleEngine
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 
 
-def load(bundle, *, backend=None, artifact=None, target=None, trusted_keys=None, cache_dir=True):  # noqa: ANN001, ANN201 - see edgekit.loader.load
+def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
+         trusted_keys: Sequence[Any] | None = None, cache_dir: str | os.PathLike[str] | bool = True) -> BundleEngine:
     """Verify a bundle (hashes, schema, compatibility) and load the artifact that suits this machine:
     `with edgekit.load("model.tar") as e: e.top_k(frame, 5, channels="BGR")`. See `edgekit.loader.load`."""
     from edgekit.loader import load as _load

@@ -169,7 +169,20 @@ def opened_bundle(path: str | Path) -> Iterator[tuple[Path, dict[str, str] | Non
             digests = safe_extract(path, tmp)
             yield tmp, digests
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
+
+
+def _remove(folder: Path) -> None:
+    """rmtree that a SIGTERM arriving during the removal cannot cut short (it is re-raised afterwards)."""
+    pending: _Terminated | None = None
+    for _ in range(3):
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            break
+        except _Terminated as t:
+            pending = t
+    if pending is not None:
+        raise pending
 
 
 def read_manifest(root: Path, *, label: Path | str | None = None) -> dict[str, Any]:
@@ -201,9 +214,12 @@ def _major_minor(v: str) -> str:
 
 # --- verifying -------------------------------------------------------------------------------
 
-def verify_root(root: Path, *, label: Path | str, target: str | None = None, digests: dict[str, str] | None = None) -> dict[str, Any]:
+def verify_root(root: Path, *, label: Path | str, target: str | None = None, digests: dict[str, str] | None = None,
+                check_all: bool = True) -> dict[str, Any]:
     """Hashes, schema, compatibility and preprocessing of an opened bundle (see `verify_bundle`);
-    `digests`: the files' SHA-256 as `safe_extract` computed them."""
+    `digests`: the files' SHA-256 as `safe_extract` computed them. check_all=False leaves each
+    artifact's compatibility unchecked (None) for `choose_artifact` to check in the rule's order,
+    stopping at the first that runs: loading an OpenVINO artifact never imports ONNX Runtime."""
     m = read_manifest(root, label=label)
     on_disk = {k: v for k, v in digests.items() if k != BUNDLE_MANIFEST} if digests is not None else files_under(root)
     for name, digest in m["files"].items():
@@ -214,9 +230,10 @@ def verify_root(root: Path, *, label: Path | str, target: str | None = None, dig
     extra = sorted(set(on_disk) - set(m["files"]))
     if extra:
         raise GateFailed(f"bundle has a file the manifest does not list: {extra[0]}", hint="get the bundle again")
-    checks = [_compatibility(a, target) for a in m["artifacts"]]
-    report = {"bundle": str(label), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks),
-              "preprocessing": _preprocessing_check(m), "manifest": m}
+    checks = [_compatibility(a, target) if check_all else _unchecked(a) for a in m["artifacts"]]
+    report = {"bundle": str(label), "files": len(m["files"]), "artifacts": checks,
+              "compatible": any(c["compatible"] for c in checks) if check_all else None,
+              "preprocessing": _preprocessing_check(m), "target": target, "manifest": m}
     if report["compatible"]:
         idx, why = choose_artifact(report)
         report["chosen"] = {"dir": checks[idx]["dir"], "why": why}
@@ -230,6 +247,10 @@ def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, A
     """
     with opened_bundle(path) as (root, digests):
         return verify_root(root, label=path, target=target, digests=digests)
+
+
+def _unchecked(a: dict[str, Any]) -> dict[str, Any]:
+    return {"dir": a["dir"], "backend": a["backend"], "precision": a["precision"], "compatible": None, "reason": "not checked"}
 
 
 def _compatibility(a: dict[str, Any], target: str | None) -> dict[str, Any]:
@@ -289,7 +310,7 @@ def _preprocessing_check(m: dict[str, Any]) -> dict[str, Any]:
 def check_verified(report: dict[str, Any], *, need_preprocessing: bool = True) -> None:
     """Raise when nothing in the bundle runs here (exit 4 if only backends are missing, else 3), or when
     the preprocessing would differ from the build machine's (3), or needs a missing library (4)."""
-    if not report["compatible"]:
+    if report["compatible"] is False:
         reasons = "; ".join(f"{c['dir']}: {c['reason']}" for c in report["artifacts"])
         exc_type = BackendUnavailable if all("not available here" in c["reason"] for c in report["artifacts"]) else GateFailed
         raise exc_type(f"no artifact in the bundle runs here: {reasons}")
@@ -305,7 +326,8 @@ def check_verified(report: dict[str, Any], *, need_preprocessing: bool = True) -
 # --- choosing --------------------------------------------------------------------------------
 
 def choose_artifact(report: dict[str, Any], *, backend: str | None = None, artifact: str | None = None) -> tuple[int, str]:
-    """(index in the manifest's artifacts, why) of the artifact to load, by `RULE`."""
+    """(index in the manifest's artifacts, why) of the artifact to load, by `RULE`. Artifacts whose
+    compatibility is unchecked (None) are checked here, in the rule's order, until one runs."""
     checks = report["artifacts"]
     named = list(range(len(checks)))
     if artifact is not None:
@@ -317,11 +339,6 @@ def choose_artifact(report: dict[str, Any], *, backend: str | None = None, artif
         named = [i for i in named if checks[i]["backend"] == backend]
         if not named:
             raise UsageError(f"the bundle has no {backend} artifact", hint=f"it has: {', '.join(sorted({c['backend'] for c in checks}))}")
-    runs = [i for i in named if checks[i]["compatible"]]
-    if not runs:
-        reasons = "; ".join(f"{checks[i]['dir']}: {checks[i]['reason']}" for i in named)
-        exc_type = BackendUnavailable if all("not available here" in checks[i]["reason"] for i in named) else GateFailed
-        raise exc_type(f"no {'chosen ' if len(named) < len(checks) else ''}artifact in the bundle runs here: {reasons}")
 
     def rank(i: int) -> tuple[int, int, int]:
         c = checks[i]
@@ -329,13 +346,25 @@ def choose_artifact(report: dict[str, Any], *, backend: str | None = None, artif
         b = BACKEND_ORDER.index(c["backend"]) if c["backend"] in BACKEND_ORDER else len(BACKEND_ORDER)
         return p, b, i
 
-    best = min(runs, key=rank)
+    ranked = sorted(named, key=rank)
+    best = None
+    for i in ranked:
+        if checks[i]["compatible"] is None:
+            checks[i].update(_compatibility(report["manifest"]["artifacts"][i], report.get("target")))
+        if checks[i]["compatible"]:
+            best = i
+            break
+    if best is None:
+        reasons = "; ".join(f"{checks[i]['dir']}: {checks[i]['reason']}" for i in named)
+        exc_type = BackendUnavailable if all("not available here" in checks[i]["reason"] for i in named) else GateFailed
+        raise exc_type(f"no {'chosen ' if len(named) < len(checks) else ''}artifact in the bundle runs here: {reasons}")
     c = checks[best]
     if artifact is not None:
         why = f"named: {c['dir']}"
     else:
-        others = [f"{checks[i]['backend']} {checks[i]['precision']}" for i in runs if i != best]
-        skipped = [f"{checks[i]['backend']} {checks[i]['precision']} (does not run here)" for i in named if i not in runs]
+        after = ranked[ranked.index(best) + 1:]
+        others = [f"{checks[i]['backend']} {checks[i]['precision']}" for i in after]
+        skipped = [f"{checks[i]['backend']} {checks[i]['precision']} (does not run here)" for i in ranked[:ranked.index(best)]]
         why = (f"{c['backend']} {c['precision']} ({c['dir']})" + (f", backend={backend}" if backend else "")
                + (f"; preferred over {', '.join(others)}" if others else "") + (f"; skipped {', '.join(skipped)}" if skipped else "")
                + f" [rule: {RULE}]")
@@ -359,7 +388,7 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
         yield path
         return
     with opened_bundle(path) as (root, digests):
-        report = verify_root(root, label=path, target=target, digests=digests)
+        report = verify_root(root, label=path, target=target, digests=digests, check_all=False)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
         if announce is not None:
