@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +171,18 @@ class BundleEngine(EngineBase):
         d = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1
         return d if isinstance(d, int) and d > 0 else None
 
-    def run_images(self, images: Sequence[ImageInput], *, channels: str | None = None, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def run_images(self, images: Iterable[ImageInput], *, channels: str | None = None, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Outputs for several images, concatenated along the batch axis.
 
         A dynamic batch axis runs `batch_size` images at a time (default: all); a fixed batch of N
         runs N at a time (the last run padded with copies, their outputs dropped); batch 1 runs one
         at a time.
         """
-        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not len(images):
-            raise UsageError("run_images takes a non-empty list of images", hint="for one image use run_image()")
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)):
+            raise UsageError("run_images takes a list of images, not one", hint="for one image use run_image()")
+        images = list(images)
+        if not images:
+            raise UsageError("run_images got no images")
         cap = self.batch_capacity()
         if batch_size is not None and (batch_size < 1 or (cap is not None and batch_size != cap)):
             raise UsageError(f"batch_size={batch_size}: this artifact runs {cap if cap is not None else 'any number of'} images at a time")
