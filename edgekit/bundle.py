@@ -17,7 +17,7 @@ import signal
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edgekit.errors import BackendUnavailable, GateFailed, UsageError
 from edgekit.files import sha256_file
 
 BUNDLE_MANIFEST = "bundle.json"
+SIGNATURE = "bundle.sig"  # edgekit.signing: a detached signature over the manifest
 LABELS = "labels.txt"
 
 # The choice rule, most preferred first. Lower precision runs faster on every runtime here
@@ -50,7 +51,7 @@ def _one_line(detail: object) -> str:
 def files_under(root: Path) -> dict[str, str]:
     """SHA-256 of every file under `root` except the manifest, by relative POSIX path."""
     files = (p for p in sorted(root.rglob("*")) if p.is_file())
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.relative_to(root).as_posix() != BUNDLE_MANIFEST}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.relative_to(root).as_posix() not in (BUNDLE_MANIFEST, SIGNATURE)}
 
 
 # --- termination-safe temporary folders -------------------------------------------------------
@@ -214,14 +215,29 @@ def _major_minor(v: str) -> str:
 
 # --- verifying -------------------------------------------------------------------------------
 
+def signature_before_opening(path: Path, trusted_keys: Sequence[str | os.PathLike[str]] | None) -> dict[str, Any] | None:
+    """With trusted keys (given, or EDGEKIT_TRUSTED_KEYS), edgekit.signing checks the signature and every
+    file before anything is extracted (exit 3 if anything is off); None without trusted keys."""
+    from edgekit import signing
+
+    keys = signing.trusted_keys(trusted_keys or ())
+    return signing.check_bundle(path, keys) if keys else None
+
+
 def verify_root(root: Path, *, label: Path | str, target: str | None = None, digests: dict[str, str] | None = None,
-                check_all: bool = True) -> dict[str, Any]:
+                check_all: bool = True, signature: dict[str, Any] | None = None, min_release: int | None = None) -> dict[str, Any]:
     """Hashes, schema, compatibility and preprocessing of an opened bundle (see `verify_bundle`);
     `digests`: the files' SHA-256 as `safe_extract` computed them. check_all=False leaves each
     artifact's compatibility unchecked (None) for `choose_artifact` to check in the rule's order,
     stopping at the first that runs: loading an OpenVINO artifact never imports ONNX Runtime."""
+    from edgekit import signing
+
     m = read_manifest(root, label=label)
-    on_disk = {k: v for k, v in digests.items() if k != BUNDLE_MANIFEST} if digests is not None else files_under(root)
+    if signature is None:
+        sig_file = root / SIGNATURE
+        signature = signing.describe_unchecked(json.loads(sig_file.read_text()) if sig_file.exists() else None)
+    signing.check_release(m, min_release)
+    on_disk = {k: v for k, v in digests.items() if k not in (BUNDLE_MANIFEST, SIGNATURE)} if digests is not None else files_under(root)
     for name, digest in m["files"].items():
         if name not in on_disk:
             raise corrupt(label, f"file {name} is missing")
@@ -233,20 +249,27 @@ def verify_root(root: Path, *, label: Path | str, target: str | None = None, dig
     checks = [_compatibility(a, target) if check_all else _unchecked(a) for a in m["artifacts"]]
     report = {"bundle": str(label), "files": len(m["files"]), "artifacts": checks,
               "compatible": any(c["compatible"] for c in checks) if check_all else None,
-              "preprocessing": _preprocessing_check(m), "target": target, "manifest": m}
+              "preprocessing": _preprocessing_check(m), "signature": signature, "release": m.get("release"), "target": target, "manifest": m}
     if report["compatible"]:
         idx, why = choose_artifact(report)
         report["chosen"] = {"dir": checks[idx]["dir"], "why": why}
     return report
 
 
-def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, Any]:
+def verify_bundle(path: str | Path, *, target: str | None = None, trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+                  min_release: int | None = None) -> dict[str, Any]:
     """Hashes, schema, compatibility with this machine and its preprocessing libraries.
 
     A changed byte or a version mismatch: exit 3; a truncated copy or a missing file: exit 2.
+    With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) the signature and every file are checked
+    before anything is extracted: an unsigned bundle, another key, a changed manifest or file is exit 3.
     """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such bundle", hint="check the path")
+    signature = signature_before_opening(path, trusted_keys)
     with opened_bundle(path) as (root, digests):
-        return verify_root(root, label=path, target=target, digests=digests)
+        return verify_root(root, label=path, target=target, digests=digests, signature=signature, min_release=min_release)
 
 
 def _unchecked(a: dict[str, Any]) -> dict[str, Any]:
@@ -387,8 +410,9 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
             raise UsageError("--artifact picks an artifact inside a bundle", hint=f"{path} is not a bundle (.tar or a folder with {BUNDLE_MANIFEST})")
         yield path
         return
+    signature = signature_before_opening(path, None)  # EDGEKIT_TRUSTED_KEYS applies here as in edgekit.load
     with opened_bundle(path) as (root, digests):
-        report = verify_root(root, label=path, target=target, digests=digests, check_all=False)
+        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
         if announce is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
-from edgekit.bundle import check_verified, choose_artifact, opened_bundle, verify_root
+from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signature_before_opening, verify_root
 from edgekit.compile import MANIFEST, _target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
@@ -41,22 +41,24 @@ def default_cache_dir() -> Path:
 
 
 def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
-         trusted_keys: Sequence[Any] | None = None, cache_dir: str | os.PathLike[str] | bool = True) -> BundleEngine:
+         trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True) -> BundleEngine:
     """Verify a bundle (.tar or folder) and load the artifact that suits this machine; use as a context manager.
 
     backend: only consider that backend's artifacts. artifact: load this one (its folder name, as
     `edgekit verify` lists it). Otherwise the rule is edgekit.bundle.RULE: what runs here, lowest
     precision first, then the device-specific runtime. target: a profile whose options override the
-    recorded ones. trusted_keys: public keys the bundle's signature must verify against, checked by
-    edgekit.signing when given. cache_dir: True = the per-user default (`default_cache_dir()`), a path,
+    recorded ones. trusted_keys: public key files or folders of `*.pub` (also EDGEKIT_TRUSTED_KEYS); when
+    any is given, edgekit.signing checks the signature and every file before anything is extracted, and
+    only a bundle signed by one of them, unchanged since, is loaded (GateFailed otherwise). cache_dir: True = the per-user default (`default_cache_dir()`), a path,
     or False for none; used where the runtime has a model cache (OpenVINO's CACHE_DIR).
     """
     t0 = time.perf_counter()
     path = Path(bundle)
+    if not path.exists():
+        raise UsageError(f"{path}: no such bundle", hint="check the path")
+    signature = signature_before_opening(path, trusted_keys)  # before anything is extracted
     with opened_bundle(path) as (root, digests):
-        report = verify_root(root, label=path, target=target, digests=digests, check_all=False)
-        if trusted_keys is not None:
-            _verify_signature(root, report, trusted_keys)
+        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature)
         check_verified(report, need_preprocessing=False)  # a missing Pillow only stops run_image, with the fix
         idx, why = choose_artifact(report, backend=backend, artifact=artifact)
         m = report["manifest"]
@@ -73,11 +75,6 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
     log.info("loaded %s in %.2f s: %s", path, load_s, why)
     return BundleEngine(engine, recipe=recipe, labels=labels, manifest=m,
                         info={"artifact": a["dir"], "chosen": why, "cache_dir": cache, "load_s": round(load_s, 4)})
-
-
-def _verify_signature(root: Path, report: dict[str, Any], trusted_keys: Sequence[Any]) -> None:
-    """The one place bundle signatures are checked (edgekit.signing, issue #19)."""
-    raise UsageError("trusted_keys: this edgekit cannot check bundle signatures yet", hint="load without trusted_keys, or upgrade edgekit")
 
 
 def _with_cache(options: Any, cache_dir: str | os.PathLike[str] | bool, backend: str) -> tuple[Any, str | None]:

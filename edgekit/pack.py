@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
-from edgekit.bundle import BUNDLE_MANIFEST, LABELS, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
+from edgekit.bundle import BUNDLE_MANIFEST, LABELS, SIGNATURE, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
 from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
 from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
@@ -59,10 +59,21 @@ def _check_labels_fit(labels: list[str], onnx_path: Path, label_path: str | Path
 
 
 def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report: str | Path | None = None,
-                labels: str | Path | None = None, include_source: bool = True) -> dict[str, Any]:
+                labels: str | Path | None = None, include_source: bool = True,
+                sign_key: str | Path | None = None, release: int | None = None) -> dict[str, Any]:
     """Bundle compiled artifact folders (and, unless `include_source=False`, the ONNX they came from)
-    into `output` (.tar or folder), with `labels` (a text file, one class per line) when given."""
+    into `output` (.tar or folder), with `labels` (a text file, one class per line) when given.
+
+    With `sign_key` (an `edgekit keygen` private key) a detached signature over the manifest is
+    added as bundle.sig; `release` is a number `verify --min-release` compares (rollback protection).
+    """
     output = Path(output)
+    if release is not None and (not isinstance(release, int) or release < 0):
+        raise UsageError(f"release {release!r} is not a whole number >= 0", hint="give --release N, e.g. 42")
+    if sign_key is not None:
+        from edgekit.signing import load_private_key
+
+        load_private_key(sign_key)  # a wrong key file fails before any packing work
     label_list = read_labels(labels) if labels is not None else None
     if not artifacts:
         raise UsageError("nothing to pack", hint="give one or more folders written by `edgekit compile`")
@@ -110,7 +121,7 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             (root / LABELS).write_text("\n".join(label_list) + "\n", encoding="utf-8")
         recipe = (quant.get("calibration") or {}).get("preprocessing")
         manifest = {
-            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__,
+            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__, "release": release,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "artifacts": items,
             "preprocessing": recipe,
@@ -122,6 +133,10 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             "files": files_under(root),
         }
         (root / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if sign_key is not None:
+            from edgekit.signing import sign_manifest
+
+            (root / SIGNATURE).write_text(json.dumps(sign_manifest(manifest, sign_key, version=__version__), indent=2) + "\n")
         mask = _umask()
         if output.suffix == ".tar":
             with atomic_path(output) as tmp_tar:

@@ -211,8 +211,6 @@ def test_a_two_artifact_bundle_loads_by_the_stated_rule_and_says_so(bundle_tar: 
         assert engine.info["backend"] == "onnxruntime" and engine.info["chosen"].startswith("named")
     with pytest.raises(edgekit.errors.UsageError, match="no artifact 'nope'.*0-onnxruntime-int8"):
         edgekit.load(bundle_tar, artifact="nope")
-    with pytest.raises(edgekit.errors.UsageError, match="trusted_keys"):
-        edgekit.load(bundle_tar, trusted_keys=["k"])  # signatures: edgekit.signing (#19)
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
