@@ -48,9 +48,9 @@ def markdown(results: Sequence[dict[str, Any]], *, title: str = "", error: str |
     stopped the run, if one did."""
     ok = all(r["passed"] for r in results) and error is None
     verdict = "✅ pass" if ok else "❌ error" if error is not None else "❌ FAIL"
-    lines = [f"### edgekit bench: {verdict}" + (f" ({title})" if title else ""), ""]
+    lines = [f"### edgekit bench: {verdict}" + (f" ({title})" if title else "")]
     if results:
-        lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows(results)]
     for r in results:
         for n in r.get("notes", []):

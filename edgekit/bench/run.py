@@ -128,7 +128,7 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
     budgets, the baseline file and its identity (graph, target, precision, and input shapes where the
     source ONNX tells them). Raises the error `bench_artifact` would raise later; returns the identity
     known so far. `edgekit bench --config` runs this for every entry before measuring any."""
-    from edgekit.bench.identity import describe, manifest_graph, mismatch, onnx_facts
+    from edgekit.bench.identity import manifest_graph, mismatch, onnx_facts
     from edgekit.compile import _target_for, read_artifact, resolve_precision
 
     artifact = Path(artifact)
@@ -255,7 +255,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         plan = budget_plan(tgt, options)
         source = manifest.get("source") or {}
         identity = {"model": Path(source["path"]).name if source.get("path") else artifact.name, "graph": manifest_graph(manifest),
-                    "inputs": {k: list(v.shape) for k, v in feed.items()}, "target": tgt.name, "precision": engine.info.get("precision") or manifest.get("precision")}
+                    "inputs": {k: list(v.shape) for k, v in feed.items()}, "target": tgt.name, "precision": manifest.get("precision") or engine.info.get("precision")}
         base_identity = _baseline_identity(recorded, base_artifact) if (recorded is not None or base_artifact is not None) else None
         show = interactive()
 

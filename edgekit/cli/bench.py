@@ -8,12 +8,13 @@ from typing import Any
 import click
 
 from edgekit.cli._common import emit_json, out, table
+from edgekit.config import STATS
 
 
 @click.command("bench")
 @click.argument("artifact", required=False, type=click.Path())
 @click.option("-t", "--target", default=None, help="Backend name, profile or .toml (default: the artifact's own, or onnxruntime for an .onnx).")
-@click.option("--budget", "budgets", multiple=True, metavar="STAT=Nms", help="A latency budget, e.g. p99=33ms (repeatable; statistics: p50, p90, p95, p99, mean, max, min). "
+@click.option("--budget", "budgets", multiple=True, metavar="STAT=Nms", help=f"A latency budget, e.g. p99=33ms (repeatable; statistics: {', '.join(STATS)}). "
               "Replaces the project entry's and the target profile's budget of the same statistic.")
 @click.option("--baseline", default=None, type=click.Path(), help="An earlier --json report, or the baseline artifact: fail on a significant slowdown. "
               "The baseline's artifact, when still there unchanged, is re-measured interleaved with this one (paired: drift cancels).")
