@@ -47,6 +47,9 @@ def test_baseline_of_another_model_is_an_error_naming_both(effnet: Path, efficie
     assert "two-nets.onnx" in err and "efficientnet.onnx" in err and "--allow-model-change" in err
     suite = _suite(xml)  # nothing was measured (checked before measuring); the error is the one failed testcase
     assert suite.tests == 1 and suite.failures == 1 and "another model" in list(suite)[0].result[0].message
+    # the same network at another input size is another measurement too
+    res = CliRunner().invoke(cli, ["bench", str(efficientnet_onnx), "--shape", "inputs:1x3x192x192", "--baseline", str(base), *FAST])
+    assert res.exit_code == 2 and "inputs=1x3x224x224" in res.stderr and "inputs=1x3x192x192" in res.stderr, res.stderr
     # a deliberate architecture change: reported as a new baseline, no comparison with the old model
     js = tmp_path / "run.json"
     res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--allow-model-change", "--json", str(js), *FAST])

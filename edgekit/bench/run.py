@@ -136,6 +136,8 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
     tgt = load_target(target) if isinstance(target, str) else target
     if not artifact.exists():
         raise UsageError(f"{artifact}: no such file or folder", hint="check the path (a project file's paths are relative to its folder)")
+    if options.data and not Path(options.data).exists():
+        raise UsageError(f"data {options.data}: no such file or folder", hint="give a .npz, a folder of feeds or a calibration .toml")
     found = read_artifact(artifact)
     ident: dict[str, Any] = {}
     specs = None
@@ -173,7 +175,8 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
 def _model_changed(baseline: str, base: dict[str, Any], current: dict[str, Any], changed: list[str]) -> UsageError:
     from edgekit.bench.identity import describe
 
-    return UsageError(f"baseline {shown(baseline)} was measured on another model: {describe(base, changed)}; this run: {describe(current, changed)}",
+    return UsageError(f"baseline {shown(baseline)} was measured on another model ({' and '.join(changed)} differ): "
+                      f"{describe(base, changed)}; this run: {describe(current, changed)}",
                       hint="for a deliberate change pass --allow-model-change (this run is reported as a new baseline; record it with "
                            "--update-baselines); otherwise give this model's baseline (check the CI cache key)")
 
