@@ -218,9 +218,8 @@ def _decide(samples: np.ndarray, budget: Budget, confidence: float) -> tuple[str
 def _decide_all(samples: np.ndarray, plan: list[tuple[Budget, str]], confidence: float) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for b, source in plan:
-        t0 = time.perf_counter()
         verdict, d = _decide(samples, b, confidence)
-        out.append((verdict, {**d, "source": source, "decide_s": time.perf_counter() - t0}))
+        out.append((verdict, {**d, "source": source}))
     return out
 
 
@@ -408,16 +407,26 @@ def save_baseline_report(result: dict[str, Any], path: str | Path) -> None:
     src = found[0] if found else src
     copy = path.with_name(path.stem + ".artifact")
     report = dict(result, baseline_status="recorded")
-    if src.exists():
+    keep = src.exists() and not (src.is_file() and src.suffix == ".onnx" and _has_external_data(src))  # weights in other files: the report alone
+    if keep:
         with atomic_dir(copy) as tmp:
             if src.is_dir():
                 shutil.copytree(src, tmp, dirs_exist_ok=True)
             else:
                 shutil.copy2(src, tmp / src.name)
         report["baseline_artifact"] = copy.name if src.is_dir() else f"{copy.name}/{src.name}"
+    elif copy.is_dir():
+        shutil.rmtree(copy)  # an earlier baseline's build
     write_json(path, report)
     result["baseline_status"] = "recorded"
-    result["notes"].append(f"baseline recorded: {shown(path)}" + (f" (and its artifact, {shown(copy)})" if src.exists() else ""))
+    result["notes"].append(f"baseline recorded: {shown(path)}" + (f" (and its artifact, {shown(copy)})" if keep else " (no copy of its artifact: its weights are in other files)"))
+
+
+def _has_external_data(model: Path) -> bool:
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
 def _digest(artifact: Path) -> str:
