@@ -61,7 +61,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     from edgekit.bench.project import load_project, naming, parse_percent
     from edgekit.bench.run import BenchOptions, bench_artifact, check_bench, save_baseline_report
     from edgekit.config import Budget
-    from edgekit.errors import EdgekitError, GateFailed, UsageError
+    from edgekit.errors import GateFailed, UsageError
     from edgekit.feeds import parse_shape_option
     from edgekit.files import write_json
 
@@ -106,13 +106,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                 assert path is not None
                 save_baseline_report(r, path)
     except Exception as exc:  # the test tab and the job summary say what stopped the run, whatever it was
-        msg = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc} (a bug in edgekit)"
-        for write in ([lambda: report.junit(results, junit, error=msg, error_entry=getattr(exc, "entry", None))] if junit else []) + (
-                [lambda: report.write_markdown(results, markdown, title=title, error=msg)] if markdown else []):
-            try:
-                write()
-            except EdgekitError as werr:  # say it, but keep the error that stopped the run
-                click.echo(f"warning: {werr}", err=True)
+        _error_reports(exc, results, junit=junit, markdown=markdown, title=title)
         raise
     run = {"kind": "edgekit.bench-run", "schema": 1, "passed": all(r["passed"] for r in results), "results": results}
     if json_path != "-":
@@ -135,3 +129,20 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
             + ([f"baseline regression: {r['baseline']['stat']} x{r['baseline']['ratio']:.3f} ({report.format_p(r['baseline']['p_value'])})"] if r.get("baseline") and r["baseline"]["regressed"] else []))
             for r in results if not r["passed"]]
         raise GateFailed("latency gate failed: " + "; ".join(failed))
+
+
+def _error_reports(exc: Exception, results: list[dict[str, Any]], *, junit: str | None, markdown: str | None, title: str) -> None:
+    """--junit and --markdown for a run an error stopped: what was measured before it, and the error as
+    a failed testcase (of its project entry, when it names one) and as the summary's last line."""
+    from edgekit.bench import report
+    from edgekit.errors import EdgekitError
+
+    msg = str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {exc} (a bug in edgekit)"
+    writers = [lambda: report.junit(results, junit, error=msg, error_entry=getattr(exc, "entry", None))] if junit else []
+    if markdown:
+        writers.append(lambda: report.write_markdown(results, markdown, title=title, error=msg))
+    for write in writers:
+        try:
+            write()
+        except EdgekitError as werr:  # say so, and keep the error that stopped the run
+            click.echo(f"warning: {werr}", err=True)
