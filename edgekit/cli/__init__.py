@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("edgekit.cli.doctor", "Which backends work on this machine, and why not where they don't."),
     "pack": ("edgekit.cli.pack", "Bundle compiled artifacts, their source ONNX and manifest for a device."),
     "verify": ("edgekit.cli.verify", "Check a bundle's hashes and its compatibility with this machine."),
+    "keygen": ("edgekit.cli.keygen", "Make an Ed25519 key pair to sign bundles and check them on the device."),
 }
 
 
