@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 def compiled_int8(efficientnet_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     d = tmp_path_factory.mktemp("pack")
     q = d / "model.int8.onnx"
-    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib", str(ROOT / "calibration" / "imagenet-photos.toml"),
+    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib", str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"),
                                    "--samples", "4"])
     assert res.exit_code == 0, res.output
     out = [d / "ort"]
