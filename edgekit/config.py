@@ -203,8 +203,9 @@ def packaged_manifest(source: str) -> Path | None:
     if name and "/" not in name and os.sep not in name and candidate.is_file():
         return candidate
     if source.startswith("edgekit:"):
+        close = difflib.get_close_matches(name, packaged_manifest_names(), n=1)
         raise UsageError(f"{source}: edgekit ships no calibration manifest {name!r}",
-                         hint=f"built-in manifests: {', '.join(packaged_manifest_names()) or 'none'}")
+                         hint=f"did you mean 'edgekit:{close[0]}'?" if close else f"built-in manifests: {', '.join(packaged_manifest_names()) or 'none'}")
     return None
 
 
