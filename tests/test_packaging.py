@@ -207,6 +207,8 @@ def quickstart_job(wheel_venv: Path, dist: Path, tmp_path_factory: pytest.TempPa
     return {"dir": work, "seconds": seconds, "env": env}
 
 
+@pytest.mark.slow
+@pytest.mark.requires_openvino
 def test_quickstart_job_runs_from_the_wheel(quickstart_job: dict, wheel_venv: Path, record_property: pytest.RecordProperty) -> None:
     """export -> quantize -> compile -> bench with a budget, outside the repository, on the packaged profile and manifests."""
     work, site = quickstart_job["dir"], wheel_venv.resolve()
@@ -293,6 +295,8 @@ def _run_workflow(event: str, ref: str, sha: str, *, quickstart_job: dict, wheel
     return job, results, workspace
 
 
+@pytest.mark.slow
+@pytest.mark.requires_openvino
 def test_github_actions_example_runs_as_written(quickstart_job: dict, wheel_venv: Path, dist: Path, tmp_path: Path) -> None:
     """examples/github-actions/edgekit.yml, its `run:` steps in order with GitHub's variables: a push to main
     (no baseline yet: budgets only; caches main's build), then a pull request (re-measures main's build paired)."""
@@ -302,10 +306,13 @@ def test_github_actions_example_runs_as_written(quickstart_job: dict, wheel_venv
         job, results, workspace = _run_workflow(event, ref, sha, quickstart_job=quickstart_job, wheel_venv=wheel_venv, dist=dist,
                                                 root=tmp_path / event, cache=cache, log=log)
         outcome = {r.name: r.outcome for r in results}
+        print(f"{event}: " + "; ".join(f"{r.name}: {r.outcome} {r.seconds:.1f} s" for r in results))
         assert all(o != "failure" for o in outcome.values()), "\n".join(f"--- {r.name}: {r.outcome}\n{r.output[-2500:]}" for r in results)
         runs[event] = (job, results, workspace, outcome)
 
     job, results, workspace, outcome = runs["push"]
+    install = next(r for r in results if r.name == "Install edgekit")
+    assert "Requirement already satisfied: edgekit" in install.output, install.output  # the wheel, and every dependency there
     assert outcome["Keep main's build as the baseline"] == outcome["Cache main's build"] == "success"
     bench_step = next(r for r in results if r.name.startswith("Bench"))
     assert "no build of main in the cache yet" in bench_step.output
