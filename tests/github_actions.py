@@ -41,7 +41,7 @@ class Job:
     github: dict[str, str]
     runner: dict[str, str]
     env: dict[str, str]
-    steps: dict[str, dict[str, dict[str, str]]] = dataclasses.field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # id -> outputs, outcome
     failed: bool = False
     summaries: list[str] = dataclasses.field(default_factory=list)  # each run: step's GITHUB_STEP_SUMMARY
 
