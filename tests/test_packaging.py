@@ -207,13 +207,16 @@ def quickstart_job(wheel_venv: Path, dist: Path, tmp_path_factory: pytest.TempPa
             assert set(group.split(",")) <= extras, (part, extras)
     work = tmp_path_factory.mktemp("quickstart-user")
     env = _clean_env(wheel_venv, EDGEKIT_CACHE=str(tmp_path_factory.mktemp("edgekit-cache")))
-    seconds = {}
+    seconds, bench_rc = {}, None
     for cmd in job:
         t0 = time.perf_counter()
         res = subprocess.run(["bash", "-eo", "pipefail", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         seconds[cmd.split()[1]] = round(time.perf_counter() - t0, 1)
+        if cmd == job[-1] and res.returncode == 3:  # a latency budget failed: the test decides whether the machine is to blame
+            bench_rc = 3
+            continue
         assert res.returncode == 0, f"{cmd}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return {"dir": work, "seconds": seconds, "env": env}
+    return {"dir": work, "seconds": seconds, "env": env, "bench_rc": bench_rc}
 
 
 @pytest.mark.slow
@@ -230,7 +233,17 @@ def test_quickstart_job_runs_from_the_wheel(quickstart_job: dict, wheel_venv: Pa
     assert manifest.is_relative_to(site) and manifest.name == "imagenet-photos.toml", manifest  # --calib imagenet-photos
     assert quant["calibration"]["samples_used"] == 16 and quant["accuracy"]  # --eval imagenet-val-foolbox ran
     bench = json.loads((work / "out" / "bench.json").read_text())
-    assert bench["passed"] and {"p99<=50ms", "p99<=33ms"} <= {b["budget"] for b in bench["results"][0]["budgets"]}
+    budgets = {b["budget"]: b for b in bench["results"][0]["budgets"]}
+    assert {"p99<=50ms", "p99<=33ms"} <= set(budgets)  # --budget, and the packaged profile's own
+    if quickstart_job["bench_rc"] == 3:
+        # exit 3 is edgekit doing its job: p99 over budget. Fail here unless other work crowds this machine's cores
+        # (more runnable processes than the bench's own threads plus one, averaged over the last minute).
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        missed = [f"{b['budget']} ({b['stat']}={b['value']:.1f}ms)" for b in budgets.values() if b["verdict"] != "pass"]
+        assert not bench["passed"] and missed and load > cores + 1, f"the Quickstart missed {missed} on a quiet machine (load {load:.1f})"
+        pytest.skip(f"Quickstart ran from the wheel, but its latency budget {missed} failed with this machine loaded "
+                    f"(load {load:.1f} on {cores} cores)")
+    assert bench["passed"] and quickstart_job["bench_rc"] is None
 
 
 def _cache_actions(store: Path, workspace: Path, log: list[str]) -> dict:
