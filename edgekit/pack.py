@@ -13,6 +13,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,28 @@ from edgekit.files import atomic_dir, atomic_path, sha256_file
 from edgekit.preprocess import ImageRecipe
 
 BUNDLE_MANIFEST = "bundle.json"
+SIGNATURE = "bundle.sig"  # edgekit.signing: a detached signature over the manifest
 
 
 def _files_under(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).as_posix() not in (BUNDLE_MANIFEST, SIGNATURE)}
 
 
-def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report: str | Path | None = None) -> dict[str, Any]:
-    """Bundle compiled artifact folders (and the ONNX they came from) into `output` (.tar or folder)."""
+def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report: str | Path | None = None,
+                sign_key: str | Path | None = None, release: int | None = None) -> dict[str, Any]:
+    """Bundle compiled artifact folders (and the ONNX they came from) into `output` (.tar or folder).
+
+    With `sign_key` (an `edgekit keygen` private key) a detached signature over the manifest is
+    added as bundle.sig; `release` is a number `verify --min-release` compares (rollback protection).
+    """
     output = Path(output)
+    if release is not None and (not isinstance(release, int) or release < 0):
+        raise UsageError(f"release {release!r} is not a whole number >= 0", hint="give --release N, e.g. 42")
+    if sign_key is not None:
+        from edgekit.signing import load_private_key
+
+        load_private_key(sign_key)  # a wrong key file fails before any packing work
     if not artifacts:
         raise UsageError("nothing to pack", hint="give one or more folders written by `edgekit compile`")
     entries, sources = [], {}
@@ -75,7 +89,7 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
                 r.pop("samples_ms", None)
             (root / "bench.json").write_text(json.dumps(bench, indent=2))
         manifest = {
-            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__,
+            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__, "release": release,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "artifacts": items,
             "preprocessing": (quant.get("calibration") or {}).get("preprocessing"),
@@ -85,6 +99,10 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             "files": _files_under(root),
         }
         (root / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if sign_key is not None:
+            from edgekit.signing import sign_manifest
+
+            (root / SIGNATURE).write_text(json.dumps(sign_manifest(manifest, sign_key, version=__version__), indent=2) + "\n")
         if output.suffix == ".tar":
             with atomic_path(output) as tmp_tar:
                 with tarfile.open(tmp_tar, "w") as tar:
@@ -162,12 +180,27 @@ def _major_minor(v: str) -> str:
     return ".".join(str(v).split("-")[0].split(".")[:2])
 
 
-def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, Any]:
-    """Hashes, schema and compatibility with this machine. A changed byte or a version mismatch: exit 3."""
+def verify_bundle(path: str | Path, *, target: str | None = None, trusted_keys: Sequence[str | Path] | None = None,
+                  min_release: int | None = None) -> dict[str, Any]:
+    """Hashes, schema and compatibility with this machine. A changed byte or a version mismatch: exit 3.
+
+    With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) the signature and every file are checked
+    before anything is extracted: an unsigned bundle, another key, a changed manifest or file is exit 3.
+    """
+    from edgekit import signing
+
     path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such bundle", hint="check the path")
+    keys = signing.trusted_keys(trusted_keys or ())
+    signature = signing.check_bundle(path, keys) if keys else None
     root, tmp = _open_bundle(path)
     try:
         m = _read_manifest(root)
+        if signature is None:
+            sig_file = root / SIGNATURE
+            signature = signing.describe_unchecked(json.loads(sig_file.read_text()) if sig_file.exists() else None)
+        signing.check_release(m, min_release)
         on_disk = _files_under(root)
         for name, digest in m["files"].items():
             if name not in on_disk:
@@ -178,7 +211,8 @@ def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, A
         if extra:
             raise GateFailed(f"bundle has a file the manifest does not list: {extra[0]}", hint="get the bundle again")
         checks = [_compatibility(a, target) for a in m["artifacts"]]
-        return {"bundle": str(path), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks), "manifest": m}
+        return {"bundle": str(path), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks),
+                "signature": signature, "release": m.get("release"), "manifest": m}
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -244,9 +278,13 @@ class BundleEngine(EngineBase):
             self._tmp = None
 
 
-def load(bundle: str | Path, *, target: str | None = None) -> BundleEngine:
-    """Verify a bundle and load its first artifact that runs here (use as a context manager)."""
-    report = verify_bundle(bundle, target=target)
+def load(bundle: str | Path, *, target: str | None = None, trusted_keys: Sequence[str | Path] | None = None) -> BundleEngine:
+    """Verify a bundle and load its first artifact that runs here (use as a context manager).
+
+    With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) a bundle that is not signed by one of them,
+    or changed since, raises GateFailed before anything is extracted or loaded.
+    """
+    report = verify_bundle(bundle, target=target, trusted_keys=trusted_keys)
     check_verified(report)
     root, tmp = _open_bundle(Path(bundle))
     try:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "targets": ("edgekit.cli.targets", "The target profiles --target finds (yours first, then the built-in ones) and where each came from."),
     "pack": ("edgekit.cli.pack", "Bundle compiled artifacts, their source ONNX and manifest for a device."),
     "verify": ("edgekit.cli.verify", "Check a bundle's hashes and its compatibility with this machine."),
+    "keygen": ("edgekit.cli.keygen", "Make an Ed25519 key pair to sign bundles and check them on the device."),
 }
 
 
