@@ -96,8 +96,10 @@ class Budget:
     def parse(cls, text: str) -> Budget:
         m = re.fullmatch(r"\s*(\w+)\s*[=<]+\s*([0-9.]+(?:e-?\d+)?)\s*(ms|us|µs|s)?\s*", text)
         if not m:
-            raise UsageError(f"bad budget {text!r}", hint="write it like p90=10ms (p50, p90, p95, p99, mean, max)")
-        stat, num, unit = m.group(1).lower(), float(m.group(2)), m.group(3) or "ms"
+            raise UsageError(f"bad budget {text!r}", hint=f"write it like p90=10ms (statistics: {', '.join(STATS)})")
+        stat, num, unit = m.group(1).lower(), float(m.group(2)), m.group(3)
+        if unit is None:  # 33 what? a bare number was read as ms before, silently
+            raise UsageError(f"bad budget {text!r}: the number has no unit", hint=f"write it with its unit, e.g. {stat}={m.group(2)}ms (ms, us or s)")
         if stat not in STATS:
             raise UsageError(f"bad budget {text!r}: unknown statistic {stat!r}", hint=f"use one of {', '.join(STATS)}")
         ms = num * {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}[unit]
@@ -113,11 +115,13 @@ def budgets_from_table(data: dict[str, Any], *, label: str) -> tuple[Budget, ...
     out = []
     for k, v in data.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append(Budget.parse(f"{k}={v}ms"))
-        elif isinstance(v, str):
+            raise UsageError(f"{label}: budget {k} = {v} has no unit", hint=f'write it with its unit: {k} = "{v}ms" (ms, us or s)')
+        if not isinstance(v, str):
+            raise UsageError(f"{label}: budget {k} must be a string with a unit, like {k} = \"33ms\"")
+        try:
             out.append(Budget.parse(f"{k}={v}"))
-        else:
-            raise UsageError(f"{label}.{k} must be a number of ms or a string like '33ms'")
+        except UsageError as exc:
+            raise UsageError(f"{label}: {exc.message}", hint=exc.hint) from None
     return tuple(out)
 
 
