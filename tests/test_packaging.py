@@ -234,7 +234,7 @@ def test_quickstart_job_runs_from_the_wheel(quickstart_job: dict, wheel_venv: Pa
     assert quant["calibration"]["samples_used"] == 16 and quant["accuracy"]  # --eval imagenet-val-foolbox ran
     bench = json.loads((work / "out" / "bench.json").read_text())
     budgets = {b["budget"]: b for b in bench["results"][0]["budgets"]}
-    assert {"p99<=50ms", "p99<=33ms"} <= set(budgets)  # --budget, and the packaged profile's own
+    assert set(budgets) == {"p99<=50ms"} and budgets["p99<=50ms"]["source"] == "command line", budgets  # replaces the profile's p99
     if quickstart_job["bench_rc"] == 3:
         # exit 3 is edgekit doing its job: p99 over budget. Fail here unless other work crowds this machine's cores
         # (more runnable processes than the bench's own threads plus one, averaged over the last minute).
@@ -307,9 +307,9 @@ def _run_workflow(event: str, ref: str, sha: str, *, quickstart_job: dict, wheel
     actions = {"actions/checkout": checkout, "actions/setup-python": setup_python, "actions/upload-artifact": upload,
                **_cache_actions(cache, workspace, log)}
     job = github_actions.load_job(WORKFLOW, event=event, ref=ref, sha=sha, workspace=workspace, temp=temp, env_overrides={
-        # what a user edits: here the Quickstart's model (dynamic batch), a target without its own p99=33ms
-        # budget (this machine is shared: the Quickstart keeps that one), a short measurement
-        "TARGET": "openvino", "BUDGET": "p99=1000ms", "SHAPE": "inputs:1x3x224x224", "MIN_DURATION": "1"})
+        # what a user edits: the shape of the Quickstart's model (dynamic batch), a budget this shared machine
+        # meets under any load (it replaces the profile's p99), a short measurement
+        "BUDGET": "p99=1000ms", "SHAPE": "inputs:1x3x224x224", "MIN_DURATION": "1"})
     # `pip install "edgekit[...]"` as written; pip's own settings point it at the wheel (edgekit is not on this
     # machine's registry), and every dependency is already there
     base = {**quickstart_job["env"], "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(dist)}
@@ -339,11 +339,11 @@ def test_github_actions_example_runs_as_written(quickstart_job: dict, wheel_venv
     bench_step = next(r for r in results if r.name.startswith("Bench"))
     assert "no build of main in the cache yet" in bench_step.output
     assert json.loads((workspace / "build/edgekit/bench.json").read_text())["results"][0]["baseline"] is None
-    assert log[:2] == [f"restore edgekit-baseline-Linux-openvino-{'a' * 40} -> miss", f"save edgekit-baseline-Linux-openvino-{'a' * 40}"]
+    assert log[:2] == [f"restore edgekit-baseline-Linux-cpu-openvino-{'a' * 40} -> miss", f"save edgekit-baseline-Linux-cpu-openvino-{'a' * 40}"]
 
     job, results, workspace, outcome = runs["pull_request"]
     assert outcome["Keep main's build as the baseline"] == outcome["Cache main's build"] == "skipped"
-    assert job.steps["baseline"]["outputs"]["cache-matched-key"] == f"edgekit-baseline-Linux-openvino-{'a' * 40}"
+    assert job.steps["baseline"]["outputs"]["cache-matched-key"] == f"edgekit-baseline-Linux-cpu-openvino-{'a' * 40}"
     result = json.loads((workspace / "build/edgekit/bench.json").read_text())["results"][0]
     assert result["baseline"]["mode"] == "paired" and not result["baseline"]["regressed"] and result["passed"]
     summary = "".join(job.summaries)
