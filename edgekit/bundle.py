@@ -66,36 +66,41 @@ class _Terminated(BaseException):
 
 @contextlib.contextmanager
 def cleanup_on_termination() -> Iterator[None]:
-    """Within this block, SIGTERM and SIGHUP unwind the stack (running cleanups) before the process dies.
+    """Within this block, SIGTERM, SIGHUP and SIGINT unwind the stack (running cleanups) before the process ends.
 
-    Only signals still at their default disposition are taken over, only in the main thread
-    (Python delivers signals there), and the previous handlers are restored on the way out.
-    After the unwinding the signal is sent again with the default action, so the process ends
-    exactly as it would have (exit status: killed by that signal). SIGINT needs nothing: Python
-    already raises KeyboardInterrupt, which unwinds the same way.
+    Only signals still at their default disposition (SIGINT: Python's KeyboardInterrupt) are taken
+    over, only in the main thread (Python delivers signals there), and the previous handlers are
+    restored on the way out. The signal is remembered as well as raised, so one that a library
+    swallows (an `except BaseException` in the runtime's loading code) still takes effect when the
+    block ends. Then SIGINT raises KeyboardInterrupt, and the others are sent again with the default
+    action: the process ends exactly as it would have (killed by that signal), with nothing left behind.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     taken: dict[int, Any] = {}
+    pending: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
+        pending.append(signum)
         raise _Terminated(signum)
 
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (getattr(signal, "SIGHUP", None), signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if sig is not None and signal.getsignal(sig) is default:
             taken[sig] = signal.signal(sig, handler)
     try:
         yield
-    except _Terminated as t:
-        for sig, old in taken.items():
-            signal.signal(sig, old)
-        taken = {}
-        os.kill(os.getpid(), t.signum)
-        raise  # only reached where the default action does not end the process
+    except _Terminated:
+        pass  # handled below, with a signal that was swallowed on the way
     finally:
         for sig, old in taken.items():
             signal.signal(sig, old)
+        if pending:
+            if pending[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), pending[0])
+            raise _Terminated(pending[0])  # only reached where the default action does not end the process
 
 
 # --- opening ---------------------------------------------------------------------------------
