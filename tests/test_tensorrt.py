@@ -1,0 +1,162 @@
+"""The TensorRT backend: everything that runs without a GPU here, and the GPU parts as `requires_tensorrt`.
+
+The QDQ rule checker runs on small real graphs (built with onnx.helper, and run by ONNX Runtime
+wherever the graph is valid ONNX, so each one is a model a user could bring).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.backends.tensorrt_check import check_explicit_quantization
+
+ROOT = Path(__file__).parents[1]
+RNG = np.random.default_rng(0)
+
+
+def _conv_qdq(*, opset: int = 13, w_shape: tuple[int, ...] = (4, 3, 3, 3), w_scales: int = 4, axis: int | None = 0,
+              zp_nodes: list[onnx.NodeProto] | None = None, zp_name: str = "zp", scale_node: onnx.NodeProto | None = None,
+              w_dtype: int = TensorProto.INT8) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(DQ(int8 weight, per-channel)) -> y: the form `edgekit quantize --target tensorrt` writes."""
+    w = RNG.integers(-127, 128, size=w_shape).astype(np.int8 if w_dtype == TensorProto.INT8 else np.uint8)
+    inits = [numpy_helper.from_array(w, "w_q"),
+             numpy_helper.from_array(np.full(w_scales, 0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(w_scales, w.dtype), "w_zp")]
+    nodes = list(zp_nodes or [])
+    if zp_nodes is None:
+        inits.append(numpy_helper.from_array(np.array(0, np.int8), "zp"))
+    if scale_node is None:
+        inits.append(numpy_helper.from_array(np.array(0.02, np.float32), "scale"))
+    else:
+        nodes.append(scale_node)
+    axis_kw = {} if axis is None else {"axis": axis}
+    nodes += [
+        helper.make_node("QuantizeLinear", ["x", "scale", zp_name], ["xq"], name="q_x"),
+        helper.make_node("DequantizeLinear", ["xq", "scale", zp_name], ["xd"], name="dq_x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_w", **axis_kw),
+        helper.make_node("Conv", ["xd", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    cin = w_shape[1]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w_shape[0], 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _runs_in_onnxruntime(model: onnx.ModelProto) -> np.ndarray:
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return sess.run(None, {"x": RNG.standard_normal(shape).astype(np.float32)})[0]
+
+
+def test_symmetric_int8_per_channel_conv_passes() -> None:
+    m = _conv_qdq()
+    _runs_in_onnxruntime(m)
+    assert check_explicit_quantization(m) == []
+
+
+def test_per_channel_on_the_input_channel_axis_is_named() -> None:
+    m = _conv_qdq(w_shape=(4, 4, 3, 3), axis=1)  # counts match, but axis 1 is Conv's input channel
+    _runs_in_onnxruntime(m)
+    problems = check_explicit_quantization(m)
+    assert len(problems) == 1 and "dq_w" in problems[0] and "output channel (axis 0)" in problems[0]
+
+
+def test_scale_count_must_equal_the_channel_count() -> None:
+    problems = check_explicit_quantization(_conv_qdq(w_scales=3))  # 4 output channels, 3 scales
+    assert any("3 scales for 4 channels on axis 0" in p for p in problems)
+
+
+def test_per_channel_without_an_axis_attribute_is_named() -> None:
+    # ONNX reads axis 1, TensorRT's parser axis 0: the same file would compute two different things
+    m = _conv_qdq(w_shape=(4, 4, 3, 3), axis=None)
+    _runs_in_onnxruntime(m)
+    assert any("without an axis attribute" in p for p in check_explicit_quantization(m))
+
+
+def test_zero_point_through_constant_cast_is_accepted() -> None:
+    zp = [helper.make_node("Constant", [], ["zp32"], value=numpy_helper.from_array(np.array(0, np.int32))),
+          helper.make_node("Cast", ["zp32"], ["zp8"], to=TensorProto.INT8)]
+    m = _conv_qdq(zp_nodes=zp, zp_name="zp8")
+    _runs_in_onnxruntime(m)
+    assert check_explicit_quantization(m) == []
+    # the same chain ending in uint8 is still UINT8 quantization
+    zp_u8 = [zp[0], helper.make_node("Cast", ["zp32"], ["zp8"], to=TensorProto.UINT8)]
+    assert any("uint8" in p for p in check_explicit_quantization(_conv_qdq(zp_nodes=zp_u8, zp_name="zp8")))
+
+
+def test_zero_point_computed_at_run_time_is_named() -> None:
+    zp = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ReduceMin", ["s"], ["m"], keepdims=0),
+          helper.make_node("Sub", ["m", "m"], ["z64"]), helper.make_node("Cast", ["z64"], ["zrt"], to=TensorProto.INT8)]
+    m = _conv_qdq(zp_nodes=zp, zp_name="zrt")
+    _runs_in_onnxruntime(m)
+    assert any("zero point is computed at run time" in p for p in check_explicit_quantization(m))
+
+
+def test_constant_with_value_float_scale_does_not_crash() -> None:
+    m = _conv_qdq(scale_node=helper.make_node("Constant", [], ["scale"], value_float=0.02))
+    _runs_in_onnxruntime(m)
+    assert check_explicit_quantization(m) == []
+    bad = _conv_qdq(scale_node=helper.make_node("Constant", [], ["scale"], value_float=-0.02))
+    assert any("non-positive scale" in p for p in check_explicit_quantization(bad))
+
+
+def _q_only(opset: int, **attrs: int) -> onnx.ModelProto:
+    """x -> Q (no zero point) -> DQ: opset 21 says the type with output_dtype."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q", **attrs),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_opset21_output_dtype_is_read() -> None:
+    int8 = _q_only(21, output_dtype=TensorProto.INT8)
+    y = _runs_in_onnxruntime(int8)
+    assert y.min() < 0  # signed: negative inputs survive, as in TensorRT
+    assert check_explicit_quantization(int8) == []
+    u8 = _q_only(21, output_dtype=TensorProto.UINT8)
+    _runs_in_onnxruntime(u8)
+    assert any("uint8 quantization" in p for p in check_explicit_quantization(u8))
+    # no zero point and no output_dtype: ONNX's default is UINT8 but TensorRT's is INT8
+    default = _q_only(13)
+    assert _runs_in_onnxruntime(default).min() >= 0
+    assert any("ONNX quantizes to UINT8 here while TensorRT quantizes to INT8" in p for p in check_explicit_quantization(default))
+
+
+def test_per_channel_needs_opset_13_and_a_weight() -> None:
+    assert any("opset >= 13" in p for p in check_explicit_quantization(_conv_qdq(opset=11, axis=0)))
+    # a per-channel scale on an activation (x has 3 channels on axis 1)
+    m = _conv_qdq()
+    for t in m.graph.initializer:
+        if t.name in ("scale", "zp"):
+            arr = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(np.full(3, arr, arr.dtype), t.name))
+    for n in m.graph.node:
+        if n.name in ("q_x", "dq_x"):
+            n.attribute.append(helper.make_attribute("axis", 1))
+    _runs_in_onnxruntime(m)
+    assert any("per-channel scale on an activation" in p for p in check_explicit_quantization(m))
+
+
+def test_matmul_weights_are_per_output_column() -> None:
+    def mm(axis: int) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(RNG.integers(-127, 128, (6, 6)).astype(np.int8), "w_q"),
+                 numpy_helper.from_array(np.full(6, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(6, np.int8), "wz")]
+        nodes = [helper.make_node("DequantizeLinear", ["w_q", "ws", "wz"], ["w"], name="dq_w", axis=axis),
+                 helper.make_node("MatMul", ["x", "w"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    assert check_explicit_quantization(mm(1)) == []
+    assert any("output channel (axis 1)" in p for p in check_explicit_quantization(mm(0)))
