@@ -158,15 +158,33 @@ def build_engine(trt: Any, model: Path, out_dir: Path, *, request: CompileReques
     }
 
 
+# Which ops get Q/DQ on their inputs. NVIDIA ModelOpt's TensorRT-guided setup (modelopt/onnx/quantization/ort_utils.py
+# `configure_ort`, 0.47.0) removes copy, shape, reduction and activation ops (Concat, Relu, Reshape, Softmax, Transpose,
+# Sigmoid, ...) from ONNX Runtime's QDQ registry: TensorRT runs them in the precision of their input and moves Q/DQ
+# across them itself. What stays: the weighted ops, pooling and the element-wise Add of residual blocks.
+_CNN_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool")
+_TRANSFORMER_OPS = ("MatMul", "Gemm")
+
+
 def tensorrt_recipe(model: Any) -> QuantRecipe:
-    """TensorRT's explicit quantization: signed INT8, zero point 0, per-channel weights (opset >= 13).
+    """TensorRT's explicit quantization: signed INT8, zero point 0, per-channel weights (opset >= 13), placed where
+    TensorRT fuses (inputs of weighted ops, residual inputs of Adds, never the outputs of an op: ModelOpt's
+    `OpTypesToExcludeOutputQuantization` over every op type, ort_utils.py `configure_ort`).
 
     Percentile, not entropy: KL thresholds clip the pooled features before a classifier head far too hard
     (measured on EfficientNet-Lite0).
     """
+    from edgekit.backends.base import is_transformer
+
+    all_ops = sorted({n.op_type for n in model.graph.node})
+    transformer = is_transformer(model)
     return QuantRecipe(
-        name="tensorrt-s8s8-symmetric", activation_type="int8", activation_symmetric=True, weight_type="int8",
-        per_channel=True, method="percentile",
-        extra=(("WeightSymmetric", True), ("QuantizeBias", False)),
-        why="symmetric S8 activations and per-channel S8 weights, zero point 0, as TensorRT requires",
+        name="tensorrt-transformer" if transformer else "tensorrt-s8s8-symmetric", activation_type="int8",
+        activation_symmetric=True, weight_type="int8", per_channel=True, method="percentile",
+        op_types=_TRANSFORMER_OPS if transformer else _CNN_OPS,
+        extra=(("WeightSymmetric", True), ("QuantizeBias", False), ("OpTypesToExcludeOutputQuantization", tuple(all_ops)),
+               ("ForceQuantizeNoInputCheck", True)),
+        qdq_pass="" if transformer else "edgekit.backends.tensorrt_placement:keep_residual_qdq_only",
+        why="symmetric S8 activations and per-channel S8 weights, zero point 0, on the inputs TensorRT fuses "
+            "(weighted ops, pooling, the residual side of Adds), as TensorRT's placement guide and NVIDIA ModelOpt do",
     )
