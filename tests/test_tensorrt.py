@@ -160,3 +160,145 @@ def test_matmul_weights_are_per_output_column() -> None:
 
     assert check_explicit_quantization(mm(1)) == []
     assert any("output channel (axis 1)" in p for p in check_explicit_quantization(mm(0)))
+
+
+# --- placement: TensorRT's residual-Add rule -------------------------------------------------------------------
+
+def _residual_block(downsample: bool) -> onnx.ModelProto:
+    """QDQ as ONNX Runtime's quantizer writes it for y = conv2(relu(conv1(x))) + (convd(x) if downsample else x)."""
+    c = 4
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_x")]
+
+    def conv(name: str, src: str) -> str:
+        inits.extend([numpy_helper.from_array(RNG.integers(-127, 128, (c, c, 3, 3)).astype(np.int8), f"{name}_w"),
+                      numpy_helper.from_array(np.full(c, 0.0005, np.float32), f"{name}_ws"),  # outputs stay in range
+                      numpy_helper.from_array(np.zeros(c, np.int8), f"{name}_wz")])
+        nodes.extend([helper.make_node("DequantizeLinear", [f"{name}_w", f"{name}_ws", f"{name}_wz"], [f"{name}_wd"], name=f"dq_{name}_w", axis=0),
+                      helper.make_node("Conv", [src, f"{name}_wd"], [f"{name}_y"], name=name, pads=[1, 1, 1, 1])])
+        return f"{name}_y"
+
+    def qdq(t: str) -> str:
+        nodes.extend([helper.make_node("QuantizeLinear", [t, "s", "z"], [t + "_q"], name="q_" + t),
+                      helper.make_node("DequantizeLinear", [t + "_q", "s", "z"], [t + "_d"], name="dq_" + t)])
+        return t + "_d"
+
+    h = conv("conv1", "xd")
+    nodes.append(helper.make_node("Relu", [h], ["r"], name="relu"))
+    main = qdq(conv("conv2", qdq("r")))
+    side = qdq(conv("convd", "xd")) if downsample else "xd"
+    nodes.append(helper.make_node("Add", [main, side], ["y"], name="add"))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("downsample", [False, True], ids=["identity", "downsample"])
+def test_residual_add_keeps_qdq_only_on_its_residual_input(downsample: bool) -> None:
+    from edgekit.backends.tensorrt_placement import keep_residual_qdq_only
+
+    m = _residual_block(downsample)
+    x = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    before = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = keep_residual_qdq_only(m)
+    onnx.checker.check_model(out, full_check=True)
+    names = {n.name for n in out.graph.node}
+    add = next(n for n in out.graph.node if n.op_type == "Add")
+    # the fusible side (the longer path: conv2) reads the float conv output; the residual side stays INT8
+    assert "q_conv2_y" not in names and "dq_conv2_y" not in names and add.input[0] == "conv2_y"
+    assert add.input[1] == ("convd_y_d" if downsample else "xd")
+    after = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # one rounding step fewer: the result moves by at most one quantization step of the removed pair
+    assert np.max(np.abs(after - before)) <= 0.02 / 2 + 1e-6 and check_explicit_quantization(out) == []
+
+
+# --- what each TensorRT version has (decided without TensorRT) ------------------------------------------------
+
+def _request(precision: str = "int8", **options: object):  # noqa: ANN202
+    from edgekit.backends.base import CompileRequest
+    from edgekit.backends.tensorrt import TensorRtOptions
+
+    return CompileRequest(precision=precision, device="GPU", options=TensorRtOptions(**options))
+
+
+@pytest.mark.parametrize("version,ok", [((10, 0, 1), False), ((10, 8, 0), False), ((10, 9, 0), True), ((11, 1, 0), True)])
+def test_same_compute_capability_needs_10_9(version: tuple[int, ...], ok: bool) -> None:
+    from edgekit.backends.tensorrt import TensorRtBackend
+    from edgekit.errors import BackendUnavailable
+
+    req = _request(hardware_compatibility="same_compute_capability")
+    if ok:
+        TensorRtBackend.check_version(version, req)
+    else:
+        with pytest.raises(BackendUnavailable, match="needs TensorRT 10.9 or later") as exc:
+            TensorRtBackend.check_version(version, req)
+        assert exc.value.exit_code == 4
+    TensorRtBackend.check_version(version, _request(hardware_compatibility="ampere_plus"))  # AMPERE_PLUS: every 10.x/11.x
+
+
+@pytest.mark.parametrize("version,ok", [((10, 3, 0), True), ((10, 7, 0), True), ((10, 8, 0), False), ((10, 16, 0), False),
+                                        ((11, 3, 0), False), ((11, 4, 0), False), ((11, 4, 1), True)])
+def test_dla_is_gated_by_version(version: tuple[int, ...], ok: bool) -> None:
+    from edgekit.backends.tensorrt import TensorRtBackend
+    from edgekit.errors import BackendUnavailable
+
+    req = _request(dla_core=0)
+    if ok:
+        TensorRtBackend.check_version(version, req)
+    else:
+        with pytest.raises(BackendUnavailable, match="10.7 was the last 10.x release with DLA"):
+            TensorRtBackend.check_version(version, req)
+
+
+def test_dla_fp32_and_version_strings() -> None:
+    from edgekit.backends.tensorrt import BACKEND
+    from edgekit.backends.tensorrt_compat import parse_version
+    from edgekit.errors import UsageError
+
+    m = _conv_qdq()
+    with pytest.raises(UsageError, match="DLA core runs fp16 or int8"):
+        BACKEND.validate(onnx.load_from_string(_float_conv().SerializeToString()), _request("fp32", dla_core=0))
+    assert BACKEND.validate(m, _request("int8")) == {}
+    assert parse_version("10.3.0.30") == (10, 3, 0, 30) and parse_version("11.4.1b2") == (11, 4, 1)
+
+
+def _float_conv() -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_timing_cache_path_never_lands_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.backends.tensorrt_compat import timing_cache_path
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    assert timing_cache_path("trt-desktop.cache") == tmp_path / "cache" / "tensorrt" / "trt-desktop.cache"
+    assert timing_cache_path(str(tmp_path / "mine.cache")) == tmp_path / "mine.cache"
+    assert timing_cache_path("") is None
+
+
+def test_feeds_cast_only_without_loss() -> None:
+    from edgekit.backends.tensorrt import _feed_for
+    from edgekit.errors import UsageError
+
+    assert _feed_for("x", np.ones((2, 3), np.float64), np.dtype(np.float32)).dtype == np.float32
+    assert _feed_for("ids", np.array([[101, 2023]], np.int64), np.dtype(np.int32)).dtype == np.int32
+    with pytest.raises(UsageError, match="int64; this engine takes int32"):
+        _feed_for("ids", np.array([2**40], np.int64), np.dtype(np.int32))
+    with pytest.raises(UsageError, match="float32; this engine takes int32"):
+        _feed_for("ids", np.ones(3, np.float32), np.dtype(np.int32))
+
+
+def test_fp16_without_modelopt_is_exit_4_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.backends.tensorrt import fp16_onnx
+    from edgekit.errors import BackendUnavailable
+
+    monkeypatch.setitem(__import__("sys").modules, "modelopt", None)  # as on a machine without ModelOpt
+    src = tmp_path / "m.onnx"
+    onnx.save(_float_conv(), str(src))
+    with pytest.raises(BackendUnavailable, match=r"edgekit\[tensorrt-fp16\]") as exc:
+        fp16_onnx(src, tmp_path / "m16.onnx")
+    assert exc.value.exit_code == 4 and not (tmp_path / "m16.onnx").exists()

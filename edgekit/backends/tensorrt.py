@@ -75,7 +75,7 @@ def _version(trt: Any) -> tuple[int, ...]:
     return compat.parse_version(trt.__version__)
 
 
-def fp16_onnx(model: Path, dest: Path, *, for_dla: bool = False) -> Path:
+def fp16_onnx(model: Path, dest: Path) -> Path:
     """`model` with FP16 compute and FP32 I/O, by ModelOpt's AutoCast, written to `dest`.
 
     AutoCast is what TensorRT points to for strongly typed FP16 (samples/python/strongly_type_autocast/README.md,
@@ -83,10 +83,13 @@ def fp16_onnx(model: Path, dest: Path, *, for_dla: bool = False) -> Path:
     65504) in FP32 and reads the model from its path, so a model over 2 GB needs no in-memory shape inference.
     ONNX Runtime's float16 converter casts everything and runs in-memory shape inference.
     """
+    import inspect
+
     autocast = deps.modelopt_autocast()
-    kwargs: dict[str, Any] = {"low_precision_type": "fp16", "keep_io_types": True, "providers": ["cpu"]}
-    if for_dla:
-        kwargs["opset"] = 20  # the DLA migration command in TensorRT 11.4.1's "Strongly Typed Networks for DLA"
+    kwargs: dict[str, Any] = {"low_precision_type": "fp16", "keep_io_types": True}
+    accepted = inspect.signature(autocast.convert_to_mixed_precision).parameters
+    if "providers" in accepted:  # the reference run on the CPU, even on a GPU host (not in every ModelOpt release)
+        kwargs["providers"] = ["cpu"]
     converted = autocast.convert_to_mixed_precision(onnx_path=str(model), **kwargs)
     return save_onnx(converted, dest)
 
