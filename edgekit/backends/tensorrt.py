@@ -167,8 +167,11 @@ class TensorRtEngine(EngineBase):
                      "precision": precision, **tensorrt_cuda.device_info()}
 
     def _profile_range(self, name: str) -> str:
-        lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)  # pyCore.cpp release/10.0 line 1247
-        return f"{list(lo)} to {list(hi)}"
+        try:
+            lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)  # pyCore.cpp release/10.0 line 1247
+            return f"{list(lo)} to {list(hi)}"
+        except Exception:  # noqa: BLE001 - a static input has no profile: its one shape is the range
+            return f"only {list(self._engine.get_tensor_shape(name))}"
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self._in if n not in feed]
@@ -188,7 +191,11 @@ class TensorRtEngine(EngineBase):
             raise UsageError(f"TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))} from these inputs")
         outs: dict[str, np.ndarray] = {}
         for n in self._out:
-            outs[n] = np.empty(tuple(self._context.get_tensor_shape(n)), dtype=self._dtype[n])
+            shape = tuple(self._context.get_tensor_shape(n))
+            if any(d < 0 for d in shape):
+                raise UsageError(f"output {n!r} has a data-dependent shape {list(shape)}; edgekit's TensorRT engine runs "
+                                 "models whose output shapes follow from the input shapes")
+            outs[n] = np.empty(shape, dtype=self._dtype[n])
             self._context.set_tensor_address(n, self._buffers.pointer(n, outs[n].nbytes))
         # execute_async_v3 returns bool (pyCore.cpp release/10.0 line 111)
         if not self._context.execute_async_v3(self._buffers.stream_handle):
