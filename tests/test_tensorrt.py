@@ -360,3 +360,47 @@ def test_gpu_check_dry_run(tensorrt_qdq: tuple[Path, dict], efficientnet_onnx: P
     steps = [s["step"] for s in summary["steps"]]
     assert len(steps) == 16 and steps[0] == "versions" and steps[-1] == "bench with a budget"
     assert all(s["rc"] in (2, 4) for s in summary["steps"] if s["gpu"] and "rc" in s)
+
+
+# --- on a GPU with TensorRT (skipped elsewhere; bench/gpu_check.sh runs them first) -----------------------------
+
+def _gpu_target(model: Path, **options: object):  # noqa: ANN202
+    from edgekit.config import target_from_dict
+
+    name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+    opts = {"profiles": {name: [[1, 3, 224, 224], [2, 3, 224, 224], [4, 3, 224, 224]]}, **options}
+    return name, target_from_dict({"backend": "tensorrt", "precision": "fp32", "options": opts}, name="gpu-test")
+
+
+@pytest.mark.requires_tensorrt
+def test_timing_cache_is_saved_reused_and_survives_corruption(efficientnet_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.compile import compile_model
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    _, target = _gpu_target(efficientnet_onnx, timing_cache="t.cache")
+    states = []
+    for folder in ("a", "b"):
+        tc = compile_model(efficientnet_onnx, tmp_path / folder, target=target)["settings"]["timing_cache"]
+        states.append((tc["state"], tc["saved"]))
+    assert states == [("new", True), ("loaded", True)]
+    cache = tmp_path / "cache" / "tensorrt" / "t.cache"
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2] + b"\0" * 64)
+    tc = compile_model(efficientnet_onnx, tmp_path / "c", target=target)["settings"]["timing_cache"]
+    assert (tmp_path / "c" / "model.engine").exists() and tc["saved"], tc
+
+
+@pytest.mark.requires_tensorrt
+def test_shape_outside_the_profile_is_exit_2_and_feeds_are_cast(efficientnet_onnx: Path, tmp_path: Path) -> None:
+    from edgekit.compile import compile_model, open_engine
+    from edgekit.errors import UsageError
+
+    name, target = _gpu_target(efficientnet_onnx, version_compatible=True)
+    compile_model(efficientnet_onnx, tmp_path / "e", target=target)
+    x = RNG.standard_normal((2, 3, 224, 224))
+    with open_engine(tmp_path / "e") as (engine, manifest):
+        assert manifest["settings"]["version_compatible"] and manifest["settings"]["tf32"] is False
+        out = engine.run({name: x})  # float64 feed: cast losslessly to the engine's float32
+        assert next(iter(out.values())).shape[0] == 2
+        with pytest.raises(UsageError, match=r"outside the engine's optimisation profile \(\[1, 3, 224, 224\] to \[4, 3, 224, 224\]\)") as exc:
+            engine.run({name: np.zeros((8, 3, 224, 224), np.float32)})
+        assert exc.value.exit_code == 2

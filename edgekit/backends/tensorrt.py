@@ -240,7 +240,10 @@ class TensorRtBackend:
         trt = _trt()  # exit 4 first: on a machine without TensorRT nothing else matters
         proto = load_onnx(model)
         profiles = self.validate(proto, request)
-        self.check_version(compat.parse_version(trt.__version__), request)
+        version = compat.parse_version(trt.__version__)
+        self.check_version(version, request)
+        if request.precision == "fp16" and not (options.dla_core >= 0 and compat.dla_weakly_typed(version)):
+            deps.modelopt_autocast()  # exit 4 naming the extra before anything is built
         st = self.status()
         if not st.available:
             raise BackendUnavailable(st.reason or "TensorRT is not usable here")
