@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-$PWD}"
-exec timeout 480 python bench/gpu_check.py "$@"
+exec timeout 480 "${PYTHON:-python}" bench/gpu_check.py "$@"

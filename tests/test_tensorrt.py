@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -354,7 +355,7 @@ def test_gpu_check_dry_run(tensorrt_qdq: tuple[Path, dict], efficientnet_onnx: P
     engine folder an earlier GPU step would have built); the summary JSON lists every step."""
     res = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--skip-collect", "--model", str(efficientnet_onnx),
                           "--int8", str(tensorrt_qdq[0]), "--out", str(tmp_path / "check")], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable})
     summary = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
     assert res.returncode == 0 and summary["ok"], res.stdout + res.stderr
     steps = [s["step"] for s in summary["steps"]]
