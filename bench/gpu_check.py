@@ -100,7 +100,9 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = Path(args.out).resolve()
+    import tempfile
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="edgekit-gpu-check-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     c = Check(out, args.dry_run)
     cache = out / "cache"
@@ -159,6 +161,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {k: _json(out / f"{k}.json") for k in ("cmp_fp32", "cmp_int8", "cmp_fp16", "bench_int8") if (out / f"{k}.json").exists()}
     path = c.write(results=results)
     summary = json.loads(path.read_text())
+    if not args.dry_run:  # the GPU run's summary is a result to keep beside the others (engines stay in --out)
+        (ROOT / "bench" / "results").mkdir(exist_ok=True)
+        (ROOT / "bench" / "results" / "gpu_check.json").write_text(path.read_text())
     print(f"{'all steps ok' if summary['ok'] else 'SOME STEPS FAILED'}; summary: {path}")
     return summary
 
@@ -262,7 +267,7 @@ def _outside_profile(c: Check, dry_run: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="edgekit's first-GPU check for TensorRT")
     ap.add_argument("--dry-run", action="store_true", help="no GPU: run the non-GPU parts, check the GPU commands stop with exit 4")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
+    ap.add_argument("--out", default="", help="working folder for models and engines (default: a new temporary folder)")
     ap.add_argument("--model", default="", help="an exported FP32 EfficientNet-Lite0 ONNX (default: export one)")
     ap.add_argument("--samples", type=int, default=16, help="calibration samples for quantize")
     ap.add_argument("--skip-collect", action="store_true", help="do not collect the requires_tensorrt tests (a test suite already does)")
