@@ -18,6 +18,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "the OpenVINO backend"),
     "nncf": ("bench", "NNCF, a peer that bench/ scripts compare against"),
     "tensorrt": ("tensorrt", "the TensorRT backend"),
+    "cuda": ("tensorrt", "device memory and streams for TensorRT engines (cuda-python)"),
+    "modelopt": ("tensorrt-fp16", "TensorRT fp16 engines (NVIDIA ModelOpt's AutoCast)"),
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
     "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
@@ -60,6 +62,14 @@ def nncf() -> ModuleType:
 
 def tensorrt() -> ModuleType:
     return _load("tensorrt")
+
+
+def cuda_runtime() -> ModuleType:
+    return _load("cuda.bindings.runtime")
+
+
+def modelopt_autocast() -> ModuleType:
+    return _load("modelopt.onnx.autocast")
 
 
 def pil_image() -> ModuleType:
