@@ -128,10 +128,10 @@ def pythons(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copytree(ROOT / "edgekit", old / "edgekit", ignore=shutil.ignore_patterns("__pycache__"))
     init = old / "edgekit" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.1+was-'))
-    pack = old / "edgekit" / "pack.py"
-    text = pack.read_text()
-    assert 'm["schema"] != 1' in text, "the bundle schema check moved: update how this test makes an older edgekit"
-    pack.write_text(text.replace('m["schema"] != 1', 'm["schema"] != 0'))  # an edgekit from before bundle schema 1
+    readers = [p for p in (old / "edgekit").glob("*.py") if 'm["schema"] != 1' in p.read_text()]
+    assert readers, "the bundle schema check moved: update how this test makes an older edgekit"
+    for p in readers:  # an edgekit from before bundle schema 1
+        p.write_text(p.read_text().replace('m["schema"] != 1', 'm["schema"] != 0'))
     t0 = time.perf_counter()
     out = {"device": device_python(root / "device"), "no-openvino": device_python(root / "no-openvino", without=("openvino", "nncf")),
            "old": device_python(root / "old", edgekit_root=old)}
@@ -142,17 +142,10 @@ def pythons(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- the artifact --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def int8_ov(efficientnet_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """EfficientNet-Lite0, INT8 (calibrated on real photos), compiled for OpenVINO."""
-    from edgekit.compile import compile_model
-
-    d = tmp_path_factory.mktemp("remote-artifact")
-    q = d / "model.int8.onnx"
-    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib", str(ROOT / "calibration" / "imagenet-photos.toml"),
-                                   "--samples", "4", "--target", "openvino"])
-    assert res.exit_code == 0, res.output
-    compile_model(q, d / "ov", target="openvino", shapes={"inputs": (1, 3, 224, 224)})
-    return d / "ov"
+def int8_ov(efficientnet_int8_artifacts: list[Path]) -> Path:
+    """EfficientNet-Lite0, INT8 (calibrated on real photos), compiled for OpenVINO: the suite's shared one."""
+    assert efficientnet_int8_artifacts[0].name.endswith("-ov")
+    return efficientnet_int8_artifacts[0]
 
 
 def _device_table(name: str, server: Sshd, lab: dict, python: Path, workdir: Path, *, known_hosts: Path | None = None, key: Path | None = None) -> str:
@@ -247,13 +240,13 @@ def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, py
 def test_two_devices_run_in_parallel_to_one_junit(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
     a, b = lab["servers"]
     text = _device_table("a", a, lab, pythons["device"], tmp_path / "work-a") + _device_table("b", b, lab, pythons["device"], tmp_path / "work-b")
-    text += f'[[bench]]\nname = "lite0"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "a"\nbudgets = {{ p99 = 5000 }}\n\n'
-    text += f'[[bench]]\nname = "lite0"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "b"\nbudgets = {{ p99 = 5000 }}\n'
+    text += f'[[bench]]\nname = "lite0-a"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "a"\nbudgets = {{ p99 = "5000ms" }}\n\n'
+    text += f'[[bench]]\nname = "lite0-b"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "b"\nbudgets = {{ p99 = "5000ms" }}\n'
     _project(tmp_path, text)
     res = _run(["bench", "--config", "edgekit.toml", "--min-duration", "1", "--junit", "junit.xml", "--markdown", "summary.md", "--json", "run.json"], tmp_path)
     assert res.returncode == 0, res.stderr
     cases = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
-    assert sorted(c.get("classname") for c in cases) == ["lite0.openvino@a", "lite0.openvino@b"]
+    assert sorted(c.get("classname") for c in cases) == ["lite0-a.openvino@a", "lite0-b.openvino@b"]
     assert "openvino@a" in (tmp_path / "summary.md").read_text() and "openvino@b" in (tmp_path / "summary.md").read_text()
     ra, rb = json.loads((tmp_path / "run.json").read_text())["results"]
     da, db = ra["environment"]["device"], rb["environment"]["device"]

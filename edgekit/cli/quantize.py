@@ -20,7 +20,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The QDQ ONNX file to write (a manifest OUT.json goes beside it).")
-@click.option("--calib", required=True, help="Calibration data: a folder of .npy/.npz or images, a .npz, a calibration/*.toml manifest, or pkg.module:callable.")
+@click.option("--calib", required=True, help="Calibration data: a folder of .npy/.npz or images, a .npz, a calibration .toml manifest, a built-in manifest name (see `edgekit targets`), or pkg.module:callable.")
 @click.option("-t", "--target", default="onnxruntime", show_default=True, help="Backend name, profile or .toml: picks the fastest accurate recipe for it.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None, help="Override the recipe's calibration method.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")

@@ -7,6 +7,7 @@ small agent with its own Python (agent.py) that drives the device's own `edgekit
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edgekit.devices.config import Device, device_from_url, devices_in, resolve_device
@@ -15,10 +16,16 @@ from edgekit.devices.remote import DeviceJob, bench_on_device, bench_on_devices
 __all__ = ["Device", "DeviceJob", "bench_jobs", "bench_on_device", "bench_on_devices", "device_from_url", "devices_in", "resolve_device"]
 
 
-def bench_jobs(jobs: list[tuple[Any, ...]], *, config: str | None = None) -> list[dict[str, Any]]:
+def bench_jobs(jobs: list[tuple[Any, ...]], *, config: str | None = None,
+               bench_here: Callable[[Any, Any, Any], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run `(artifact, target, BenchOptions[, device name])` jobs: the devices' in parallel (one SSH
-    connection each), then the local ones here; results in the jobs' order."""
-    from edgekit.bench.run import bench_artifact
+    connection each), then the local ones here with `bench_here` (default: `bench_artifact`); results
+    in the jobs' order."""
+    if bench_here is None:
+        from edgekit.bench.run import bench_artifact
+
+        def bench_here(a: Any, t: Any, o: Any) -> dict[str, Any]:
+            return bench_artifact(a, target=t, options=o)
 
     groups: dict[Device, list[DeviceJob]] = {}
     where: list[tuple[Device | None, int]] = []
@@ -37,5 +44,5 @@ def bench_jobs(jobs: list[tuple[Any, ...]], *, config: str | None = None) -> lis
     remote = bench_on_devices(groups)
     results = []
     for job, (dev, i) in zip(jobs, where):
-        results.append(remote[dev][i] if dev is not None else bench_artifact(job[0], target=job[1], options=job[2]))
+        results.append(remote[dev][i] if dev is not None else bench_here(job[0], job[1], job[2]))
     return results

