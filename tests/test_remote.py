@@ -239,9 +239,11 @@ def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, py
 
 def test_two_devices_run_in_parallel_to_one_junit(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:
     a, b = lab["servers"]
+    bundle = tmp_path / "lite0.tar"  # device b gets a bundle: its artifact is benched there, whatever this machine runs
+    assert CliRunner().invoke(cli, ["pack", str(int8_ov), "-o", str(bundle)]).exit_code == 0
     text = _device_table("a", a, lab, pythons["device"], tmp_path / "work-a") + _device_table("b", b, lab, pythons["device"], tmp_path / "work-b")
     text += f'[[bench]]\nname = "lite0-a"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "a"\nbudgets = {{ p99 = "5000ms" }}\n\n'
-    text += f'[[bench]]\nname = "lite0-b"\nmodel = "{int8_ov}"\ntarget = "openvino"\ndevice = "b"\nbudgets = {{ p99 = "5000ms" }}\n'
+    text += f'[[bench]]\nname = "lite0-b"\nmodel = "{bundle}"\ntarget = "openvino"\ndevice = "b"\nbudgets = {{ p99 = "5000ms" }}\n'
     _project(tmp_path, text)
     res = _run(["bench", "--config", "edgekit.toml", "--min-duration", "1", "--junit", "junit.xml", "--markdown", "summary.md", "--json", "run.json"], tmp_path)
     assert res.returncode == 0, res.stderr
@@ -251,6 +253,7 @@ def test_two_devices_run_in_parallel_to_one_junit(lab: dict, pythons: dict, int8
     ra, rb = json.loads((tmp_path / "run.json").read_text())["results"]
     da, db = ra["environment"]["device"], rb["environment"]["device"]
     assert da["started"] < db["ended"] and db["started"] < da["ended"], "the two devices did not measure at the same time"
+    assert rb["artifact"] == str(bundle) and rb["precision"] == "int8" and not list((tmp_path / "work-b").iterdir())
 
 
 def test_host_keys_are_checked_and_a_refused_key_names_the_fix(lab: dict, pythons: dict, int8_ov: Path, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     try:
         if (artifact is None) == (config is None):
             raise UsageError("give an ARTIFACT or --config edgekit.toml (one of them)", hint="see `edgekit bench --help`")
-        if artifact is not None:  # a bundle: its verified, extracted artifact, removed when the command ends
+        if artifact is not None and device is None:  # a bundle: its verified, extracted artifact, removed when the command ends (--device: edgekit.devices ships it)
             from edgekit.bundle import artifact_from_bundle
 
             artifact = str(click.get_current_context().with_resource(artifact_from_bundle(artifact, name=bundle_artifact, target=target, announce=out if json_path != "-" else None)))

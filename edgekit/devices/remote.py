@@ -7,10 +7,12 @@ baseline's artifact in the same bundle, and the device measures both interleaved
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +189,43 @@ def _say(device: Device, text: str) -> None:
         sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _bundles_opened(jobs: list[DeviceJob]) -> Iterator[list[DeviceJob]]:
+    """The jobs with each bundle ARTIFACT replaced by its artifact folder, extracted here with its hashes
+    checked but not its compatibility with this machine (a Jetson's engine does not run on the laptop):
+    the artifact whose backend the job's target names, else the bundle's first."""
+    from edgekit.bundle import is_bundle, opened_bundle, verify_root
+
+    with contextlib.ExitStack() as stack:
+        out = []
+        for job in jobs:
+            path = Path(job.artifact)
+            if not is_bundle(path):
+                out.append(job)
+                continue
+            root, digests = stack.enter_context(opened_bundle(path))
+            items = verify_root(root, label=path, digests=digests, check_all=False)["manifest"]["artifacts"]
+            backend = None
+            if job.target:
+                from edgekit.config import load_target
+
+                backend = load_target(job.target).backend
+            chosen = next((a for a in items if a["backend"] == backend), items[0])
+            out.append(dataclasses.replace(job, artifact=str(root / chosen["dir"])))
+        yield out
+
+
 def bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any]]:
-    """Run `jobs` on `device` over one SSH session; one bench report per job, as a local run gives, plus `device`."""
+    """Run `jobs` on `device` over one SSH session; one bench report per job, as a local run gives, plus `device`.
+    An ARTIFACT may be a compiled artifact folder or a bundle."""
+    with _bundles_opened(jobs) as opened:
+        results = _bench_on_device(device, opened)
+    for job, r in zip(jobs, results):
+        r["artifact"] = job.artifact  # the bundle, when one was given
+    return results
+
+
+def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any]]:
     from edgekit.bench.run import _digest
 
     plan = _plan(jobs)
