@@ -245,6 +245,7 @@ class Run(object):
         self.lock_fd = None
         self.done = threading.Event()
         self.cut = False
+        self.spawning = threading.Lock()
         self.python = sys.executable
 
     # --- the watchdog: the end of stdin means the other side has gone ---------------------------
@@ -256,8 +257,9 @@ class Run(object):
             pass
         if self.done.is_set():
             return
-        self.cut = True
-        child = self.child
+        with self.spawning:  # no child starts after this point
+            self.cut = True
+            child = self.child
         if child is not None and child.poll() is None:
             try:
                 os.killpg(child.pid, signal.SIGKILL)
@@ -280,9 +282,12 @@ class Run(object):
         log = os.path.join(self.folder, log_name)
         env = dict(os.environ, EDGEKIT_PROGRESS="0")
         with open(log, "w") as err:
-            self.child = subprocess.Popen([self.python, "-m", "edgekit"] + args, cwd=self.folder, stdout=sys.stderr.fileno(),
-                                          stderr=err, env=env, start_new_session=True)
-            rc = self.child.wait()
+            with self.spawning:
+                if self.cut:
+                    raise Failure("cut", "the connection was cut")
+                self.child = child = subprocess.Popen([self.python, "-m", "edgekit"] + args, cwd=self.folder, stdout=sys.stderr.fileno(),
+                                                      stderr=err, env=env, start_new_session=True)
+            rc = child.wait()
             self.child = None
         text = _read(log) or ""
         _write(sys.stderr, text + ("\n" if text else ""))
