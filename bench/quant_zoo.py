@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(zm.MODELS))
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing per variant for the speed-up")
+    ap.add_argument("--keep", action="store_true", help="keep each model's quantized files (else removed after it: GBs for big models)")
     args = ap.parse_args()
     from edgekit.doctor import cpu_name
 
@@ -171,7 +173,14 @@ def main() -> None:
     work = tmpdir("edgekit-zoo-")
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
-        rows += one(name, backends, args.seconds, work)
+        (work / name).mkdir()
+        rows += one(name, backends, args.seconds, work / name)
+        if not args.keep:
+            shutil.rmtree(work / name, ignore_errors=True)
+    if args.keep:
+        print(f"quantized models kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     fmt = lambda r: "-" if r.get("score") is None else f"{r['score']:.3f}"  # noqa: E731
     print(f"\nCPU: {cpu_name()} ({_int8_features()})")
     print(f"{'model':17} {'backend':11} {'bar':>5}  {'edgekit':>7} {'outcome':17} {'float':>5} {'speed-up':>8}  {'ORT':>6} {'ORT outcome':15} {'NNCF':>6} {'NNCF outcome'}")
