@@ -550,7 +550,7 @@ def _mpnet_export(first_part: Path, out: Path) -> None:
     import torch
     from transformers import MPNetModel
 
-    model = MPNetModel.from_pretrained(str(_mpnet_folder()), attn_implementation="eager").eval()
+    model = MPNetModel.from_pretrained(str(_mpnet_folder()), attn_implementation="eager", local_files_only=True).eval()
 
     class MeanPooled(torch.nn.Module):
         def __init__(self) -> None:
