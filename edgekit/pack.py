@@ -187,19 +187,42 @@ def verify_bundle(path: str | Path, *, target: str | None = None, trusted_keys: 
     With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) the signature and every file are checked
     before anything is extracted: an unsigned bundle, another key, a changed manifest or file is exit 3.
     """
+    report, _, tmp = _verified_open(Path(path), target=target, trusted_keys=trusted_keys, min_release=min_release)
+    if tmp is not None:
+        tmp.cleanup()
+    return report
+
+
+def _verified_open(path: Path, *, target: str | None, trusted_keys: Sequence[str | Path] | None, min_release: int | None,
+                   private: bool = False) -> tuple[dict[str, Any], Path, tempfile.TemporaryDirectory[str] | None]:
+    """Verify a bundle and return (report, the folder that was verified, its temporary folder or None).
+
+    The files a caller goes on to use are the very files checked here: a tar is extracted once
+    into a private temporary folder and its extracted manifest's signature is checked again there, so
+    a bundle replaced after the stream check (or after verify) is never what gets loaded. With
+    `private` a folder bundle checked against keys is copied into a private folder first, for the same reason.
+    """
     from edgekit import signing
 
-    path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such bundle", hint="check the path")
     keys = signing.trusted_keys(trusted_keys or ())
-    signature = signing.check_bundle(path, keys) if keys else None
-    root, tmp = _open_bundle(path)
+    if keys:
+        signing.check_bundle(path, keys)  # refuses a tampered tar before extracting any of it
+    if private and keys and path.is_dir():
+        tmp: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(prefix="edgekit-bundle-")
+        root = Path(tmp.name) / "bundle"
+        try:
+            shutil.copytree(path, root)  # links followed: the copy holds the bytes checked
+        except BaseException:
+            tmp.cleanup()
+            raise
+    else:
+        root, tmp = _open_bundle(path)
     try:
         m = _read_manifest(root)
-        if signature is None:
-            sig_file = root / SIGNATURE
-            signature = signing.describe_unchecked(json.loads(sig_file.read_text()) if sig_file.exists() else None)
+        sig = _read_signature(root)
+        signature = signing.check_signature(m, sig, keys) if keys else signing.describe_unchecked(sig)
         signing.check_release(m, min_release)
         on_disk = _files_under(root)
         for name, digest in m["files"].items():
@@ -211,11 +234,23 @@ def verify_bundle(path: str | Path, *, target: str | None = None, trusted_keys: 
         if extra:
             raise GateFailed(f"bundle has a file the manifest does not list: {extra[0]}", hint="get the bundle again")
         checks = [_compatibility(a, target) for a in m["artifacts"]]
-        return {"bundle": str(path), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks),
-                "signature": signature, "release": m.get("release"), "manifest": m}
-    finally:
+        report = {"bundle": str(path), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks),
+                  "signature": signature, "release": m.get("release"), "manifest": m}
+    except BaseException:
         if tmp is not None:
             tmp.cleanup()
+        raise
+    return report, root, tmp
+
+
+def _read_signature(root: Path) -> dict[str, Any] | None:
+    sig_file = root / SIGNATURE
+    if not sig_file.exists():
+        return None
+    try:
+        return json.loads(sig_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GateFailed(f"{SIGNATURE} is corrupt ({exc})", hint="get the bundle again from its publisher") from exc
 
 
 def _compatibility(a: dict[str, Any], target: str | None) -> dict[str, Any]:
@@ -284,10 +319,9 @@ def load(bundle: str | Path, *, target: str | None = None, trusted_keys: Sequenc
     With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) a bundle that is not signed by one of them,
     or changed since, raises GateFailed before anything is extracted or loaded.
     """
-    report = verify_bundle(bundle, target=target, trusted_keys=trusted_keys)
-    check_verified(report)
-    root, tmp = _open_bundle(Path(bundle))
+    report, root, tmp = _verified_open(Path(bundle), target=target, trusted_keys=trusted_keys, min_release=None, private=True)
     try:
+        check_verified(report)
         m = report["manifest"]
         idx = next(i for i, c in enumerate(report["artifacts"]) if c["compatible"])
         a = m["artifacts"][idx]

@@ -212,3 +212,43 @@ def test_private_key_given_as_trusted_key_is_a_usage_error(artifact: Path, keys:
     code, output = _cli("pack", str(artifact), "-o", str(tmp_path / "t.tar"), "--sign", str(keys["release"]) + ".pub")
     assert code == 2 and "not the .pub file" in output and not (tmp_path / "t.tar").exists()
     assert os.listdir(tmp_path) == ["s.tar"]
+
+
+def test_a_bundle_swapped_after_its_check_is_never_what_gets_loaded(artifact: Path, keys: dict[str, Path], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack on a device: replace the bundle file between the signature check and the load."""
+    import edgekit.pack as pack
+    import edgekit.signing as signing
+
+    pub = str(keys["release"]) + ".pub"
+    signed = _pack(artifact, tmp_path / "signed.tar", "--sign", str(keys["release"]))
+    evil = _attacked(_pack(artifact, tmp_path / "other.tar"), tmp_path / "evil.tar")  # unsigned, self-consistent hashes
+    good = signed.read_bytes()
+    real_check = signing.check_bundle
+
+    def check_then_swap(path: Path, trusted: list) -> dict:  # noqa: ANN001
+        result = real_check(path, trusted)
+        path.write_bytes(evil.read_bytes())  # the swap, right after the stream check
+        return result
+
+    monkeypatch.setattr(signing, "check_bundle", check_then_swap)
+    with pytest.raises(GateFailed, match="unsigned"):
+        pack.load(str(signed), trusted_keys=[pub])
+    signed.write_bytes(good)
+    with pytest.raises(GateFailed, match="unsigned"):
+        pack.verify_bundle(str(signed), trusted_keys=[pub])
+    monkeypatch.setattr(signing, "check_bundle", real_check)
+    # a swap after verification: load() uses the files it verified (one extraction), not a second read of the path
+    signed.write_bytes(good)
+    real_verified = pack.check_verified
+    monkeypatch.setattr(pack, "check_verified", lambda r: (signed.write_bytes(evil.read_bytes()), real_verified(r))[1])
+    with pack.load(str(signed), trusted_keys=[pub]) as engine:
+        model = next(Path(engine._tmp.name).glob("artifacts/*/model.onnx"))
+        assert model.read_bytes() == (artifact / "model.onnx").read_bytes()
+
+
+def test_a_corrupt_signature_file_is_a_one_line_refusal(artifact: Path, tmp_path: Path) -> None:
+    b = _pack(artifact, tmp_path / "b")
+    (b / "bundle.sig").write_text("{not json")
+    code, output = _cli("verify", str(b))
+    assert code == 3 and "bundle.sig is corrupt" in output and "Traceback" not in output, output
