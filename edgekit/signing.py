@@ -115,8 +115,10 @@ def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
     return PublicKey(key=key, key_id=key_id_of(key), source=str(path))
 
 
-def trusted_keys(paths: Iterable[str | os.PathLike[str]] = (), *, env: bool = True) -> list[PublicKey]:
+def trusted_keys(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (), *, env: bool = True) -> list[PublicKey]:
     """Public keys from files and folders of `*.pub` files, plus EDGEKIT_TRUSTED_KEYS (os.pathsep-separated)."""
+    if isinstance(paths, (str, os.PathLike)):  # load(b, trusted_keys="release.pub"): one key, not its characters
+        paths = [paths]
     items = [str(p) for p in paths]
     if env and os.environ.get(ENV_TRUSTED):
         items += [p for p in os.environ[ENV_TRUSTED].split(os.pathsep) if p]

@@ -252,3 +252,12 @@ def test_a_corrupt_signature_file_is_a_one_line_refusal(artifact: Path, tmp_path
     (b / "bundle.sig").write_text("{not json")
     code, output = _cli("verify", str(b))
     assert code == 3 and "bundle.sig is corrupt" in output and "Traceback" not in output, output
+
+
+def test_one_trusted_key_given_as_a_string(keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.signing import trusted_keys
+
+    monkeypatch.delenv("EDGEKIT_TRUSTED_KEYS", raising=False)
+    pub = str(keys["release"]) + ".pub"
+    assert [k.source for k in trusted_keys(pub)] == [pub]
+    assert [k.source for k in trusted_keys(Path(pub))] == [pub]
