@@ -24,7 +24,7 @@ from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
 from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
 from edgekit.errors import BackendUnavailable, GateFailed, UsageError
-from edgekit.files import atomic_dir, atomic_path, sha256_file
+from edgekit.files import atomic_dir, atomic_path, sha256_file, tar_problem
 from edgekit.preprocess import ImageRecipe
 
 BUNDLE_MANIFEST = "bundle.json"
@@ -119,7 +119,17 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
     try:
         tar = tarfile.open(tar_path, "r")
     except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"{tar_path} is not a readable tar bundle ({exc})", hint="pack it again with `edgekit pack`") from exc
+        raise UsageError(f"{tar_path} is not a readable tar bundle ({tar_problem(exc)})", hint="pack it again with `edgekit pack`") from exc
+    try:
+        _extract_checked(tar, dest)
+    except (tarfile.TarError, EOFError) as exc:  # cut short on its way to the device: a one-line error, not a traceback
+        raise UsageError(f"incomplete or corrupt bundle: {tar_path} ({tar_problem(exc)})", hint="copy it again") from exc
+    except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:  # a member both a file and a folder
+        raise UsageError(f"bundle {tar_path} has members that clash ({exc.strerror}: {Path(exc.filename or '').name})",
+                         hint="this bundle is corrupt: pack it again with `edgekit pack`") from exc
+
+
+def _extract_checked(tar: tarfile.TarFile, dest: Path) -> None:
     with tar:
         members = tar.getmembers()
         for m in members:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import GateFailed, UsageError
+from edgekit.files import tar_problem
 
 SIGNATURE = "bundle.sig"
 MANIFEST = "bundle.json"
@@ -230,7 +231,7 @@ def check_bundle(path: Path, keys: Sequence[PublicKey]) -> dict[str, Any]:
     try:
         tar = tarfile.open(path, "r")
     except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"incomplete or corrupt bundle: {path} ({exc})", hint="copy it again") from exc
+        raise UsageError(f"incomplete or corrupt bundle: {path} ({tar_problem(exc)})", hint="copy it again") from exc
     try:
         with tar:
             manifest = _read_json_member(tar, MANIFEST)
@@ -251,7 +252,7 @@ def check_bundle(path: Path, keys: Sequence[PublicKey]) -> dict[str, Any]:
                     raise GateFailed(f"bundle member {m.name!r} appears twice", hint="do not use this bundle")
                 digests[m.name] = h.hexdigest()
     except (tarfile.TarError, EOFError) as exc:
-        raise UsageError(f"incomplete or corrupt bundle: {path} ({exc})", hint="copy it again") from exc
+        raise UsageError(f"incomplete or corrupt bundle: {path} ({tar_problem(exc)})", hint="copy it again") from exc
     _match_files(manifest, digests)
     return result
 
