@@ -323,13 +323,15 @@ class BundleEngine(EngineBase):
             self._tmp = None
 
 
-def load(bundle: str | Path, *, target: str | None = None, trusted_keys: Sequence[str | Path] | None = None) -> BundleEngine:
+def load(bundle: str | Path, *, target: str | None = None, trusted_keys: Sequence[str | Path] | None = None,
+         min_release: int | None = None) -> BundleEngine:
     """Verify a bundle and load its first artifact that runs here (use as a context manager).
 
     With trusted keys (given, or EDGEKIT_TRUSTED_KEYS) a bundle that is not signed by one of them,
-    or changed since, raises GateFailed before anything is extracted or loaded.
+    or changed since, raises GateFailed before anything is extracted or loaded; `min_release`
+    refuses an older release (rollback), as `verify --min-release` does.
     """
-    report, root, tmp = _verified_open(Path(bundle), target=target, trusted_keys=trusted_keys, min_release=None, private=True)
+    report, root, tmp = _verified_open(Path(bundle), target=target, trusted_keys=trusted_keys, min_release=min_release, private=True)
     try:
         check_verified(report)
         m = report["manifest"]

@@ -203,6 +203,10 @@ def test_min_release_refuses_a_rollback(artifact: Path, keys: dict[str, Path], t
     assert report["release"] == 3 and report["signature"]["trusted"] is True
     code, output = _cli("verify", str(b), "--key", pub, "--min-release", "4")
     assert code == 3 and "older than --min-release 4" in output
+    with pytest.raises(GateFailed, match="older than --min-release 4"):  # the application's rollback check
+        edgekit.load(str(b), trusted_keys=[pub], min_release=4)
+    with edgekit.load(str(b), trusted_keys=[pub], min_release=3) as engine:
+        assert engine.manifest["release"] == 3
 
 
 def test_private_key_given_as_trusted_key_is_a_usage_error(artifact: Path, keys: dict[str, Path], tmp_path: Path) -> None:
