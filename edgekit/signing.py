@@ -84,32 +84,43 @@ def generate_keypair(name: str | os.PathLike[str]) -> dict[str, str]:
     return {"private_key": str(priv_path), "public_key": str(pub_path), "key_id": kid}
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Any:
-    serialization, ed25519 = _crypto()
+def _key_bytes(path: str | os.PathLike[str], what: str, hint: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read the signing key {path}: {exc.strerror}", hint="give the private key written by `edgekit keygen`") from exc
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror}", hint=hint) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    serialization, ed25519 = _crypto()
+    data = _key_bytes(path, "signing key", "give the private key written by `edgekit keygen`")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        hint = "give the private key (not the .pub file)" if data.startswith(b"ssh-") else "give the private key written by `edgekit keygen`"
-        raise UsageError(f"{path} is not an unencrypted PEM private key ({exc})", hint=hint) from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        hint = "give the private key (not the .pub file)" if not data.lstrip().startswith(b"-----") else "give the private key written by `edgekit keygen`"
+        raise UsageError(f"{path} is not an unencrypted PEM private key ({_first_line(exc)})", hint=hint) from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise UsageError(f"{path} is not an Ed25519 key", hint="make one with `edgekit keygen -o NAME`")
     return key
 
 
 def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     serialization, ed25519 = _crypto()
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the trusted key {path}: {exc.strerror}", hint="give a .pub file written by `edgekit keygen`") from exc
-    try:
-        key = serialization.load_ssh_public_key(data.strip()) if data.lstrip().startswith(b"ssh-") else serialization.load_pem_public_key(data)
+    data = _key_bytes(path, "trusted key", "give a .pub file written by `edgekit keygen`")
+    try:  # PEM starts with its -----BEGIN line; anything else is read as one OpenSSH line (ssh-ed25519, ecdsa-..., ...)
+        key = serialization.load_pem_public_key(data) if data.lstrip().startswith(b"-----") else serialization.load_ssh_public_key(data.strip())
+    except UnsupportedAlgorithm as exc:
+        raise UsageError(f"{path} is not an Ed25519 public key ({_first_line(exc)})", hint="make one with `edgekit keygen -o NAME`") from exc
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is not a public key ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+        raise UsageError(f"{path} is not a public key ({_first_line(exc)})",
                          hint="give the NAME.pub file written by `edgekit keygen`, never the private key") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise UsageError(f"{path} is not an Ed25519 public key", hint="make one with `edgekit keygen -o NAME`")

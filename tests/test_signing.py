@@ -265,3 +265,23 @@ def test_one_trusted_key_given_as_a_string(keys: dict[str, Path], monkeypatch: p
     pub = str(keys["release"]) + ".pub"
     assert [k.source for k in trusted_keys(pub)] == [pub]
     assert [k.source for k in trusted_keys(Path(pub))] == [pub]
+
+
+def test_other_key_types_are_a_one_line_error(tmp_path: Path) -> None:
+    """An ECDSA key, or a key type cryptography does not know, given as a trusted key (was a traceback)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgekit.errors import UsageError
+    from edgekit.signing import load_public_key
+
+    ecdsa = tmp_path / "ecdsa.pub"
+    ecdsa.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" someone\n")
+    odd = tmp_path / "odd.pub"
+    odd.write_text("ssh-foo AAAAB3NzaC1kc3MAAACBAP someone\n")
+    for f in (ecdsa, odd):
+        with pytest.raises(UsageError, match="is not an Ed25519 public key"):
+            load_public_key(f)
+    code, output = _cli("verify", str(tmp_path), "--key", str(odd))  # the key is read before the bundle
+    assert code == 2 and "odd.pub is not an Ed25519 public key" in output and len(output.strip().splitlines()) == 1, output
