@@ -14,7 +14,8 @@ __all__ = ["__version__", "load"]
 
 
 def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
-         trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True) -> BundleEngine:
+         trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True,
+         min_release: int | None = None) -> BundleEngine:
     """Verify a bundle (hashes, schema, compatibility) and load the artifact that suits this machine:
     `with edgekit.load("model.tar") as e: e.top_k(frame, 5, channels="BGR")`. See `edgekit.loader.load`.
 
@@ -23,4 +24,5 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
     """
     from edgekit.loader import load as _load
 
-    return _load(bundle, backend=backend, artifact=artifact, target=target, trusted_keys=trusted_keys, cache_dir=cache_dir)
+    return _load(bundle, backend=backend, artifact=artifact, target=target, trusted_keys=trusted_keys, cache_dir=cache_dir,
+                 min_release=min_release)

@@ -43,9 +43,10 @@ def corrupt(path: Path | str, detail: object) -> UsageError:
 
 
 def _one_line(detail: object) -> str:
-    """tarfile's errors can span lines (one per compression it tried); the last one is about plain tar."""
-    lines = [line.strip(" -") for line in str(detail).strip().splitlines() if line.strip(" -")]
-    return lines[-1] if lines else str(detail)
+    """tarfile's errors can span lines; one line says it."""
+    from edgekit.files import tar_problem
+
+    return tar_problem(detail) if isinstance(detail, BaseException) else (str(detail).strip().splitlines() or [""])[0]
 
 
 def files_under(root: Path) -> dict[str, str]:
@@ -112,7 +113,7 @@ def safe_extract(tar_path: Path, dest: Path) -> dict[str, str]:
     A truncated or damaged tar (a partial copy) is an exit-2 "copy it again" error.
     """
     try:
-        tar = tarfile.open(tar_path, "r")
+        tar = tarfile.open(tar_path, "r:")  # plain tar only (edgekit writes no other): nothing is decompressed before it is checked
     except (tarfile.TarError, EOFError, OSError) as exc:
         if tar_path.stat().st_size and _looks_like_tar_start(tar_path):
             raise corrupt(tar_path, exc) from exc
@@ -136,9 +137,9 @@ def safe_extract(tar_path: Path, dest: Path) -> dict[str, str]:
             if m.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             h = hashlib.sha256()
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(m)
                 assert src is not None
                 with open(target, "wb") as f:
@@ -147,6 +148,8 @@ def safe_extract(tar_path: Path, dest: Path) -> dict[str, str]:
                         f.write(chunk)
             except (tarfile.TarError, EOFError) as exc:
                 raise corrupt(tar_path, f"{m.name}: {exc}") from exc
+            except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # a member both file and folder
+                raise corrupt(tar_path, f"member {m.name} clashes with another member ({exc.strerror})") from exc
             digests[target.relative_to(dest).as_posix()] = h.hexdigest()
         return digests
 
@@ -160,20 +163,26 @@ def _looks_like_tar_start(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def opened_bundle(path: str | Path) -> Iterator[tuple[Path, dict[str, str] | None]]:
+def opened_bundle(path: str | Path, *, private: bool = False) -> Iterator[tuple[Path, dict[str, str] | None]]:
     """(the bundle's root folder, SHA-256 of its files when already known): the folder itself, or a
-    private temporary extraction of a tar, removed on any exit (errors, KeyboardInterrupt, SIGTERM/SIGHUP)."""
+    private temporary extraction of a tar, removed on any exit (errors, KeyboardInterrupt, SIGTERM/SIGHUP).
+
+    private=True copies a folder bundle too, so what is verified is what is loaded: someone who can
+    write to the bundle cannot swap a file between the check and the runtime reading it."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such bundle", hint="check the path")
-    if path.is_dir():
+    if path.is_dir() and not private:
         yield path, None
         return
     with cleanup_on_termination():
         tmp = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
         try:
-            digests = safe_extract(path, tmp)
-            yield tmp, digests
+            if path.is_dir():
+                shutil.copytree(path, tmp, dirs_exist_ok=True, symlinks=True)
+                yield tmp, None
+            else:
+                yield tmp, safe_extract(path, tmp)
         finally:
             _remove(tmp)
 
@@ -220,17 +229,24 @@ def _major_minor(v: str) -> str:
 
 # --- verifying -------------------------------------------------------------------------------
 
-def signature_before_opening(path: Path, trusted_keys: Sequence[str | os.PathLike[str]] | None) -> dict[str, Any] | None:
-    """With trusted keys (given, or EDGEKIT_TRUSTED_KEYS), edgekit.signing checks the signature and every
-    file before anything is extracted (exit 3 if anything is off); None without trusted keys."""
+def trusted_key_list(trusted_keys: Any) -> list[Any]:
+    """The trusted public keys: those given (paths, folders of *.pub, or one path) plus EDGEKIT_TRUSTED_KEYS."""
     from edgekit import signing
 
-    keys = signing.trusted_keys(trusted_keys or ())
+    return signing.trusted_keys(trusted_keys or ())
+
+
+def signature_before_opening(path: Path, keys: Sequence[Any]) -> dict[str, Any] | None:
+    """With trusted keys, edgekit.signing checks the signature and every file before anything is
+    extracted (exit 3 if anything is off); None without. `verify_root(keys=...)` checks the opened copy again."""
+    from edgekit import signing
+
     return signing.check_bundle(path, keys) if keys else None
 
 
 def verify_root(root: Path, *, label: Path | str, target: str | None = None, digests: dict[str, str] | None = None,
-                check_all: bool = True, signature: dict[str, Any] | None = None, min_release: int | None = None) -> dict[str, Any]:
+                check_all: bool = True, signature: dict[str, Any] | None = None, min_release: int | None = None,
+                keys: Sequence[Any] = ()) -> dict[str, Any]:
     """Hashes, schema, compatibility and preprocessing of an opened bundle (see `verify_bundle`);
     `digests`: the files' SHA-256 as `safe_extract` computed them. check_all=False leaves each
     artifact's compatibility unchecked (None) for `choose_artifact` to check in the rule's order,
@@ -238,9 +254,15 @@ def verify_root(root: Path, *, label: Path | str, target: str | None = None, dig
     from edgekit import signing
 
     m = read_manifest(root, label=label)
-    if signature is None:
+    if keys:
+        # The copy that will be used is checked again: the bundle may have changed since the check before
+        # opening it. Its manifest must carry a trusted signature, and its files (hashed as they were
+        # written here, below) must match that manifest.
         sig_file = root / SIGNATURE
-        signature = signing.describe_unchecked(json.loads(sig_file.read_text()) if sig_file.exists() else None)
+        signature = signing.check_signature(m, signing.read_signature(sig_file) if sig_file.exists() else None, keys)
+    elif signature is None:
+        sig_file = root / SIGNATURE
+        signature = signing.describe_unchecked(signing.read_signature(sig_file) if sig_file.exists() else None)
     signing.check_release(m, min_release)
     on_disk = {k: v for k, v in digests.items() if k not in (BUNDLE_MANIFEST, SIGNATURE)} if digests is not None else files_under(root)
     for name, digest in m["files"].items():
@@ -272,9 +294,10 @@ def verify_bundle(path: str | Path, *, target: str | None = None, trusted_keys: 
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such bundle", hint="check the path")
-    signature = signature_before_opening(path, trusted_keys)
-    with opened_bundle(path) as (root, digests):
-        return verify_root(root, label=path, target=target, digests=digests, signature=signature, min_release=min_release)
+    keys = trusted_key_list(trusted_keys)
+    signature = signature_before_opening(path, keys)
+    with opened_bundle(path, private=bool(keys)) as (root, digests):
+        return verify_root(root, label=path, target=target, digests=digests, signature=signature, min_release=min_release, keys=keys)
 
 
 def _unchecked(a: dict[str, Any]) -> dict[str, Any]:
@@ -415,9 +438,10 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
             raise UsageError("--artifact picks an artifact inside a bundle", hint=f"{path} is not a bundle (.tar or a folder with {BUNDLE_MANIFEST})")
         yield path
         return
-    signature = signature_before_opening(path, None)  # EDGEKIT_TRUSTED_KEYS applies here as in edgekit.load
-    with opened_bundle(path) as (root, digests):
-        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature)
+    keys = trusted_key_list(None)  # EDGEKIT_TRUSTED_KEYS applies here as in edgekit.load
+    signature = signature_before_opening(path, keys)
+    with opened_bundle(path, private=bool(keys)) as (root, digests):
+        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature, keys=keys)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
         if announce is not None:

@@ -153,3 +153,10 @@ def private_cwd(prefix: str = "edgekit-") -> Iterator[Path]:
         os.chdir(old)
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def tar_problem(exc: BaseException) -> str:
+    """One line for what `tarfile` found wrong (its open error lists every compression it tried, one per line)."""
+    text = str(exc).strip()
+    if "could not be opened successfully" in text:
+        return "not a tar file, or cut short before its first member"
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
-from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signature_before_opening, verify_root
+from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signature_before_opening, trusted_key_list, verify_root
 from edgekit.compile import MANIFEST, _target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
@@ -41,7 +41,8 @@ def default_cache_dir() -> Path:
 
 
 def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
-         trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True) -> BundleEngine:
+         trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True,
+         min_release: int | None = None) -> BundleEngine:
     """Verify a bundle (.tar or folder) and load the artifact that suits this machine; use as a context manager.
 
     backend: only consider that backend's artifacts. artifact: load this one (its folder name, as
@@ -50,15 +51,19 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
     recorded ones. trusted_keys: public key files or folders of `*.pub` (also EDGEKIT_TRUSTED_KEYS); when
     any is given, edgekit.signing checks the signature and every file before anything is extracted, and
     only a bundle signed by one of them, unchanged since, is loaded (GateFailed otherwise). cache_dir: True = the per-user default (`default_cache_dir()`), a path,
-    or False for none; used where the runtime has a model cache (OpenVINO's CACHE_DIR).
+    or False for none; used where the runtime has a model cache (OpenVINO's CACHE_DIR). min_release: refuse
+    a bundle whose release number is older (rollback protection, as `edgekit verify --min-release`).
     """
     t0 = time.perf_counter()
     path = Path(bundle)
     if not path.exists():
         raise UsageError(f"{path}: no such bundle", hint="check the path")
-    signature = signature_before_opening(path, trusted_keys)  # before anything is extracted
-    with opened_bundle(path) as (root, digests):
-        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature)
+    keys = trusted_key_list(trusted_keys)
+    signature = signature_before_opening(path, keys)  # before anything is extracted
+    # With keys, the copy loaded is verified again (signature and hashes): what was checked is what runs
+    with opened_bundle(path, private=bool(keys)) as (root, digests):
+        report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature, keys=keys,
+                             min_release=min_release)
         check_verified(report, need_preprocessing=False)  # a missing Pillow only stops run_image, with the fix
         idx, why = choose_artifact(report, backend=backend, artifact=artifact)
         m = report["manifest"]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import GateFailed, UsageError
+from edgekit.files import tar_problem
 
 SIGNATURE = "bundle.sig"
 MANIFEST = "bundle.json"
@@ -83,40 +84,53 @@ def generate_keypair(name: str | os.PathLike[str]) -> dict[str, str]:
     return {"private_key": str(priv_path), "public_key": str(pub_path), "key_id": kid}
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Any:
-    serialization, ed25519 = _crypto()
+def _key_bytes(path: str | os.PathLike[str], what: str, hint: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read the signing key {path}: {exc.strerror}", hint="give the private key written by `edgekit keygen`") from exc
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror}", hint=hint) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    serialization, ed25519 = _crypto()
+    data = _key_bytes(path, "signing key", "give the private key written by `edgekit keygen`")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        hint = "give the private key (not the .pub file)" if data.startswith(b"ssh-") else "give the private key written by `edgekit keygen`"
-        raise UsageError(f"{path} is not an unencrypted PEM private key ({exc})", hint=hint) from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        hint = "give the private key (not the .pub file)" if not data.lstrip().startswith(b"-----") else "give the private key written by `edgekit keygen`"
+        raise UsageError(f"{path} is not an unencrypted PEM private key ({_first_line(exc)})", hint=hint) from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise UsageError(f"{path} is not an Ed25519 key", hint="make one with `edgekit keygen -o NAME`")
     return key
 
 
 def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     serialization, ed25519 = _crypto()
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the trusted key {path}: {exc.strerror}", hint="give a .pub file written by `edgekit keygen`") from exc
-    try:
-        key = serialization.load_ssh_public_key(data.strip()) if data.lstrip().startswith(b"ssh-") else serialization.load_pem_public_key(data)
+    data = _key_bytes(path, "trusted key", "give a .pub file written by `edgekit keygen`")
+    try:  # PEM starts with its -----BEGIN line; anything else is read as one OpenSSH line (ssh-ed25519, ecdsa-..., ...)
+        key = serialization.load_pem_public_key(data) if data.lstrip().startswith(b"-----") else serialization.load_ssh_public_key(data.strip())
+    except UnsupportedAlgorithm as exc:
+        raise UsageError(f"{path} is not an Ed25519 public key ({_first_line(exc)})", hint="make one with `edgekit keygen -o NAME`") from exc
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is not a public key ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+        raise UsageError(f"{path} is not a public key ({_first_line(exc)})",
                          hint="give the NAME.pub file written by `edgekit keygen`, never the private key") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise UsageError(f"{path} is not an Ed25519 public key", hint="make one with `edgekit keygen -o NAME`")
     return PublicKey(key=key, key_id=key_id_of(key), source=str(path))
 
 
-def trusted_keys(paths: Iterable[str | os.PathLike[str]] = (), *, env: bool = True) -> list[PublicKey]:
+def trusted_keys(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (), *, env: bool = True) -> list[PublicKey]:
     """Public keys from files and folders of `*.pub` files, plus EDGEKIT_TRUSTED_KEYS (os.pathsep-separated)."""
+    if isinstance(paths, (str, os.PathLike)):  # load(b, trusted_keys="release.pub"): one key, not its characters
+        paths = [paths]
     items = [str(p) for p in paths]
     if env and os.environ.get(ENV_TRUSTED):
         items += [p for p in os.environ[ENV_TRUSTED].split(os.pathsep) if p]
@@ -226,9 +240,9 @@ def check_bundle(path: Path, keys: Sequence[PublicKey]) -> dict[str, Any]:
         _match_files(manifest, {name: _sha256_path(p) for name, p in seen.items()})
         return result
     try:
-        tar = tarfile.open(path, "r")
+        tar = tarfile.open(path, "r:")  # plain tar only: nothing untrusted is decompressed before its check
     except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"incomplete or corrupt bundle: {path} ({exc})", hint="copy it again") from exc
+        raise UsageError(f"incomplete or corrupt bundle: {path} ({tar_problem(exc)})", hint="copy it again") from exc
     try:
         with tar:
             manifest = _read_json_member(tar, MANIFEST)
@@ -249,7 +263,7 @@ def check_bundle(path: Path, keys: Sequence[PublicKey]) -> dict[str, Any]:
                     raise GateFailed(f"bundle member {m.name!r} appears twice", hint="do not use this bundle")
                 digests[m.name] = h.hexdigest()
     except (tarfile.TarError, EOFError) as exc:
-        raise UsageError(f"incomplete or corrupt bundle: {path} ({exc})", hint="copy it again") from exc
+        raise UsageError(f"incomplete or corrupt bundle: {path} ({tar_problem(exc)})", hint="copy it again") from exc
     _match_files(manifest, digests)
     return result
 
@@ -264,6 +278,14 @@ def _match_files(manifest: dict[str, Any], digests: dict[str, str]) -> None:
     extra = sorted(set(digests) - set(files))
     if extra:
         raise GateFailed(f"bundle has a file the signed manifest does not list: {extra[0]}", hint="do not use this bundle; get it again")
+
+
+def read_signature(p: Path) -> Any:
+    """bundle.sig as JSON; a damaged one is exit 3 in one line, never a traceback."""
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GateFailed(f"{SIGNATURE} is corrupt ({exc})", hint="get the bundle again from its publisher") from exc
 
 
 def _read_json_file(p: Path) -> Any:

@@ -166,3 +166,13 @@ def test_architecture_digest_ignores_names_and_weights_not_layers(efficientnet_o
     two = graph_digest(onnx.load(str(copies(efficientnet_onnx, 2, tmp_path / "two.onnx"))))
     assert graph_digest(m) == same == graph_digest(retrained) != two
     assert format_p(3.8e-260) == "p < 1e-4" and format_p(0.0031) == "p=0.0031"
+
+
+def test_single_artifact_baseline_options_are_refused_with_a_project_file(tmp_path: Path) -> None:
+    """--baseline and --max-regression were silently ignored with --config (the entries' own settings ran)."""
+    proj = tmp_path / "edgekit.toml"
+    proj.write_text('[[bench]]\nname = "e"\nmodel = "m.onnx"\ntarget = "onnxruntime"\n')
+    res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--baseline", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "each entry has its own" in res.stderr, res.output
+    res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--max-regression", "5%"])
+    assert res.exit_code == 2 and "max_regression" in res.stderr, res.output

@@ -411,3 +411,25 @@ def test_preprocessing_libraries_are_recorded_and_checked(compiled_int8: list[Pa
     assert CliRunner().invoke(cli, ["pack", str(compiled_int8[-1]), "-o", str(tmp_path / "nopil")]).exit_code == 0
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.stdout.startswith("4 error:") and "edgekit[runtime]" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_cut_short_or_clashing_tar_is_a_one_line_exit_2(tmp_path: Path) -> None:
+    """A copy to the device interrupted half-way, a file that is not a tar, a member both file and folder."""
+    import os
+
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as t:
+        for name, size in (("bundle.json", 100), ("artifacts/a/model.onnx", 200_000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            t.addfile(info, io.BytesIO(os.urandom(size)))
+    (tmp_path / "cut.tar").write_bytes(good.read_bytes()[:100_000])
+    (tmp_path / "text.tar").write_text("not a tar\n")
+    with tarfile.open(tmp_path / "clash.tar", "w") as t:
+        for name in ("bundle.json", "bundle.json/x"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            t.addfile(info, io.BytesIO(b"{}"))
+    for name in ("cut.tar", "text.tar", "clash.tar"):
+        res = CliRunner().invoke(cli, ["verify", str(tmp_path / name)])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (name, res.output)

@@ -203,6 +203,10 @@ def test_min_release_refuses_a_rollback(artifact: Path, keys: dict[str, Path], t
     assert report["release"] == 3 and report["signature"]["trusted"] is True
     code, output = _cli("verify", str(b), "--key", pub, "--min-release", "4")
     assert code == 3 and "older than --min-release 4" in output
+    with pytest.raises(GateFailed, match="older than --min-release 4"):  # the application's rollback check
+        edgekit.load(str(b), trusted_keys=[pub], min_release=4)
+    with edgekit.load(str(b), trusted_keys=[pub], min_release=3) as engine:
+        assert engine.manifest["release"] == 3
 
 
 def test_private_key_given_as_trusted_key_is_a_usage_error(artifact: Path, keys: dict[str, Path], tmp_path: Path) -> None:
@@ -212,3 +216,80 @@ def test_private_key_given_as_trusted_key_is_a_usage_error(artifact: Path, keys:
     code, output = _cli("pack", str(artifact), "-o", str(tmp_path / "t.tar"), "--sign", str(keys["release"]) + ".pub")
     assert code == 2 and "not the .pub file" in output and not (tmp_path / "t.tar").exists()
     assert os.listdir(tmp_path) == ["s.tar"]
+
+
+def test_a_bundle_swapped_after_its_check_is_never_what_gets_loaded(artifact: Path, keys: dict[str, Path], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack on a device: replace the bundle file between the signature check and the load."""
+    import numpy as np
+
+    import edgekit.bundle as bundle
+    import edgekit.loader as loader
+    import edgekit.signing as signing
+    from edgekit.compile import open_engine
+
+    pub = str(keys["release"]) + ".pub"
+    signed = _pack(artifact, tmp_path / "signed.tar", "--sign", str(keys["release"]))
+    evil = _attacked(_pack(artifact, tmp_path / "other.tar"), tmp_path / "evil.tar")  # unsigned, self-consistent hashes
+    good = signed.read_bytes()
+    real_check = signing.check_bundle
+
+    def check_then_swap(path: Path, trusted: list) -> dict:  # noqa: ANN001
+        result = real_check(path, trusted)
+        path.write_bytes(evil.read_bytes())  # the swap, right after the stream check
+        return result
+
+    monkeypatch.setattr(signing, "check_bundle", check_then_swap)
+    with pytest.raises(GateFailed, match="unsigned"):
+        edgekit.load(str(signed), trusted_keys=[pub])
+    signed.write_bytes(good)
+    with pytest.raises(GateFailed, match="unsigned"):
+        bundle.verify_bundle(str(signed), trusted_keys=[pub])
+    monkeypatch.setattr(signing, "check_bundle", real_check)
+    # a swap after verification: load() runs the files it verified (one extraction), not a second read of the path
+    signed.write_bytes(good)
+    real_verified = loader.check_verified
+    monkeypatch.setattr(loader, "check_verified", lambda r, **k: (signed.write_bytes(evil.read_bytes()), real_verified(r, **k))[1])
+    x, _ = zoo.mnist_heldout()
+    with edgekit.load(str(signed), trusted_keys=[pub]) as engine:
+        got = engine.run({engine.inputs[0].name: x[:16]})[engine.outputs[0].name]
+    with open_engine(artifact) as (ref, _m):
+        want = ref.run({ref.inputs[0].name: x[:16]})[ref.outputs[0].name]
+    np.testing.assert_array_equal(got, want)
+    assert signed.read_bytes() == evil.read_bytes()  # the swap did happen
+
+
+def test_a_corrupt_signature_file_is_a_one_line_refusal(artifact: Path, tmp_path: Path) -> None:
+    b = _pack(artifact, tmp_path / "b")
+    (b / "bundle.sig").write_text("{not json")
+    code, output = _cli("verify", str(b))
+    assert code == 3 and "bundle.sig is corrupt" in output and "Traceback" not in output, output
+
+
+def test_one_trusted_key_given_as_a_string(keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.signing import trusted_keys
+
+    monkeypatch.delenv("EDGEKIT_TRUSTED_KEYS", raising=False)
+    pub = str(keys["release"]) + ".pub"
+    assert [k.source for k in trusted_keys(pub)] == [pub]
+    assert [k.source for k in trusted_keys(Path(pub))] == [pub]
+
+
+def test_other_key_types_are_a_one_line_error(tmp_path: Path) -> None:
+    """An ECDSA key, or a key type cryptography does not know, given as a trusted key (was a traceback)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgekit.errors import UsageError
+    from edgekit.signing import load_public_key
+
+    ecdsa = tmp_path / "ecdsa.pub"
+    ecdsa.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" someone\n")
+    odd = tmp_path / "odd.pub"
+    odd.write_text("ssh-foo AAAAB3NzaC1kc3MAAACBAP someone\n")
+    for f in (ecdsa, odd):
+        with pytest.raises(UsageError, match="is not an Ed25519 public key"):
+            load_public_key(f)
+    code, output = _cli("verify", str(tmp_path), "--key", str(odd))  # the key is read before the bundle
+    assert code == 2 and "odd.pub is not an Ed25519 public key" in output and len(output.strip().splitlines()) == 1, output

@@ -82,6 +82,12 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
             raise UsageError("--update-baselines records a project file's baselines", hint="use it with --config edgekit.toml; for one artifact use --save-baseline PATH")
         if save_baseline and config:
             raise UsageError("--save-baseline records one result", hint="with --config use --update-baselines (each entry's `baseline` path or [defaults] baseline_dir)")
+        if config and baseline:
+            raise UsageError("--baseline gives one artifact's baseline; with --config each entry has its own",
+                             hint='set baseline = "..." in the entry, or baseline_dir = "..." in [defaults]')
+        if config and click.get_current_context().get_parameter_source("max_regression") == click.core.ParameterSource.COMMANDLINE:
+            raise UsageError("--max-regression does not apply to a project file's entries",
+                             hint='set max_regression = "10%" in its [defaults] or in an entry')
         common = dict(shapes=dict(parse_shape_option(s) for s in shapes), min_duration_s=min_duration, max_duration_s=max_duration,
                       min_iterations=min_iterations, warmup_ms=warmup, paired=paired, model_change="new" if allow_model_change else "error")
         extra = tuple(Budget.parse(b) for b in budgets)
