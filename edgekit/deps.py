@@ -21,6 +21,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
     "PIL": ("images", "image calibration data"),
     "matplotlib": ("plot", "latency plots"),
+    "ray": ("ray", "the Ray executor (--executor ray)"),
 }
 
 
@@ -70,6 +71,10 @@ def pyplot() -> ModuleType:
     mpl = _load("matplotlib")
     mpl.use("Agg")
     return _load("matplotlib.pyplot")
+
+
+def ray() -> ModuleType:
+    return _load("ray")
 
 
 def onnxruntime() -> ModuleType:

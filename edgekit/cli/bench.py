@@ -40,10 +40,12 @@ from edgekit.config import STATS
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
+              help="Where the entries run: here one by one, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it.")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, update_baselines: bool, allow_model_change: bool, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
-            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
+            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, executor_spec: str) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
     ARTIFACT is a compile output folder, a file in one, or an .onnx file (compiled for
@@ -59,7 +61,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
 
     from edgekit.bench import report
     from edgekit.bench.project import load_project, naming, parse_percent
-    from edgekit.bench.run import BenchOptions, bench_artifact, check_bench, save_baseline_report
+    from edgekit.bench.run import BenchOptions, check_bench, save_baseline_report
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
     from edgekit.feeds import parse_shape_option
@@ -71,6 +73,9 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     try:
         if (artifact is None) == (config is None):
             raise UsageError("give an ARTIFACT or --config edgekit.toml (one of them)", hint="see `edgekit bench --help`")
+        from edgekit.executors import parse_spec
+
+        parse_spec(executor_spec)
         if update_baselines and not config:
             raise UsageError("--update-baselines records a project file's baselines", hint="use it with --config edgekit.toml; for one artifact use --save-baseline PATH")
         if save_baseline and config:
@@ -79,11 +84,12 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                       min_iterations=min_iterations, warmup_ms=warmup, paired=paired, model_change="new" if allow_model_change else "error")
         extra = tuple(Budget.parse(b) for b in budgets)
         jobs = []
+        resources: dict[str | None, str | None] = {}
         labels: dict[str | None, str] = {}
         baselines: dict[str, str | None] = {}
         if config:
             for e in load_project(config):
-                labels[e.name], baselines[e.name] = e.label, e.baseline
+                labels[e.name], baselines[e.name], resources[e.name] = e.label, e.baseline, e.resource
                 jobs.append((e.model, e.target, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,
@@ -97,9 +103,12 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         for a, t, o in jobs:  # the whole project is checked before anything is measured
             with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
                 check_bench(a, target=t, options=o)
-        for a, t, o in jobs:
-            with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
-                results.append(bench_artifact(a, target=t, options=o))
+        from edgekit.executors import executor_from_spec
+        from edgekit.executors.bench import BenchJob, bench_jobs
+
+        with executor_from_spec(executor_spec) as ex:
+            for r in bench_jobs([BenchJob(a, t, o, labels.get(o.name) if config else None, resources.get(o.name)) for a, t, o in jobs], executor=ex):
+                results.append(r)
         if update_baselines:
             for r in results:
                 path = baselines[r["name"]]
