@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,88 +24,16 @@ from edgekit.cli import cli
 
 pytestmark = pytest.mark.skipif(not deps.available("ray"), reason="ray is not installed (pip install 'edgekit[ray]')")
 
-ROOT = Path(__file__).parents[1]
 DEVICE = "edgekit-device:dev1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ray_bin() -> str:
-    return str(Path(sys.executable).with_name("ray"))
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_RECORD_ACTOR_TASK_LOGGING": "0"}
-    return subprocess.Popen([_ray_bin(), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--object-store-memory", str(100 * 1024 * 1024), *args],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The `ray start --block` process and everything it started: its own process group, by id."""
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # workers the raylet left behind
-    except ProcessLookupError:
-        pass
-
-
-def _wait_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: list[Path]) -> None:
-    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(x['Alive'] for x in ray.nodes()))"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= n:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the Ray cluster did not come up:\n" + "\n".join(log.read_text()[-2000:] for log in logs if log.exists()))
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the Ray head did not open port {port}:\n{log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1."""
-    logs = tmp_path_factory.mktemp("ray-logs")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    procs = [_start(["--head", "--port", str(port), "--include-dashboard=false", "--node-manager-port", str(_free_port()),
-                     "--object-manager-port", str(_free_port())], logs / "head.log")]
-    try:
-        _wait_port(port, procs[0], logs / "head.log")
-        procs.append(_start(["--address", address, "--resources", json.dumps({DEVICE: 1}), "--node-manager-port", str(_free_port()),
-                             "--object-manager-port", str(_free_port())], logs / "node.log"))
-        _wait_nodes(address, 2, procs, [logs / "head.log", logs / "node.log"])
-        yield f"ray://{address}"
-    finally:
-        import ray
+    from raycluster import ray_cluster
 
-        ray.shutdown()
-        for p in reversed(procs):
-            _stop(p)
+    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1}]) as address:
+        yield address
 
 
 def _tiny_models(folder: Path, n: int) -> list[Path]:
@@ -268,3 +195,31 @@ def test_sensitivity_search_survives_a_killed_worker_and_spreads_over_both_nodes
     assert len(placed["nodes"]) == 2, placed  # the CPU work ran on both nodes
     assert remote["ranking"] == local["ranking"] and remote["kept_in_float"][0]["node"] == local["kept_in_float"][0]["node"]
     assert [k["node"] for k in remote["kept_in_float"]] == [k["node"] for k in local["kept_in_float"]]
+
+
+def _units_running(kind: str) -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [int(ln.split()[0]) for ln in ps if ln.split(None, 1)[1:] and ln.split(None, 1)[1].startswith(f"ray::edgekit:{kind}")]
+
+
+def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    _tiny_models(tmp_path / "models", 3)
+    (tmp_path / "edgekit.toml").write_text(PROJECT.format(device=DEVICE))
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", "--config", str(tmp_path / "edgekit.toml"), "--executor", cluster,
+                             "--min-duration", "60", "--max-duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _units_running("bench") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert _units_running("bench"), "no bench unit started"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    deadline = time.monotonic() + 10
+    while _units_running("bench") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _units_running("bench"), "bench units kept running after Ctrl-C"

@@ -137,7 +137,7 @@ class RayExecutor:
         nxt = 0
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)  # short: Ctrl-C is seen between waits
                 for ref in ready:
                     i, attempt = pending.pop(ref)
                     try:
