@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from edgekit import deps
-from edgekit.errors import BackendUnavailable, EdgekitError
+from edgekit.errors import BackendUnavailable, EdgekitError, UsageError
 from edgekit.executors import Done, Needs
 
 T = TypeVar("T")
@@ -70,6 +70,8 @@ class RayExecutor:
                     ray.init(address="auto", **quiet)
                 except ConnectionError:  # none: a one-machine cluster for this run
                     ray.init(include_dashboard=False, **quiet)
+        except ValueError as exc:  # Ray's word for an address it cannot parse
+            raise UsageError(f"--executor ray://{address}: {exc}", hint="write ray://HOST:PORT, the head's GCS address (ray start --head --port 6379)") from exc
         except ConnectionError as exc:
             raise BackendUnavailable(f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {exc}",
                                      hint="start it (`ray start --head --port 6379`), and join this machine to it "
