@@ -99,6 +99,9 @@ class RayExecutor:
                         hint=f"start the node that has it with `ray start --address HEAD:6379 --num-cpus 1 --resources '{{\"{res}\": 1}}'`, "
                              f"or run with --executor local")
 
+    def _hosts(self) -> dict[str, str]:
+        return {n["NodeID"]: str(n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?")) for n in self._nodes()}
+
     def _other_node(self, need: Needs, avoid: str | None) -> str | None:
         for n in self._nodes():
             res = n.get("Resources", {})
@@ -134,7 +137,7 @@ class RayExecutor:
         for i in range(len(items)):
             submit(i, 1)
         done: dict[int, Done[R]] = {}
-        hosts = {n["NodeID"]: n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?") for n in self._nodes()}
+        hosts = self._hosts()
         show = _progress(label, len(items))
         nxt = 0
         try:
@@ -148,7 +151,10 @@ class RayExecutor:
                         if attempt > 1:
                             raise BackendUnavailable(f"{label} unit {i + 1}: its worker died twice ({type(exc).__name__})",
                                                      hint="see `ray status` and the node's logs (/tmp/ray/session_latest/logs)") from None
-                        began = ray.get(self._ledger.where.remote(key(i, attempt)))
+                        try:
+                            began = ray.get(self._ledger.where.remote(key(i, attempt)))
+                        except ray.exceptions.RayActorError:  # the ledger was on the node that died
+                            began = None
                         first = began[0] if began else None
                         other = self._other_node(need_of[i], first)
                         where = f"on node {first[:12]}" if first else "before it started"
@@ -161,9 +167,9 @@ class RayExecutor:
                         if isinstance(cause, EdgekitError):
                             raise cause from None
                         raise
-                    if node not in hosts:
-                        hosts = {n["NodeID"]: n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?") for n in self._nodes()}
-                    done[i] = Done(value, executor="ray", node_id=node, host=str(hosts.get(node, "?")), attempts=attempt, retry=notes.get(i))
+                    if node not in hosts:  # a node that joined during the run
+                        hosts = self._hosts()
+                    done[i] = Done(value, executor="ray", node_id=node, host=hosts.get(node, "?"), attempts=attempt, retry=notes.get(i))
                     show(len(done))
                 while nxt in done:
                     self.ran.append(done[nxt])
