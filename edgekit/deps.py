@@ -16,10 +16,12 @@ from edgekit.errors import BackendUnavailable
 _EXTRAS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "export from PyTorch"),
     "openvino": ("openvino", "the OpenVINO backend"),
-    "nncf": ("openvino", "NNCF quantization"),
+    "nncf": ("bench", "NNCF, a peer that bench/ scripts compare against"),
     "tensorrt": ("tensorrt", "the TensorRT backend"),
+    "cuda": ("tensorrt", "device memory and streams for TensorRT engines (cuda-python)"),
+    "modelopt": ("tensorrt-fp16", "TensorRT fp16 engines (NVIDIA ModelOpt's AutoCast)"),
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
-    "PIL": ("images", "image calibration data"),
+    "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
     "ray": ("ray", "the Ray executor (--executor ray)"),
 }
@@ -61,6 +63,14 @@ def nncf() -> ModuleType:
 
 def tensorrt() -> ModuleType:
     return _load("tensorrt")
+
+
+def cuda_runtime() -> ModuleType:
+    return _load("cuda.bindings.runtime")
+
+
+def modelopt_autocast() -> ModuleType:
+    return _load("modelopt.onnx.autocast")
 
 
 def pil_image() -> ModuleType:

@@ -201,6 +201,11 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     )
     quantizer.quantize_model()
     quantizer.model.topological_sort()  # the QDQ pass appends nodes; ONNX requires topological order
+    if recipe.qdq_pass:  # the backend's own placement rule (e.g. TensorRT's residual-Add fusion)
+        import importlib
+
+        module, _, func = recipe.qdq_pass.partition(":")
+        return getattr(importlib.import_module(module), func)(quantizer.model.model)
     return quantizer.model.model
 
 

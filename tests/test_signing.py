@@ -155,11 +155,11 @@ def test_a_tar_with_a_swapped_member_is_refused_before_anything_is_extracted(art
     other_model = (artifact / "model.onnx").read_bytes()[:-16] + b"\0" * 16  # same size, other bytes
     swapped = tmp_path / "swapped.tar"
     _rewrite_tar(signed, swapped, lambda n, d: other_model if n.endswith("model.onnx") and n.startswith("artifacts/") else d)
-    import edgekit.pack as pack
+    import edgekit.bundle as bundle  # where bundles are extracted
 
     extracted: list[Path] = []
-    real = pack.safe_extract
-    monkeypatch.setattr(pack, "safe_extract", lambda *a, **k: (extracted.append(a[0]), real(*a, **k))[1])
+    real = bundle.safe_extract
+    monkeypatch.setattr(bundle, "safe_extract", lambda *a, **k: (extracted.append(a[0]), real(*a, **k))[1])
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))

@@ -103,6 +103,7 @@ class QuantRecipe:
     op_types: tuple[str, ...] | None = None  # None: ONNX Runtime's full QDQ registry
     extra: tuple[tuple[str, object], ...] = ()  # ONNX Runtime QDQ quantizer extra options
     why: str = ""
+    qdq_pass: str = ""  # "module:function" run on the QDQ model after placement (a backend's fusion rule), "" = none
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)

@@ -11,7 +11,7 @@ from typing import Any
 from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
 from edgekit.errors import EdgekitError, UsageError
 
-_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "resource"}
+_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device", "resource"}
 _DEFAULT_ONLY_KEYS = {"baseline_dir"}  # where entries without a `baseline` keep theirs: NAME.json
 
 
@@ -26,6 +26,7 @@ class BenchEntry:
     data: str | None = None
     batch: int | None = None
     label: str = ""  # how messages name this entry: `edgekit.toml [[bench]] effnet`
+    device: str | None = None  # a [devices.NAME] of the same file, or ssh://...: measured there (edgekit.devices)
     resource: str | None = None  # --executor ray: the custom resource its bench holds, e.g. edgekit-device:orin1 (edgekit.executors.bench)
 
 
@@ -63,8 +64,8 @@ def load_project(path: str | Path) -> list[BenchEntry]:
     path = Path(path)
     data = read_toml(path)
     for k in data:
-        if k not in ("bench", "defaults"):
-            raise _unknown(k, ("bench", "defaults"), str(path))
+        if k not in ("bench", "defaults", "devices"):
+            raise _unknown(k, ("bench", "defaults", "devices"), str(path))
     defaults = dict(data.get("defaults", {}))
     for k in defaults:
         if k not in _ENTRY_KEYS | _DEFAULT_ONLY_KEYS:
@@ -85,7 +86,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
                 raise _unknown(k, hint_keys, label)
         if "model" not in item or "target" not in item:
             raise UsageError(f"{label}: needs model and target", hint='add model = "out/model" and target = "cpu-openvino"')
-        for k in ("name", "model", "target", "baseline", "data", "resource"):
+        for k in ("name", "model", "target", "baseline", "data", "device", "resource"):
             if k in item and not isinstance(item[k], str):
                 raise UsageError(f"{label}: {k} must be a string, not {item[k]!r}")
         if "batch" in item and (isinstance(item["batch"], bool) or not isinstance(item["batch"], int) or item["batch"] < 1):
@@ -106,6 +107,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
             data=str(base / item["data"]) if item.get("data") else None,
             batch=item.get("batch"),
             label=f"{path} [[bench]] {name}",
+            device=item.get("device"),
             resource=item.get("resource"),
         ))
     if not entries:

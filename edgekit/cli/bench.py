@@ -24,10 +24,12 @@ from edgekit.config import STATS
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs, at least 3 (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline (with the artifact's path and SHA-256, so later runs re-measure it paired while it is there).")
+@click.option("--artifact", "bundle_artifact", default=None, help="With a bundle (.tar or folder): bench this artifact (as `edgekit verify` lists it) instead of the one edgekit.load would choose.")
 @click.option("--update-baselines", is_flag=True, help="With --config: measure every entry on its own and (re)record its baseline "
               "(its `baseline` path or [defaults] baseline_dir/NAME.json, with a copy of the artifact beside it for paired runs).")
 @click.option("--allow-model-change", is_flag=True, help="A baseline of another model (graph, input shapes, target or precision) is a deliberate "
               "change: report this run as a new baseline instead of failing (exit 2).")
+@click.option("--device", default=None, metavar="NAME", help="Measure on this device over SSH: a [devices.NAME] of edgekit.toml (--config, else ./edgekit.toml) or ssh://user@host:port.")
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="A project file (edgekit.toml) of models x targets x budgets.")
 @click.option("--data", default=None, help="Real feeds (a .npz, folder, or calibration .toml) instead of generated ones.")
 @click.option("--batch", type=int, default=None, help="Batch size for generated feeds.")
@@ -41,15 +43,17 @@ from edgekit.config import STATS
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
-              help="Where the entries run: here one by one, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it.")
+              help="Where the entries run: here, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it. "
+                   "Entries on a --device/`device` are benched over SSH from here either way.")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
-            save_baseline: str | None, update_baselines: bool, allow_model_change: bool, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
+            save_baseline: str | None, bundle_artifact: str | None, update_baselines: bool, allow_model_change: bool, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
             junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, executor_spec: str) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
-    ARTIFACT is a compile output folder, a file in one, or an .onnx file (compiled for
-    the target on the fly). A budget passes when its confidence interval lies under
+    ARTIFACT is a compile output folder, a file in one, an .onnx file (compiled for
+    the target on the fly), or a bundle (the artifact edgekit.load would choose, with
+    the budgets it was packed with). A budget passes when its confidence interval lies under
     it and fails when it lies above; in between, edgekit measures longer (up to
     --max-duration) and says how it decided.
 
@@ -61,7 +65,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
 
     from edgekit.bench import report
     from edgekit.bench.project import load_project, naming, parse_percent
-    from edgekit.bench.run import BenchOptions, check_bench, save_baseline_report
+    from edgekit.bench.run import BenchOptions, bench_artifact, check_bench, save_baseline_report
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
     from edgekit.feeds import parse_shape_option
@@ -76,6 +80,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         from edgekit.executors import parse_spec
 
         parse_spec(executor_spec)
+        if artifact is not None and device is None:  # a bundle: its verified, extracted artifact, removed when the command ends (--device: edgekit.devices ships it)
+            from edgekit.bundle import artifact_from_bundle
+
+            artifact = str(click.get_current_context().with_resource(artifact_from_bundle(artifact, name=bundle_artifact, target=target, announce=out if json_path != "-" else None)))
         if update_baselines and not config:
             raise UsageError("--update-baselines records a project file's baselines", hint="use it with --config edgekit.toml; for one artifact use --save-baseline PATH")
         if save_baseline and config:
@@ -84,8 +92,9 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                       min_iterations=min_iterations, warmup_ms=warmup, paired=paired, model_change="new" if allow_model_change else "error")
         extra = tuple(Budget.parse(b) for b in budgets)
         jobs = []
-        resources: dict[str | None, str | None] = {}
+        devices: list[str | None] = []  # parallel to jobs: where each is measured (None: here)
         labels: dict[str | None, str] = {}
+        resources: dict[str | None, str | None] = {}  # --executor ray: the resource an entry's bench holds
         baselines: dict[str, str | None] = {}
         if config:
             for e in load_project(config):
@@ -94,21 +103,29 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,
                                                              data=e.data or data, batch=e.batch or batch, name=e.name, **common)))
+                devices.append(device or e.device)
                 if update_baselines and not e.baseline:
                     raise UsageError(f"{e.label}: --update-baselines has nowhere to record this entry's baseline",
                                      hint='add baseline = "baselines/NAME.json" to it, or baseline_dir = "baselines" to [defaults]')
         else:
             jobs.append((artifact, target, BenchOptions(budgets=extra, baseline=baseline, max_regression=parse_percent(max_regression, "--max-regression"), gate_stat=gate_stat,
                                                         data=data, batch=batch, **common)))
+            devices.append(device)
         for a, t, o in jobs:  # the whole project is checked before anything is measured
             with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
                 check_bench(a, target=t, options=o)
+        from edgekit.devices import bench_jobs
+
+        def bench_here(a: str, t: str | None, o: BenchOptions) -> dict[str, Any]:
+            with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
+                return bench_artifact(a, target=t, options=o)
+
         from edgekit.executors import executor_from_spec
-        from edgekit.executors.bench import BenchJob, bench_jobs
+        from edgekit.executors.bench import run_bench_jobs
 
         with executor_from_spec(executor_spec) as ex:
-            for r in bench_jobs([BenchJob(a, t, o, labels.get(o.name) if config else None, resources.get(o.name)) for a, t, o in jobs], executor=ex):
-                results.append(r)
+            results.extend(run_bench_jobs(jobs, devices, executor=ex, over_ssh=lambda js: bench_jobs(js, config=config, bench_here=bench_here),
+                                          labels=labels if config else None, resources=resources))
         if update_baselines:
             for r in results:
                 path = baselines[r["name"]]

@@ -13,12 +13,13 @@ import io
 import json
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgekit.bench.run import BenchOptions, Target
-from edgekit.executors import Executor
+from edgekit.executors import Done, Executor
 
 DEVICE = "edgekit-device:"  # + NAME: declared by the node that holds (or reaches) that device, count 1
 TARGET = "edgekit-target:"  # + target name: declared by nodes that measure for that target, when a cluster dedicates some
@@ -57,6 +58,32 @@ def bench_jobs(jobs: Sequence[BenchJob], *, executor: Executor) -> Iterator[dict
         if done.retry:
             result["notes"].append(f"executor: {done.retry}")
         yield result
+
+
+def run_bench_jobs(jobs: Sequence[tuple[str, Any, BenchOptions]], devices: Sequence[str | None], *, executor: Executor,
+                   over_ssh: Callable[[list[tuple[Any, ...]]], list[dict[str, Any]]], labels: Mapping[str | None, str] | None,
+                   resources: Mapping[str | None, str | None]) -> Iterator[dict[str, Any]]:
+    """`edgekit bench`'s dispatch, results in the order of `jobs`. Local: every job as edgekit.devices runs
+    them (`over_ssh`: a device's over SSH, the others here). Ray: a job on a device still over SSH from
+    here (the device is reached from this machine's ~/.ssh), every other one a Ray unit."""
+    here = Done(None, executor="local", node_id=None, host=socket.gethostname()).place()
+    if executor.name == "local":
+        for r in over_ssh([(a, t, o, d) for (a, t, o), d in zip(jobs, devices)]):
+            r.setdefault("ran_on", here)
+            yield r
+        return
+    units = bench_jobs([BenchJob(a, t, o, labels.get(o.name) if labels else None, resources.get(o.name)) for (a, t, o), d in zip(jobs, devices) if d is None],
+                       executor=executor)
+    ssh: Iterator[dict[str, Any]] | None = None
+    for (a, t, o), d in zip(jobs, devices):
+        if d is None:
+            yield next(units)
+            continue
+        if ssh is None:  # all device jobs at once: edgekit.devices runs them in parallel, one connection per device
+            ssh = iter(over_ssh([(a2, t2, o2, d2) for (a2, t2, o2), d2 in zip(jobs, devices) if d2 is not None]))
+        r = next(ssh)
+        r.setdefault("ran_on", here)
+        yield r
 
 
 def _bench_unit(unit: BenchJob | _Shipped) -> Any:
