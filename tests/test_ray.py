@@ -89,10 +89,8 @@ def _structure(obj: object) -> object:
 def _bench(folder: Path, *args: str) -> tuple[object, dict, str]:
     js = folder / "out.json"
     js.unlink(missing_ok=True)
-    t0 = time.monotonic()
     res = CliRunner().invoke(cli, ["bench", "--config", str(folder / "edgekit.toml"), "--min-duration", "0.2", "--max-duration", "1", "--min-iterations", "20",
                                    "--json", str(js), "--junit", str(folder / "junit.xml"), *args])
-    print("bench", args, time.monotonic() - t0)
     return res, (json.loads(js.read_text()) if js.exists() else {}), (folder / "junit.xml").read_text() if (folder / "junit.xml").exists() else ""
 
 
