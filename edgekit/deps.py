@@ -23,6 +23,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
     "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
+    "ray": ("ray", "the Ray executor (--executor ray)"),
 }
 
 
@@ -80,6 +81,10 @@ def pyplot() -> ModuleType:
     mpl = _load("matplotlib")
     mpl.use("Agg")
     return _load("matplotlib.pyplot")
+
+
+def ray() -> ModuleType:
+    return _load("ray")
 
 
 def onnxruntime() -> ModuleType:

@@ -47,6 +47,7 @@ class QuantizeOptions:
     cache: bool = True
     max_accuracy_drop: float | None = None  # with eval_source: keep the most sensitive nodes in float until met
     metric: str = "cosine"  # cosine (1 - worst cosine) | top1 (points) | maxabs (first output)
+    executor: Any = None  # an edgekit.executors.Executor for the sensitivity ranking (None: in this process)
 
 
 @dataclasses.dataclass
@@ -333,7 +334,11 @@ def _meet_budget(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
                               "candidates": len(candidates), "ranking": [], "kept_in_float": []}
     if drop_full <= options.max_accuracy_drop:
         return full, {**result, "drop_final": drop_full, "met": True}
-    ranking = sensitivity.rank_nodes(candidates, lambda n: q([c for c in candidates if c != n]), evaluator)
+    ranking = sensitivity.rank_nodes(candidates, lambda n: q([c for c in candidates if c != n]), evaluator, executor=options.executor)
+    if options.executor is not None:
+        from edgekit.executors import placement
+
+        result["ranked_on"] = placement(options.executor.ran)
     with status("searching the float fallback"):
         found = sensitivity.search(ranking, q, evaluator, options.max_accuracy_drop)
     kept = [{"node": n, "cost": c, "op_type": next(x.op_type for x in model.graph.node if x.name == n)} for n, c in ranking[:found["kept"]]]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.executors import Executor
 from edgekit.inspection import quantized_nodes
 from edgekit.metrics import OutputAgreement
 from edgekit.progress import track
@@ -65,8 +66,13 @@ class Evaluator:
         return 100.0 * (n - same) / n
 
 
-def rank_nodes(candidates: Sequence[str], quantize_only: Callable[[str], onnx.ModelProto], evaluator: Evaluator) -> list[tuple[str, float]]:
-    """(node, drop when only this node is quantized), most costly first."""
+def rank_nodes(candidates: Sequence[str], quantize_only: Callable[[str], onnx.ModelProto], evaluator: Evaluator,
+               *, executor: Executor | None = None) -> list[tuple[str, float]]:
+    """(node, drop when only this node is quantized), most costly first. With an `executor`, each node's
+    quantize + evaluate is one work unit there (`executor.ran` keeps where each ran)."""
+    if executor is not None:
+        drops = [d.value for d in executor.map(lambda name: evaluator.drop(quantize_only(name)), candidates, label="sensitivity")]
+        return sorted(zip(candidates, drops), key=lambda c: -c[1])
     costs = [(name, evaluator.drop(quantize_only(name))) for name in track(candidates, label="sensitivity", total=len(candidates))]
     return sorted(costs, key=lambda c: -c[1])
 

@@ -11,7 +11,7 @@ from typing import Any
 from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
 from edgekit.errors import EdgekitError, UsageError
 
-_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device"}
+_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device", "resource"}
 _DEFAULT_ONLY_KEYS = {"baseline_dir"}  # where entries without a `baseline` keep theirs: NAME.json
 
 
@@ -27,6 +27,7 @@ class BenchEntry:
     batch: int | None = None
     label: str = ""  # how messages name this entry: `edgekit.toml [[bench]] effnet`
     device: str | None = None  # a [devices.NAME] of the same file, or ssh://...: measured there (edgekit.devices)
+    resource: str | None = None  # --executor ray: the custom resource its bench holds, e.g. edgekit-device:orin1 (edgekit.executors.bench)
 
 
 def parse_percent(value: Any, label: str) -> float:
@@ -85,7 +86,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
                 raise _unknown(k, hint_keys, label)
         if "model" not in item or "target" not in item:
             raise UsageError(f"{label}: needs model and target", hint='add model = "out/model" and target = "cpu-openvino"')
-        for k in ("name", "model", "target", "baseline", "data", "device"):
+        for k in ("name", "model", "target", "baseline", "data", "device", "resource"):
             if k in item and not isinstance(item[k], str):
                 raise UsageError(f"{label}: {k} must be a string, not {item[k]!r}")
         if "batch" in item and (isinstance(item["batch"], bool) or not isinstance(item["batch"], int) or item["batch"] < 1):
@@ -107,6 +108,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
             batch=item.get("batch"),
             label=f"{path} [[bench]] {name}",
             device=item.get("device"),
+            resource=item.get("resource"),
         ))
     if not entries:
         raise UsageError(f"{path} has no [[bench]] entries", hint="add one: [[bench]] model = \"...\" target = \"...\"")

@@ -42,10 +42,13 @@ from edgekit.config import STATS
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
+              help="Where the entries run: here, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it. "
+                   "Entries on a --device/`device` are benched over SSH from here either way.")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, bundle_artifact: str | None, update_baselines: bool, allow_model_change: bool, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
-            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None) -> None:
+            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, executor_spec: str) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
     ARTIFACT is a compile output folder, a file in one, an .onnx file (compiled for
@@ -74,6 +77,9 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     try:
         if (artifact is None) == (config is None):
             raise UsageError("give an ARTIFACT or --config edgekit.toml (one of them)", hint="see `edgekit bench --help`")
+        from edgekit.executors import parse_spec
+
+        parse_spec(executor_spec)
         if artifact is not None and device is None:  # a bundle: its verified, extracted artifact, removed when the command ends (--device: edgekit.devices ships it)
             from edgekit.bundle import artifact_from_bundle
 
@@ -94,10 +100,11 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         jobs = []
         devices: list[str | None] = []  # parallel to jobs: where each is measured (None: here)
         labels: dict[str | None, str] = {}
+        resources: dict[str | None, str | None] = {}  # --executor ray: the resource an entry's bench holds
         baselines: dict[str, str | None] = {}
         if config:
             for e in load_project(config):
-                labels[e.name], baselines[e.name] = e.label, e.baseline
+                labels[e.name], baselines[e.name], resources[e.name] = e.label, e.baseline, e.resource
                 jobs.append((e.model, e.target, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,
@@ -119,7 +126,12 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
             with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
                 return bench_artifact(a, target=t, options=o)
 
-        results.extend(bench_jobs([(a, t, o, d) for (a, t, o), d in zip(jobs, devices)], config=config, bench_here=bench_here))
+        from edgekit.executors import executor_from_spec
+        from edgekit.executors.bench import run_bench_jobs
+
+        with executor_from_spec(executor_spec) as ex:
+            results.extend(run_bench_jobs(jobs, devices, executor=ex, over_ssh=lambda js: bench_jobs(js, config=config, bench_here=bench_here),
+                                          labels=labels if config else None, resources=resources))
         if update_baselines:
             for r in results:
                 path = baselines[r["name"]]

@@ -40,10 +40,12 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--channels", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Ignore and do not write the calibration cache.")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
+              help="Where the sensitivity search of --max-accuracy-drop runs: here, or one Ray task per node ranked (edgekit[ray]).")
 @json_option
 def command(model: str, output: str, calib: str, target: str, method: str | None, percentile: float, samples: int | None,
             exclude: tuple[str, ...], exclude_file: str | None, max_accuracy_drop: float | None, metric: str, eval_source: str | None, resize: int | None, crop: int | None, mean: str | None,
-            std: str | None, scale: float, layout: str, channels: str, no_cache: bool, json_path: str | None) -> None:
+            std: str | None, scale: float, layout: str, channels: str, no_cache: bool, executor_spec: str, json_path: str | None) -> None:
     """INT8 post-training quantization to QDQ ONNX, with the target's fastest accurate recipe.
 
     Statistics merge as samples stream through (memory does not grow with the number
@@ -59,9 +61,12 @@ def command(model: str, output: str, calib: str, target: str, method: str | None
 
     if exclude_file:
         exclude = exclude + read_exclude_file(exclude_file)
-    options = QuantizeOptions(target=target, method=method, samples=samples, exclude=exclude, percentile=percentile,
-                              recipe=recipe, eval_source=eval_source, cache=not no_cache, max_accuracy_drop=max_accuracy_drop, metric=metric)
-    run_and_emit(json_path, lambda: quantize_model(model, output, calib=calib, options=options), _render)
+    from edgekit.executors import executor_from_spec
+
+    with executor_from_spec(executor_spec if max_accuracy_drop is not None else "local") as ex:
+        options = QuantizeOptions(target=target, method=method, samples=samples, exclude=exclude, percentile=percentile, recipe=recipe, eval_source=eval_source,
+                                  cache=not no_cache, max_accuracy_drop=max_accuracy_drop, metric=metric, executor=None if ex.name == "local" else ex)
+        run_and_emit(json_path, lambda: quantize_model(model, output, calib=calib, options=options), _render)
 
 
 def _render(r) -> None:  # noqa: ANN001
@@ -83,6 +88,11 @@ def _render(r) -> None:  # noqa: ANN001
             extra = f", {k['latency_cost_ms']:+.2f} ms in float" if k.get("latency_cost_ms") is not None else ""
             out(f"  float: {k['node']} ({k['op_type']}, alone costs {k['cost']:.4g}{extra})")
         out(f"  exclusion list: {r.output}.exclude.txt (pass it back with --exclude-file)")
+        if f.get("ranked_on"):
+            p = f["ranked_on"]
+            out(f"  ranked {p['units']} nodes on {p['executor']}: " + ", ".join(f"{n[:12]} {c}" for n, c in p["nodes"].items()))
+            for note in p["retried"]:
+                out(f"  executor: {note}")
     if r.accuracy:
         a = r.accuracy
         if "top1_fp32" in a:
