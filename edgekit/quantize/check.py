@@ -77,7 +77,7 @@ class HeldOut:
     source: CalibrationSet
     indices: list[int]
     in_sample: bool = False  # one sample only: the check runs on the calibration sample itself
-    _kept: dict[int, Feed] = dataclasses.field(default_factory=dict)
+    _kept: dict[int, tuple[str, Feed]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def split(cls, cset: CalibrationSet, *, samples: int | None) -> HeldOut:
@@ -91,7 +91,7 @@ class HeldOut:
         def rest() -> Iterator[tuple[str, Feed]]:
             for i, (label, feed) in enumerate(self.source._factory()):
                 if i in held:
-                    self._kept[i] = feed
+                    self._kept[i] = (label, feed)
                     if not self.in_sample:
                         continue
                 yield label, feed
@@ -107,16 +107,17 @@ class HeldOut:
 
         if len(self._kept) < len(self.indices):
             held = set(self.indices)
-            for i, (_label, feed) in enumerate(self.source._factory()):
+            for i, (label, feed) in enumerate(self.source._factory()):
                 if i in held:
-                    self._kept[i] = feed
+                    self._kept[i] = (label, feed)
                 if len(self._kept) == len(self.indices):
                     break
         out = []
         for i in self.indices:
             if i in self._kept:
-                check_feed(self._kept[i], specs, label=f"held-out sample {i}")
-                out.append(self._kept[i])
+                label, feed = self._kept[i]
+                check_feed(feed, specs, label=label)
+                out.append(feed)
         return out
 
     @property

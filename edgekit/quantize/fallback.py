@@ -3,10 +3,12 @@
 Nodes are ranked by what each costs alone (only that node quantized), then `sensitivity.search`
 finds the smallest number of top-ranked nodes to keep in float. To bound the work on large
 graphs, the candidates are ranked in at most MAX_UNITS units (contiguous runs of nodes in graph
-order when there are more candidates). Worst case, in model evaluations (each: place QDQ nodes,
-build an ONNX Runtime session, run the held-out slice):
+order when there are more candidates). A fallback that keeps more than half of the units in float
+is no INT8 model any more: the search stops there and the run is refused (exit 3) with the best
+model found. Worst case, in model evaluations (each: place QDQ nodes, build an ONNX Runtime
+session, run the held-out slice):
 
-    units + 2 * ceil(log2(units)) + 1   (units <= 64: at most 78)
+    units + 2 * ceil(log2(units / 2)) + 1   (units <= 64: at most 77)
 
 plus the all-INT8 model the check already measured.
 """
@@ -27,7 +29,7 @@ TIMED_NODES = 8  # latency cost per kept unit is timed for the first few only (e
 
 
 def worst_case_evaluations(units: int) -> int:
-    return units + 2 * math.ceil(math.log2(max(units, 1))) + 1
+    return units + 2 * math.ceil(math.log2(max(units // 2, 1))) + 1
 
 
 def _units(model: onnx.ModelProto, candidates: Sequence[str]) -> list[tuple[str, list[str], str]]:
@@ -70,7 +72,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
 
     ranking = sensitivity.rank_nodes(labels, lambda lb: q([x for x in labels if x != lb]), _Ranker())  # type: ignore[arg-type]
     with status("searching the float fallback"):
-        found = sensitivity.search(ranking, q, evaluator, budget, known={0: drop_full})  # type: ignore[arg-type]
+        found = sensitivity.search(ranking[:max(1, len(ranking) // 2)], q, evaluator, budget, known={0: drop_full})  # type: ignore[arg-type]
     kept = [{"node": lb, "nodes": nodes_of[lb], "cost": c, "op_type": op_of[lb]} for lb, c in ranking[:found["kept"]]]
     final = q([k["node"] for k in kept])
     result: dict[str, Any] = {
