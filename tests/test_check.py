@@ -60,8 +60,8 @@ def test_embeddings_are_judged_by_worst_row_cosine() -> None:
 
 def test_one_value_per_sample_is_one_row_over_the_slice(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
     logits, x = digits_logits
-    p = 1 / (1 + np.exp(-logits[:, :1]))  # a probability per sample, shape (1, 1) each
-    ref = [r[None] for r in p]
+    score = logits[:, :1]  # one score per sample (a regression-like output), shape (1, 1) each
+    ref = [r[None] for r in score]
     res = compare_output("p", ref, [r + 0.001 for r in ref], DEFAULT_BAR)
     assert res["kind"] == "values" and res["rows"] == 1 and res["passed"]
 
@@ -79,3 +79,15 @@ def test_samples_needed_grows_with_the_last_move() -> None:
     rep = settle_report({"t": st})
     assert not rep["settled"] and rep["samples_needed"] > 13 and rep["samples_needed_tensor"] == "t"
 
+
+
+def test_a_probability_per_sample_is_judged_by_its_confident_decisions() -> None:
+    """silero-vad's speech probability: near-silent frames that INT8 lifts over 0.5 are a broken detector,
+    even when the cosine over the slice stays high."""
+    p = np.concatenate([np.full(28, 0.97), np.full(4, 0.02)]).astype(np.float32)
+    ref = [np.array([[v]], np.float32) for v in p]
+    flipped = [r.copy() for r in ref]
+    flipped[-1][:] = 0.6  # a silent frame now says speech
+    res = compare_output("prob", ref, flipped, DEFAULT_BAR)
+    assert res["kind"] == "probability" and res["cosine_worst"] > 0.99 and not res["passed"]
+    assert compare_output("prob", ref, [r * 0.99 for r in ref], DEFAULT_BAR)["passed"]

@@ -94,7 +94,7 @@ def _render_check(c: dict) -> None:  # noqa: ANN001
         return
     out(f"check on {c['on']} (INT8 on {c['int8_ran_on']}; bar: {c['bar']['text']}): {c['outcome']}; {c['summary']}")
     rows = [(o["output"], o["kind"], o["cosine_mean"], o["cosine_worst"], o["sqnr_db"], o["max_abs"],
-             o["top1_agreement_confident"] if o["kind"] == "class scores" else o["top1_agreement"], "yes" if o["passed"] else "NO")
+             o["top1_agreement_confident"] if o["kind"] in ("class scores", "probability") else o["top1_agreement"], "yes" if o["passed"] else "NO")
             for o in c.get("outputs", [])]
     if rows:
         out(table(["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "top-1 agree", "meets bar"], rows))

@@ -10,6 +10,9 @@ The default bar (`CheckBar`, documented in the README) is judged per output:
   confident (top-1 probability >= 0.5; a flip between near-equal classes is noise, not
   damage), FP32's top-1 stays in INT8's top-5 on at least 98% of all rows, and the mean row
   cosine is at least 0.95 (a floor for outputs that only look like scores);
+- an output of one probability per sample (values in [0, 1], as a detector's sigmoid): besides the
+  cosine below, the decision (p >= 0.5) is kept on at least 98% of the samples where FP32 is
+  confident (p <= 0.25 or p >= 0.75);
 - every other output (embeddings, regressions, states): the worst row cosine is at least 0.99
   (rows = vectors along the last axis; an output of one value per sample is one row over
   the slice).
@@ -189,6 +192,13 @@ def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarra
             short = max(short, bar.min_top1 - res["top1_agreement_confident"])
     else:
         short = bar.min_cosine - res["cosine_worst"]
+        if not per_row and all(r.size == r.shape[0] for r in ref) and a.size and a.min() >= 0 and a.max() <= 1:
+            sure = np.abs(a[0] - 0.5) >= bar.confident / 2
+            kept = ((a[0] >= 0.5) == (b[0] >= 0.5))[sure]
+            res.update(kind="probability", confident_rows=int(sure.sum()), top1_agreement=float(((a[0] >= 0.5) == (b[0] >= 0.5)).mean()),
+                       top1_agreement_confident=float(kept.mean()) if kept.size else None)
+            if kept.size:
+                short = max(short, bar.min_top1 - float(kept.mean()))
     res["shortfall"] = float(short)  # > 0: below the bar by this much
     res["passed"] = bool(short <= 0)
     return res
@@ -298,6 +308,9 @@ def summary_line(check: dict[str, Any]) -> str:
             conf = o["top1_agreement_confident"]
             parts.append(f"{o['output']} (top-1 kept on {'-' if conf is None else f'{100 * conf:.0f}%'} of {o['confident_rows']} confident rows, "
                          f"in the top-5 on {100 * o['top5_containment']:.0f}%, mean cosine {o['cosine_mean']:.4f})")
+        elif o["kind"] == "probability" and o["top1_agreement_confident"] is not None:
+            parts.append(f"{o['output']} (decision kept on {100 * o['top1_agreement_confident']:.0f}% of {o['confident_rows']} confident samples, "
+                         f"cosine {o['cosine_worst']:.4f})")
         else:
             parts.append(f"{o['output']} (worst cosine {o['cosine_worst']:.4f})")
     return "below the bar: " + ", ".join(parts)
