@@ -25,7 +25,7 @@ from edgekit.calibration import CalibrationSet, calibration_set
 from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
-from edgekit.errors import GateFailed, UsageError
+from edgekit.errors import UsageError
 from edgekit.files import private_cwd, sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
