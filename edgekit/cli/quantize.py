@@ -97,7 +97,9 @@ def _render_check(c: dict) -> None:  # noqa: ANN001
              o["top1_agreement_confident"] if o["kind"] in ("class scores", "probability") else o["top1_agreement"], "yes" if o["passed"] else "NO")
             for o in c.get("outputs", [])]
     if rows:
-        out(table(["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "top-1 agree", "meets bar"], rows))
+        default = "min_cosine" in c["bar"]  # with the user's budget, the per-output verdicts would be the default bar's: leave them out
+        head = ["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "top-1 agree"] + (["meets bar"] if default else [])
+        out(table(head, [r if default else r[:-1] for r in rows]))
     hr = c.get("held_out_ranges") or {}
     if hr.get("tensors_beyond_range"):
         out(f"  held-out data left the calibrated range in {hr['tensors_beyond_range']} of {hr['tensors']} tensors "
