@@ -9,7 +9,8 @@ The default bar (`CheckBar`, documented in the README) is judged per output:
   per sample or per step): FP32's top-1 is kept on at least 98% of the rows where FP32 is
   confident (top-1 probability >= 0.5; a flip between near-equal classes is noise, not
   damage), FP32's top-1 stays in INT8's top-5 on at least 98% of all rows, and the mean row
-  cosine is at least 0.95 (a floor for outputs that only look like scores);
+  cosine is at least 0.95 (a floor for outputs that only look like scores; rows that are never
+  confident on the slice, such as an RNN's state, are judged as the other outputs below);
 - an output of one probability per sample (values in [0, 1], as a detector's sigmoid): besides the
   cosine below, the decision (p >= 0.5) is kept on at least 98% of the samples where FP32 is
   confident (p <= 0.25 or p >= 0.75);
@@ -180,9 +181,9 @@ def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarra
     if per_row:
         res["kind"] = "rows"
         res["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).mean())
-    if per_row and looks_like_class_scores(ref):
-        p = _probabilities(a)
-        sure = p.max(-1) >= bar.confident
+    p = _probabilities(a) if per_row and looks_like_class_scores(ref) else None
+    sure = p.max(-1) >= bar.confident if p is not None else None
+    if sure is not None and sure.any():  # scores that are never confident (an RNN state in [-1, 1]) are judged as rows
         k = min(5, a.shape[-1])
         in_top5 = (np.argpartition(b, -k, axis=-1)[:, -k:] == a.argmax(-1)[:, None]).any(-1)
         res.update(kind="class scores", confident_rows=int(sure.sum()), top5_containment=float(in_top5.mean()),
