@@ -1,6 +1,12 @@
 """edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets."""
 from __future__ import annotations
 
+import os
+
+# ONNX Runtime 1.32's POSIX telemetry writes a session file ($TMPDIR/.ses) on import, and would send events:
+# edgekit leaves nothing in the system temporary folder (#23). Set ORT_DISABLE_TELEMETRY=0 to keep it on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 TYPE_CHECKING = False  # not `from typing import ...`: `import edgekit` stays under a millisecond
 if TYPE_CHECKING:  # the loader imports numpy and the backends: only when load() is called
     import os

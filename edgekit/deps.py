@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
 from edgekit.errors import BackendUnavailable
@@ -50,6 +51,11 @@ def available(name: str) -> bool:
 
 
 def torch() -> ModuleType:
+    # torch's compiler cache defaults to a folder in the system temporary folder ($TMPDIR/torchinductor_USER),
+    # which the dynamo exporter creates: keep it beside edgekit's own cache instead (#23)
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        base = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgekit")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, "torchinductor")
     return _load("torch")
 
 

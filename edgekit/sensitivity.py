@@ -35,7 +35,10 @@ class Evaluator:
         from edgekit.backends.onnxruntime import session_from_bytes
 
         sess = session_from_bytes(model.SerializeToString())
-        got = [sess.run(None, f) for f in self.feeds]
+        return self.drop_of([sess.run(None, f) for f in self.feeds])
+
+    def drop_of(self, got: list[list[np.ndarray]]) -> float:
+        """The drop of a candidate's outputs on `feeds` (in the order of `reference`)."""
         if ":" in self.metric:  # a user metric, pkg.module:callable(reference, candidate, labels) -> drop
             from edgekit.errors import UsageError
             from edgekit.export import _import_callable
@@ -78,9 +81,12 @@ def rank_nodes(candidates: Sequence[str], quantize_only: Callable[[str], onnx.Mo
 
 
 def search(ranking: Sequence[tuple[str, float]], quantize_excluding: Callable[[list[str]], onnx.ModelProto],
-           evaluator: Evaluator, budget: float) -> dict[str, Any]:
-    """Smallest k such that keeping the k most sensitive nodes in float meets `budget`."""
-    tried: dict[int, float] = {}
+           evaluator: Evaluator, budget: float, *, known: dict[int, float] | None = None) -> dict[str, Any]:
+    """Smallest k such that keeping the k most sensitive nodes in float meets `budget`.
+
+    At most 2 * ceil(log2(len(ranking))) + 1 evaluations (doubling, then bisection); `known`
+    gives drops already measured (k = 0: the all-INT8 model)."""
+    tried: dict[int, float] = dict(known or {})
 
     def drop_at(k: int) -> float:
         if k not in tried:
