@@ -44,7 +44,7 @@ def main() -> None:
         for i in range(args.runs):
             for name, art in (("A/A", a), ("A/B", b)):
                 for mode, paired in (("paired", True), ("recorded", False)):
-                    r = bench_artifact(art, target=target, options=BenchOptions(baseline=str(base), paired=paired, **opts))["baseline"]
+                    r = bench_artifact(art, target=target, options=BenchOptions(baseline=str(base), paired=paired, model_change="compare", **opts))["baseline"]
                     got.setdefault((mode, name), []).append({k: r[k] for k in ("ratio", "p_value", "regressed", "mode")})
                     print(f"\r{threads} thread(s): run {i + 1}/{args.runs}", end="", flush=True)
         print("\r", end="")

@@ -32,7 +32,7 @@ t0 = time.perf_counter()
 if tool == "edgekit":
     from edgekit.quantize import QuantizeOptions, quantize_model
 
-    quantize_model(model, out, calib=feeds_dir, options=QuantizeOptions(method=method, samples=n, cache=False))
+    quantize_model(model, out, calib=feeds_dir, options=QuantizeOptions(method=method, samples=n, cache=False, check=False))
 else:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     class R:

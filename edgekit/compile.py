@@ -75,6 +75,9 @@ def compile_model(model: str | Path, out_dir: str | Path, *, target: Target | st
     backend = get_backend(target.backend)
     proto = load_onnx(model)
     prec = resolve_precision(is_qdq(proto), target, precision)
+    from edgekit.bench.identity import graph_digest
+
+    graph = graph_digest(proto)  # the architecture, so a baseline knows which model it measured
     del proto
     request = CompileRequest(precision=prec, device=target.device, options=target.options, shapes=dict(shapes or {}))
     with atomic_dir(out_dir) as tmp, status(f"compiling for {target.name} ({prec})"):
@@ -88,7 +91,7 @@ def compile_model(model: str | Path, out_dir: str | Path, *, target: Target | st
             "precision": prec,
             "entry": part["entry"],
             "target": target.to_dict(),
-            "source": {"path": str(model.resolve()), "sha256": sha256_file(model), "manifest": source_manifest(model)},
+            "source": {"path": str(model.resolve()), "sha256": sha256_file(model), "graph": graph, "manifest": source_manifest(model)},
             "files": {f: sha256_file(tmp / f) for f in part["files"]},
             "versions": {**tool_versions(), **part["versions"]},
             "settings": part.get("settings", {}),

@@ -96,8 +96,10 @@ class Budget:
     def parse(cls, text: str) -> Budget:
         m = re.fullmatch(r"\s*(\w+)\s*[=<]+\s*([0-9.]+(?:e-?\d+)?)\s*(ms|us|µs|s)?\s*", text)
         if not m:
-            raise UsageError(f"bad budget {text!r}", hint="write it like p90=10ms (p50, p90, p95, p99, mean, max)")
-        stat, num, unit = m.group(1).lower(), float(m.group(2)), m.group(3) or "ms"
+            raise UsageError(f"bad budget {text!r}", hint=f"write it like p90=10ms (statistics: {', '.join(STATS)})")
+        stat, num, unit = m.group(1).lower(), float(m.group(2)), m.group(3)
+        if unit is None:  # 33 what? a bare number was read as ms before, silently
+            raise UsageError(f"bad budget {text!r}: the number has no unit", hint=f"write it with its unit, e.g. {stat}={m.group(2)}ms (ms, us or s)")
         if stat not in STATS:
             raise UsageError(f"bad budget {text!r}: unknown statistic {stat!r}", hint=f"use one of {', '.join(STATS)}")
         ms = num * {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}[unit]
@@ -113,11 +115,13 @@ def budgets_from_table(data: dict[str, Any], *, label: str) -> tuple[Budget, ...
     out = []
     for k, v in data.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append(Budget.parse(f"{k}={v}ms"))
-        elif isinstance(v, str):
+            raise UsageError(f"{label}: budget {k} = {v} has no unit", hint=f'write it with its unit: {k} = "{v}ms" (ms, us or s)')
+        if not isinstance(v, str):
+            raise UsageError(f"{label}: budget {k} must be a string with a unit, like {k} = \"33ms\"")
+        try:
             out.append(Budget.parse(f"{k}={v}"))
-        else:
-            raise UsageError(f"{label}.{k} must be a number of ms or a string like '33ms'")
+        except UsageError as exc:
+            raise UsageError(f"{label}: {exc.message}", hint=exc.hint) from None
     return tuple(out)
 
 
@@ -172,11 +176,47 @@ _TARGET_KEYS = {"name", "backend", "device", "precision", "description", "option
 _DEFAULT_DEVICE = {"tensorrt": "GPU"}
 
 
-def target_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("EDGEKIT_TARGETS", "").split(os.pathsep) if p]
-    dirs.append(Path.cwd() / "targets")
-    dirs.append(Path(__file__).resolve().parents[1] / "targets")  # the repository's profiles
+# Data that ships inside the package (package data in the wheel), so an installed edgekit finds it from any folder.
+PACKAGED_TARGETS = Path(__file__).resolve().parent / "targets"
+PACKAGED_MANIFESTS = Path(__file__).resolve().parent / "examples" / "calibration"
+
+
+def profile_dirs() -> list[tuple[str, Path]]:
+    """Where `--target NAME` looks for NAME.toml, first match wins: (origin, folder).
+
+    The user's folders come before the packaged profiles, so a team can override `cpu-openvino`
+    with its own budgets without touching the installed package.
+    """
+    dirs = [("EDGEKIT_TARGETS", Path(p)) for p in os.environ.get("EDGEKIT_TARGETS", "").split(os.pathsep) if p]
+    dirs.append(("./targets", Path.cwd() / "targets"))
+    dirs.append(("built-in", PACKAGED_TARGETS))
     return dirs
+
+
+def target_dirs() -> list[Path]:
+    return [d for _, d in profile_dirs()]
+
+
+def packaged_manifest(source: str) -> Path | None:
+    """`--calib NAME` or `--calib edgekit:NAME`: a calibration manifest that ships with edgekit, or None.
+
+    Only called for a source that is not an existing path, so a user's own file or folder always wins.
+    """
+    name = source.removeprefix("edgekit:")
+    if name.endswith(".toml"):
+        name = name[: -len(".toml")]
+    candidate = PACKAGED_MANIFESTS / f"{name}.toml"
+    if name and "/" not in name and os.sep not in name and candidate.is_file():
+        return candidate
+    if source.startswith("edgekit:"):
+        close = difflib.get_close_matches(name, packaged_manifest_names(), n=1)
+        raise UsageError(f"{source}: edgekit ships no calibration manifest {name!r}",
+                         hint=f"did you mean 'edgekit:{close[0]}'?" if close else f"built-in manifests: {', '.join(packaged_manifest_names()) or 'none'}")
+    return None
+
+
+def packaged_manifest_names() -> list[str]:
+    return sorted(p.stem for p in PACKAGED_MANIFESTS.glob("*.toml"))
 
 
 def target_from_dict(data: dict[str, Any], *, name: str, source: str = "") -> Target:
@@ -231,7 +271,7 @@ def _device_table(value: Any, *, label: str) -> tuple[str, tuple[str, ...]]:
 
 
 def load_target(spec: str) -> Target:
-    """`--target`: a backend name, a profile name (targets/NAME.toml) or a path to a .toml."""
+    """`--target`: a backend name, a profile name (NAME.toml in `profile_dirs()`) or a path to a .toml."""
     from edgekit.backends import backend_names
 
     if spec in backend_names():
@@ -245,4 +285,44 @@ def load_target(spec: str) -> Target:
             return target_from_dict(read_toml(candidate), name=spec, source=str(candidate))
     known = sorted({p.stem for d in target_dirs() if d.is_dir() for p in d.glob("*.toml")} | set(backend_names()))
     close = difflib.get_close_matches(spec, known, n=1)
-    raise UsageError(f"unknown target {spec!r}", hint=f"did you mean {close[0]!r}?" if close else f"use a backend name, a profile ({', '.join(known)}) or a .toml path")
+    raise UsageError(f"unknown target {spec!r}", hint=f"did you mean {close[0]!r}? (`edgekit targets` lists them)" if close else f"use a backend name, a profile ({', '.join(known)}) or a .toml path")
+
+
+def target_listing() -> dict[str, Any]:
+    """Every target `--target NAME` can reach, in lookup order, with where it came from.
+
+    A profile that an earlier folder (or a backend name) shadows is listed with what shadows it;
+    a profile that does not load is listed with its error instead of stopping the listing.
+    """
+    from edgekit.backends import backend_names
+
+    rows: list[dict[str, Any]] = []
+    winner: dict[str, str] = {}
+    for b in backend_names():
+        rows.append({"name": b, "origin": "backend name", "path": "", "backend": b, "device": _DEFAULT_DEVICE.get(b, "CPU"),
+                     "precision": "fp32", "description": "the backend with default settings", "shadowed_by": None, "error": None})
+        winner[b] = "the backend name"
+    seen_dirs: set[Path] = set()
+    for origin, folder in profile_dirs():
+        if not folder.is_dir() or folder.resolve() in seen_dirs:
+            continue
+        seen_dirs.add(folder.resolve())
+        for f in sorted(folder.glob("*.toml")):
+            row: dict[str, Any] = {"name": f.stem, "origin": origin, "path": str(f), "shadowed_by": winner.get(f.stem), "error": None}
+            try:
+                t = target_from_dict(read_toml(f), name=f.stem, source=str(f))
+                row.update(backend=t.backend, device=t.device, precision=t.precision, description=t.description)
+            except UsageError as exc:
+                row.update(backend=None, device=None, precision=None, description="", error=str(exc))
+            winner.setdefault(f.stem, str(f))
+            rows.append(row)
+    manifests = []
+    for name in packaged_manifest_names():
+        path = PACKAGED_MANIFESTS / f"{name}.toml"
+        try:
+            description = str(read_toml(path).get("description", ""))
+        except UsageError as exc:
+            description = f"error: {exc}"
+        manifests.append({"name": name, "path": str(path), "description": description})
+    return {"targets": rows, "search_path": [{"origin": o, "path": str(d), "exists": d.is_dir()} for o, d in profile_dirs()],
+            "calibration_manifests": manifests}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
 from edgekit.errors import BackendUnavailable
@@ -16,11 +17,14 @@ from edgekit.errors import BackendUnavailable
 _EXTRAS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "export from PyTorch"),
     "openvino": ("openvino", "the OpenVINO backend"),
-    "nncf": ("openvino", "NNCF quantization"),
+    "nncf": ("bench", "NNCF, a peer that bench/ scripts compare against"),
     "tensorrt": ("tensorrt", "the TensorRT backend"),
+    "cuda": ("tensorrt", "device memory and streams for TensorRT engines (cuda-python)"),
+    "modelopt": ("tensorrt-fp16", "TensorRT fp16 engines (NVIDIA ModelOpt's AutoCast)"),
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
-    "PIL": ("images", "image calibration data"),
+    "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
+    "ray": ("ray", "the Ray executor (--executor ray)"),
 }
 
 
@@ -47,6 +51,11 @@ def available(name: str) -> bool:
 
 
 def torch() -> ModuleType:
+    # torch's compiler cache defaults to a folder in the system temporary folder ($TMPDIR/torchinductor_USER),
+    # which the dynamo exporter creates: keep it beside edgekit's own cache instead (#23)
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        base = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgekit")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, "torchinductor")
     return _load("torch")
 
 
@@ -62,6 +71,14 @@ def tensorrt() -> ModuleType:
     return _load("tensorrt")
 
 
+def cuda_runtime() -> ModuleType:
+    return _load("cuda.bindings.runtime")
+
+
+def modelopt_autocast() -> ModuleType:
+    return _load("modelopt.onnx.autocast")
+
+
 def pil_image() -> ModuleType:
     return _load("PIL.Image")
 
@@ -70,6 +87,10 @@ def pyplot() -> ModuleType:
     mpl = _load("matplotlib")
     mpl.use("Agg")
     return _load("matplotlib.pyplot")
+
+
+def ray() -> ModuleType:
+    return _load("ray")
 
 
 def onnxruntime() -> ModuleType:

@@ -28,3 +28,45 @@ def diagnose() -> dict[str, Any]:
         "backends": backends,
         "extras": {name: deps.available(name) for name in ("torch", "onnxscript", "nncf", "PIL", "matplotlib")},
     }
+
+
+def diagnose_device(name: str, *, config: str | None = None) -> dict[str, Any]:
+    """What a device reached over SSH can do, and what is missing there (with the line that installs it).
+
+    A device that cannot be reached raises (exit 4, naming the fix); one without edgekit comes back
+    with `edgekit: None` and the install line, for the caller to show before failing."""
+    from edgekit.devices import resolve_device
+    from edgekit.devices.session import run_agent
+
+    device = resolve_device(name, config=config)
+    final, events = run_agent(device, {"mode": "doctor", "workdir": device.workdir, "edgekit": __version__})
+    hello = next((e for e in events if e["event"] == "hello"), {})
+    py = hello.get("python_executable") or device.python
+    report: dict[str, Any] = {"device": device.to_dict(), "python": hello.get("python"), "python_executable": py,
+                              "edgekit": hello.get("edgekit"), "missing": []}
+    if final["event"] == "error":
+        if final.get("kind") != "no-edgekit":
+            from edgekit.devices.remote import _device_error
+
+            raise _device_error(device, final, hello, "")
+        report["missing"].append({"what": "edgekit", "why": final.get("message"), "fix": f"{py} -m pip install edgekit (ONNX Runtime included; 'edgekit[openvino]' or 'edgekit[tensorrt]' for those backends; no torch needed)"})
+        return report
+    found = final["doctor"]
+    report.update(machine=found.get("machine"), backends=found.get("backends", []), record=final["device"],
+                  workdir=final["workdir"], free_bytes=final["free_bytes"], stale_runs=final["stale_runs"])
+    for b in report["backends"]:
+        if b["name"] == "tensorrt" and not final["device"].get("nvidia_gpu"):
+            continue  # not missing: TensorRT needs an NVIDIA GPU, and the device shows none
+        if not b.get("available"):
+            extra = "" if b["name"] == "onnxruntime" else f"[{b['name']}]"
+            report["missing"].append({"what": b["name"], "why": b.get("reason"), "fix": f"{py} -m pip install 'edgekit{extra}'"})
+    if _older(report["edgekit"] or "0", __version__):
+        report["missing"].append({"what": f"edgekit {__version__}", "why": f"the device has edgekit {report['edgekit']}, older than this one: bundles from here may not verify there",
+                                  "fix": f"{py} -m pip install -U 'edgekit>={__version__}'"})
+    return report
+
+
+def _older(a: str, b: str) -> bool:
+    from edgekit.devices.remote import _older as older
+
+    return older(a, b)

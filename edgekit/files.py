@@ -35,6 +35,13 @@ def _os_error(dest: Path, exc: OSError) -> UsageError:
     return UsageError(f"cannot write {dest}: {exc}")
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; edgekit sets it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is renamed onto `dest`."""
@@ -43,6 +50,7 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         _check_writable(dest)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or ".tmp", dir=dest.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the modes any new file gets
     except OSError as exc:
         raise _os_error(dest, exc) from exc
     tmp_path = Path(tmp)
@@ -65,6 +73,7 @@ def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"{dest} exists and is not a folder", hint="give a folder path for this output")
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a service user must be able to read a compile folder
     except OSError as exc:
         raise _os_error(dest, exc) from exc
     try:
@@ -144,3 +153,10 @@ def private_cwd(prefix: str = "edgekit-") -> Iterator[Path]:
         os.chdir(old)
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def tar_problem(exc: BaseException) -> str:
+    """One line for what `tarfile` found wrong (its open error lists every compression it tried, one per line)."""
+    text = str(exc).strip()
+    if "could not be opened successfully" in text:
+        return "not a tar file, or cut short before its first member"
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -124,8 +124,13 @@ def _all_tensors(model: onnx.ModelProto):  # noqa: ANN202 - generator of TensorP
 
 
 def _check_dims(model: onnx.ModelProto, path: Path) -> None:
-    for vi in list(model.graph.input) + list(model.graph.output):
-        for d in vi.type.tensor_type.shape.dim:
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value == -1:
+                # Paddle2ONNX and older TensorFlow converters write -1 for "any size" (ONNX Runtime reads
+                # it so); the ONNX way to say it is a named dimension, which every tool here understands
+                d.dim_param = f"{vi.name}_dim{i}"
+                continue
             if d.HasField("dim_value") and (d.dim_value < 0 or d.dim_value > _MAX_DIM):
                 raise UsageError(
                     f"{path}: {vi.name!r} has an impossible dimension {d.dim_value}",

@@ -1,41 +1,80 @@
-"""Bundles for the device: `pack`, `verify` and `load`.
+"""Bundles for the device: `pack` (this module), `verify` (edgekit.bundle) and `load` (edgekit.loader).
 
 A bundle (a folder or a `.tar`) holds the compiled artifacts, the ONNX they came from
-(a TensorRT engine is tied to its TensorRT version and GPU: the device may rebuild it),
-the preprocessing recipe, I/O specs, budgets, accuracy and latency results, and a
+(a TensorRT engine is tied to its TensorRT version and GPU: the device may rebuild it;
+`include_source=False` leaves it out), the preprocessing recipe with the versions of the
+libraries it depends on, optional labels, budgets, accuracy and latency results, and a
 manifest with the SHA-256 of every file and the versions of every tool. Bundles never
-contain pickles; unpacking refuses any member that would land outside its folder.
+contain pickles; unpacking refuses any member that would land outside its folder. Files
+get the usual modes (the umask's), so a service account can read a bundle root packed.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit import __version__
-from edgekit.backends import get_backend
-from edgekit.backends.base import EngineBase
+from edgekit.bundle import BUNDLE_MANIFEST, LABELS, SIGNATURE, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
 from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
-from edgekit.errors import BackendUnavailable, GateFailed, UsageError
+from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
-from edgekit.preprocess import ImageRecipe
-
-BUNDLE_MANIFEST = "bundle.json"
 
 
-def _files_under(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST}
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
-def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report: str | Path | None = None) -> dict[str, Any]:
-    """Bundle compiled artifact folders (and the ONNX they came from) into `output` (.tar or folder)."""
+def read_labels(path: str | Path) -> list[str]:
+    """One class label per line (UTF-8); trailing blank lines are dropped, other blank lines are an error."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels {path}: {exc}", hint="give a UTF-8 text file with one label per line") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise UsageError(f"labels file {path} is empty", hint="one label per line, in the order of the model's output classes")
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        raise UsageError(f"labels file {path} has a blank line ({blank[0]})", hint="one label per line, in the order of the model's output classes")
+    return [line.strip() for line in lines]
+
+
+def _check_labels_fit(labels: list[str], onnx_path: Path, label_path: str | Path) -> None:
+    from edgekit.onnxmodel import load_onnx, output_specs
+
+    outs = output_specs(load_onnx(onnx_path, check=False))
+    classes = outs[0].shape[-1] if outs and outs[0].shape else None
+    if isinstance(classes, int) and classes != len(labels):
+        raise UsageError(f"{label_path} has {len(labels)} labels; the model's output {outs[0].name!r} has {classes} classes",
+                         hint="one label per output class, in order")
+
+
+def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report: str | Path | None = None,
+                labels: str | Path | None = None, include_source: bool = True,
+                sign_key: str | Path | None = None, release: int | None = None) -> dict[str, Any]:
+    """Bundle compiled artifact folders (and, unless `include_source=False`, the ONNX they came from)
+    into `output` (.tar or folder), with `labels` (a text file, one class per line) when given.
+
+    With `sign_key` (an `edgekit keygen` private key) a detached signature over the manifest is
+    added as bundle.sig; `release` is a number `verify --min-release` compares (rollback protection).
+    """
     output = Path(output)
+    if release is not None and (not isinstance(release, int) or release < 0):
+        raise UsageError(f"release {release!r} is not a whole number >= 0", hint="give --release N, e.g. 42")
+    if sign_key is not None:
+        from edgekit.signing import load_private_key
+
+        load_private_key(sign_key)  # a wrong key file fails before any packing work
+    label_list = read_labels(labels) if labels is not None else None
     if not artifacts:
         raise UsageError("nothing to pack", hint="give one or more folders written by `edgekit compile`")
     entries, sources = [], {}
@@ -56,7 +95,11 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
                 shutil.copy2(folder / f, dest / f)
             src = Path(manifest["source"]["path"])
             src_rel = None
-            if src.exists() and sha256_file(src) == manifest["source"]["sha256"]:
+            if label_list is not None and i == 0:
+                model_file = src if src.exists() else dest / manifest["entry"]
+                if model_file.suffix == ".onnx":
+                    _check_labels_fit(label_list, model_file, labels)
+            if include_source and src.exists() and sha256_file(src) == manifest["source"]["sha256"]:
                 src_rel = sources.get(manifest["source"]["sha256"])
                 if src_rel is None:
                     src_rel = f"source/{src.name}"
@@ -74,194 +117,68 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             for r in bench.get("results", [bench]):
                 r.pop("samples_ms", None)
             (root / "bench.json").write_text(json.dumps(bench, indent=2))
+        if label_list is not None:
+            (root / LABELS).write_text("\n".join(label_list) + "\n", encoding="utf-8")
+        recipe = (quant.get("calibration") or {}).get("preprocessing")
         manifest = {
-            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__,
+            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__, "release": release,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "artifacts": items,
-            "preprocessing": (quant.get("calibration") or {}).get("preprocessing"),
+            "preprocessing": recipe,
+            **(_preprocessing_record(recipe) if recipe else {}),
+            "labels": LABELS if label_list is not None else None,
             "accuracy": quant.get("accuracy"),
             "budgets": sorted({b for e in entries for b in e[1].get("target", {}).get("budgets", [])}),
             "versions": tool_versions(),
-            "files": _files_under(root),
+            "files": files_under(root),
         }
         (root / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if sign_key is not None:
+            from edgekit.signing import sign_manifest
+
+            (root / SIGNATURE).write_text(json.dumps(sign_manifest(manifest, sign_key, version=__version__), indent=2) + "\n")
+        mask = _umask()
         if output.suffix == ".tar":
             with atomic_path(output) as tmp_tar:
                 with tarfile.open(tmp_tar, "w") as tar:
-                    for p in sorted(root.rglob("*")):
-                        tar.add(p, arcname=p.relative_to(root).as_posix(), recursive=False)
+                    # the manifest first: a cut copy is recognisable as one, and readers can stop early
+                    paths = [root / BUNDLE_MANIFEST] + [p for p in sorted(root.rglob("*")) if p.name != BUNDLE_MANIFEST or p.parent != root]
+                    for p in paths:
+                        tar.add(p, arcname=p.relative_to(root).as_posix(), recursive=False, filter=_normal_member)
+                os.chmod(tmp_tar, 0o666 & ~mask)  # mkstemp makes 0600; a bundle is for others to read
         else:
             with atomic_dir(output) as tmp_dir:
                 shutil.copytree(root, tmp_dir, dirs_exist_ok=True)
+                os.chmod(tmp_dir, 0o777 & ~mask)  # mkdtemp makes 0700
     return manifest
 
 
-def safe_extract(tar_path: Path, dest: Path) -> None:
-    """Extract only regular files and folders that stay inside `dest`; check every member before writing any."""
-    try:
-        tar = tarfile.open(tar_path, "r")
-    except (tarfile.TarError, OSError) as exc:
-        raise UsageError(f"{tar_path} is not a readable tar bundle ({exc})", hint="pack it again with `edgekit pack`") from exc
-    with tar:
-        members = tar.getmembers()
-        for m in members:
-            p = Path(m.name)
-            if p.is_absolute() or ".." in p.parts or m.name.startswith(("/", "\\")):
-                raise UsageError(f"bundle member {m.name!r} would land outside the destination", hint="this bundle is unsafe: do not use it")
-            if m.issym() or m.islnk():
-                raise UsageError(f"bundle member {m.name!r} is a link ({m.linkname!r}); bundles hold regular files only", hint="this bundle is unsafe: do not use it")
-            if not (m.isfile() or m.isdir()):
-                raise UsageError(f"bundle member {m.name!r} is not a regular file", hint="this bundle is unsafe: do not use it")
-        for m in members:
-            target = dest / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            assert src is not None
-            with open(target, "wb") as f:
-                shutil.copyfileobj(src, f)
+def _normal_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """No owner names or ids from the build machine; the usual modes for files and folders."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = int(info.mtime)  # a fractional mtime would add a PAX header before each member
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
 
 
-def _open_bundle(path: Path) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
-    if not path.exists():
-        raise UsageError(f"{path}: no such bundle", hint="check the path")
-    if path.is_dir():
-        return path, None
-    tmp = tempfile.TemporaryDirectory(prefix="edgekit-bundle-")
-    try:
-        safe_extract(path, Path(tmp.name))
-    except BaseException:
-        tmp.cleanup()
-        raise
-    return Path(tmp.name), tmp
+def _preprocessing_record(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Versions of the preprocessing libraries, and a fingerprint of how this Pillow resizes (checked by verify)."""
+    from edgekit import deps
+    from edgekit.preprocess import ImageRecipe, preprocessing_versions, resize_fingerprint
+
+    record: dict[str, Any] = {"preprocessing_versions": preprocessing_versions()}
+    if deps.available("PIL"):
+        record["preprocessing_check"] = resize_fingerprint(ImageRecipe.from_dict(recipe))
+    return record
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    mf = root / BUNDLE_MANIFEST
-    if not mf.exists():
-        raise UsageError(f"no {BUNDLE_MANIFEST} in the bundle", hint="pack it with `edgekit pack`")
-    try:
-        m = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
-        raise GateFailed(f"{BUNDLE_MANIFEST} is corrupt ({exc})", hint="get the bundle again") from exc
-    for key, typ in (("kind", str), ("schema", int), ("artifacts", list), ("files", dict), ("versions", dict)):
-        if not isinstance(m.get(key), typ):
-            raise GateFailed(f"{BUNDLE_MANIFEST} fails the schema: {key!r} missing or not a {typ.__name__}", hint="pack the bundle again")
-    if m["kind"] != "edgekit.bundle" or m["schema"] != 1:
-        raise GateFailed(f"{BUNDLE_MANIFEST} is {m['kind']} schema {m['schema']}, not an edgekit.bundle schema 1", hint="use a matching edgekit version")
-    for a in m["artifacts"]:
-        for key in ("dir", "backend", "precision", "entry", "versions"):
-            if key not in a:
-                raise GateFailed(f"{BUNDLE_MANIFEST} fails the schema: an artifact has no {key!r}", hint="pack the bundle again")
-    return m
+def __getattr__(name: str) -> Any:
+    """`edgekit.pack.load` / `BundleEngine` moved to edgekit.loader (imported lazily: it needs the backends)."""
+    if name in ("load", "BundleEngine"):
+        import edgekit.loader as _load_mod
+
+        return getattr(_load_mod, name)
+    raise AttributeError(name)
 
 
-def _major_minor(v: str) -> str:
-    return ".".join(str(v).split("-")[0].split(".")[:2])
-
-
-def verify_bundle(path: str | Path, *, target: str | None = None) -> dict[str, Any]:
-    """Hashes, schema and compatibility with this machine. A changed byte or a version mismatch: exit 3."""
-    path = Path(path)
-    root, tmp = _open_bundle(path)
-    try:
-        m = _read_manifest(root)
-        on_disk = _files_under(root)
-        for name, digest in m["files"].items():
-            if name not in on_disk:
-                raise GateFailed(f"bundle file {name} is missing", hint="get the bundle again")
-            if on_disk[name] != digest:
-                raise GateFailed(f"bundle file {name} does not match its SHA-256 (changed after packing)", hint="get the bundle again; do not edit bundles")
-        extra = sorted(set(on_disk) - set(m["files"]))
-        if extra:
-            raise GateFailed(f"bundle has a file the manifest does not list: {extra[0]}", hint="get the bundle again")
-        checks = [_compatibility(a, target) for a in m["artifacts"]]
-        return {"bundle": str(path), "files": len(m["files"]), "artifacts": checks, "compatible": any(c["compatible"] for c in checks), "manifest": m}
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-
-def _compatibility(a: dict[str, Any], target: str | None) -> dict[str, Any]:
-    backend = get_backend(a["backend"])
-    st = backend.status()
-    out = {"dir": a["dir"], "backend": a["backend"], "precision": a["precision"], "compatible": False, "reason": ""}
-    if target is not None:
-        from edgekit.config import load_target
-
-        t = load_target(target)
-        if t.backend != a["backend"]:
-            out["reason"] = f"built for {a['backend']}, the target is {t.backend}"
-            return out
-    if not st.available:
-        out["reason"] = f"{a['backend']} is not available here: {st.reason}"
-        return out
-    built = a["versions"].get(a["backend"], "")
-    if _major_minor(built) != _major_minor(st.version or ""):
-        fix = (f"rebuild on the device from the shipped ONNX: edgekit compile {a.get('source') or 'SOURCE.onnx'} --target tensorrt -o engine/"
-               if a["backend"] == "tensorrt" else f"install {a['backend']} {_major_minor(built)} or recompile from {a.get('source') or 'the source ONNX'}")
-        out["reason"] = f"built with {a['backend']} {built}, this machine has {st.version}; {fix}"
-        return out
-    gpu = a.get("settings", {}).get("compute_capability")
-    if gpu and st.devices and gpu not in " ".join(st.devices) and a.get("settings", {}).get("hardware_compatibility", "none") == "none":
-        out["reason"] = f"engine built for compute capability {gpu}, this GPU is {st.devices[0]}; rebuild on the device with edgekit compile"
-        return out
-    out["compatible"] = True
-    return out
-
-
-def check_verified(report: dict[str, Any]) -> None:
-    if not report["compatible"]:
-        reasons = "; ".join(f"{c['dir']}: {c['reason']}" for c in report["artifacts"])
-        exc_type = BackendUnavailable if all("not available here" in c["reason"] for c in report["artifacts"]) else GateFailed
-        raise exc_type(f"no artifact in the bundle runs here: {reasons}")
-
-
-class BundleEngine(EngineBase):
-    """An engine loaded from a verified bundle; `run_image` applies the recorded preprocessing."""
-
-    def __init__(self, engine: Any, recipe: ImageRecipe | None, tmp: Any, manifest: dict[str, Any]) -> None:
-        self._engine, self._tmp, self.recipe, self.manifest = engine, tmp, recipe, manifest
-        self.inputs, self.outputs, self.info = engine.inputs, engine.outputs, engine.info
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._engine.run(feed)
-
-    def preprocess(self, image: str | Path) -> dict[str, np.ndarray]:
-        if self.recipe is None:
-            raise UsageError("this bundle records no image preprocessing", hint="build feeds yourself and call run()")
-        return {self.inputs[0].name: self.recipe.apply(image)}
-
-    def run_image(self, image: str | Path) -> dict[str, np.ndarray]:
-        return self.run(self.preprocess(image))
-
-    def close(self) -> None:
-        self._engine.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-
-def load(bundle: str | Path, *, target: str | None = None) -> BundleEngine:
-    """Verify a bundle and load its first artifact that runs here (use as a context manager)."""
-    report = verify_bundle(bundle, target=target)
-    check_verified(report)
-    root, tmp = _open_bundle(Path(bundle))
-    try:
-        m = report["manifest"]
-        idx = next(i for i, c in enumerate(report["artifacts"]) if c["compatible"])
-        a = m["artifacts"][idx]
-        folder = root / a["dir"]
-        art_manifest = json.loads((folder / MANIFEST).read_text())
-        from edgekit.compile import _target_for
-
-        tgt = _target_for(art_manifest, target)
-        engine = get_backend(a["backend"]).load(folder, art_manifest, options=tgt.options)
-        recipe = ImageRecipe.from_dict(m["preprocessing"]) if m.get("preprocessing") else None
-        return BundleEngine(engine, recipe, tmp, m)
-    except BaseException:
-        if tmp is not None:
-            tmp.cleanup()
-        raise

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.executors import Executor
 from edgekit.inspection import quantized_nodes
 from edgekit.metrics import OutputAgreement
 from edgekit.progress import track
@@ -34,7 +35,10 @@ class Evaluator:
         from edgekit.backends.onnxruntime import session_from_bytes
 
         sess = session_from_bytes(model.SerializeToString())
-        got = [sess.run(None, f) for f in self.feeds]
+        return self.drop_of([sess.run(None, f) for f in self.feeds])
+
+    def drop_of(self, got: list[list[np.ndarray]]) -> float:
+        """The drop of a candidate's outputs on `feeds` (in the order of `reference`)."""
         if ":" in self.metric:  # a user metric, pkg.module:callable(reference, candidate, labels) -> drop
             from edgekit.errors import UsageError
             from edgekit.export import _import_callable
@@ -65,16 +69,24 @@ class Evaluator:
         return 100.0 * (n - same) / n
 
 
-def rank_nodes(candidates: Sequence[str], quantize_only: Callable[[str], onnx.ModelProto], evaluator: Evaluator) -> list[tuple[str, float]]:
-    """(node, drop when only this node is quantized), most costly first."""
+def rank_nodes(candidates: Sequence[str], quantize_only: Callable[[str], onnx.ModelProto], evaluator: Evaluator,
+               *, executor: Executor | None = None) -> list[tuple[str, float]]:
+    """(node, drop when only this node is quantized), most costly first. With an `executor`, each node's
+    quantize + evaluate is one work unit there (`executor.ran` keeps where each ran)."""
+    if executor is not None:
+        drops = [d.value for d in executor.map(lambda name: evaluator.drop(quantize_only(name)), candidates, label="sensitivity")]
+        return sorted(zip(candidates, drops), key=lambda c: -c[1])
     costs = [(name, evaluator.drop(quantize_only(name))) for name in track(candidates, label="sensitivity", total=len(candidates))]
     return sorted(costs, key=lambda c: -c[1])
 
 
 def search(ranking: Sequence[tuple[str, float]], quantize_excluding: Callable[[list[str]], onnx.ModelProto],
-           evaluator: Evaluator, budget: float) -> dict[str, Any]:
-    """Smallest k such that keeping the k most sensitive nodes in float meets `budget`."""
-    tried: dict[int, float] = {}
+           evaluator: Evaluator, budget: float, *, known: dict[int, float] | None = None) -> dict[str, Any]:
+    """Smallest k such that keeping the k most sensitive nodes in float meets `budget`.
+
+    At most 2 * ceil(log2(len(ranking))) + 1 evaluations (doubling, then bisection); `known`
+    gives drops already measured (k = 0: the all-INT8 model)."""
+    tried: dict[int, float] = dict(known or {})
 
     def drop_at(k: int) -> float:
         if k not in tried:

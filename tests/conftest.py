@@ -64,3 +64,24 @@ def photos(artifacts: Path) -> Path:
 def speech_available() -> None:
     if not zoo.SPEECH_DIR.exists():
         pytest.skip("real speech clips missing: apt-get install alsa-utils")
+
+
+@pytest.fixture(scope="session")
+def efficientnet_int8_artifacts(efficientnet_onnx: Path, artifacts: Path) -> list[Path]:
+    """EfficientNet-Lite0 quantized once (4 real photos) and compiled for OpenVINO (batch 1, when
+    installed) and ONNX Runtime (dynamic batch), in that order: the device-side tests' bundles."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+    from edgekit.compile import compile_model
+
+    q = artifacts / "efficientnet.int8.onnx"
+    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib",
+                                   str(Path(__file__).parents[1] / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"), "--samples", "4"])
+    assert res.exit_code == 0, res.output
+    out = [artifacts / "efficientnet-int8-ort"]
+    compile_model(q, out[0], target="onnxruntime")
+    if importlib.util.find_spec("openvino") is not None:
+        out.insert(0, artifacts / "efficientnet-int8-ov")
+        compile_model(q, out[0], target="openvino", shapes={"inputs": (1, 3, 224, 224)})
+    return out

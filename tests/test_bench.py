@@ -75,7 +75,8 @@ def test_aa_never_flaps_and_ab_always_fails(efficientnet_onnx: Path, tmp_path: P
     base_file = tmp_path / "base.json"
     base_file.write_text(json.dumps(bench_artifact(a, options=BenchOptions(**opts))))
     aa = [bench_artifact(a, options=BenchOptions(baseline=str(base_file), **opts))["baseline"] for _ in range(10)]
-    ab = [bench_artifact(b, options=BenchOptions(baseline=str(base_file), **opts))["baseline"] for _ in range(10)]
+    # B is another graph (3 copies): a deliberate comparison of two models, not a mixed-up baseline
+    ab = [bench_artifact(b, options=BenchOptions(baseline=str(base_file), model_change="compare", **opts))["baseline"] for _ in range(10)]
     assert {r["mode"] for r in aa + ab} == {"paired"} and all(r["max_regression"] == 0.10 for r in aa + ab)
     figures = [(round(r["ratio"], 3), round(r["p_value"], 4)) for r in aa + ab]
     assert sum(r["regressed"] for r in aa) == 0, figures
@@ -155,7 +156,7 @@ def test_project_file_runs_all_to_one_verdict(compiled: dict[str, Path], mnist_d
     proj.write_text(
         f'[defaults]\nmax_regression = "10%"\n\n'
         f'[[bench]]\nname = "effnet"\nmodel = "{compiled["onnxruntime"]}"\ntarget = "onnxruntime"\nbudgets = {{ p99 = "2000ms" }}\n\n'
-        f'[[bench]]\nname = "mnist"\nmodel = "{mnist_dynamic}"\ntarget = "onnxruntime"\nbatch = 4\nbudgets = {{ p90 = 0.0001 }}\n'
+        f'[[bench]]\nname = "mnist"\nmodel = "{mnist_dynamic}"\ntarget = "onnxruntime"\nbatch = 4\nbudgets = {{ p90 = "0.0001ms" }}\n'
     )
     js = tmp_path / "run.json"
     res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--json", str(js), "--shape", "inputs:1x3x224x224", *FAST])

@@ -10,7 +10,7 @@ def test_modules_and_help_without_optional_libraries() -> None:
     code = textwrap.dedent(
         """
         import importlib, importlib.abc, pkgutil, sys
-        BLOCK = ("torch", "openvino", "tensorrt", "nncf", "onnxscript", "matplotlib")
+        BLOCK = ("torch", "openvino", "tensorrt", "nncf", "onnxscript", "matplotlib", "cuda", "modelopt")
         class Blocker(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCK:

@@ -110,6 +110,7 @@ class QuantRecipe:
     regions: tuple[tuple[str, int], ...] = ()  # what was found: kind -> count (the report lists them in full)
     cpu_features: tuple[str, ...] = ()  # the target CPU's features the recipe assumed ("host" resolved)
     cpu_features_from: str = ""  # where they came from: the profile, or this machine
+    qdq_pass: str = ""  # "module:function" run on the QDQ model after placement (a backend's fusion rule), "" = none
 
     def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)

@@ -116,6 +116,7 @@ class OpenVinoEngine(EngineBase):
             "inference_precision": got,
             "threads": int(threads) if str(threads).isdigit() else threads,
             "streams": str(self._compiled.get_property("NUM_STREAMS")),
+            "loaded_from_cache": bool(options.cache_dir) and bool(self._compiled.get_property("LOADED_FROM_CACHE")),
         }
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,9 +2,15 @@
 
 INT8 is explicit quantization only: the QDQ nodes in the ONNX say what runs in INT8
 (TensorRT 10 deprecated and 11 removed the implicit calibrators and precision flags).
-Networks are built strongly typed; fp16 converts the ONNX to FP16 first (keeping FP32
-I/O), as TensorRT 11 requires. Everything here imports without TensorRT; building
-and running need TensorRT and an NVIDIA GPU.
+Networks are built strongly typed; fp16 converts the ONNX with NVIDIA ModelOpt's AutoCast
+first (keeping FP32 I/O and overflow-prone nodes in FP32), as TensorRT 11's migration guide
+recommends. Everything here imports without TensorRT; building and running need TensorRT,
+cuda-python and an NVIDIA GPU.
+
+Every TensorRT call below was read against github.com/NVIDIA/TensorRT at release/10.0, 10.8, 10.9,
+10.13, 10.16, 11.0 and 11.1 (python/src/infer/pyCore.cpp, python/docstrings/infer/pyCoreDoc.h,
+include/NvInfer.h, samples/common/sampleEngines.cpp) and Polygraphy's backend/trt/{loader,config}.py;
+the comments name the line each one follows.
 """
 from __future__ import annotations
 
@@ -17,9 +23,13 @@ import numpy as np
 import onnx
 
 from edgekit import deps
+from edgekit.backends import tensorrt_compat as compat
 from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, QuantRecipe
+from edgekit.backends.tensorrt_check import check_explicit_quantization
 from edgekit.errors import BackendUnavailable, UsageError
-from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
+from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, save_onnx
+
+__all__ = ["BACKEND", "TensorRtBackend", "TensorRtEngine", "TensorRtOptions", "check_explicit_quantization"]
 
 _HW_COMPAT = ("none", "ampere_plus", "same_compute_capability")
 
@@ -29,12 +39,13 @@ class TensorRtOptions:
     """Options of the tensorrt backend (a target profile's `[options]` table)."""
 
     workspace_mib: int = 1024
-    dla_core: int = -1  # Jetson: the DLA core to use (-1: GPU only)
+    dla_core: int = -1  # a DLA core to run on (-1: GPU only); checked against the device and the TensorRT version
     gpu_fallback: bool = True  # with a DLA core: layers DLA cannot run go to the GPU
-    timing_cache: str = ""  # path of a timing cache file to reuse and update
-    version_compatible: bool = False  # engine runs on later TensorRT versions (lean runtime)
-    hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
+    timing_cache: str = ""  # timing cache file; a relative path lives in edgekit's cache folder
+    version_compatible: bool = False  # engine runs on later TensorRT versions (lean runtime embedded)
+    hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability (10.9+)
     builder_optimization_level: int = 3  # 0-5
+    tf32: bool = False  # let FP32 layers run in TF32 (TensorRT's default); off so fp32 means fp32
     # dynamic inputs: "name" -> [min, opt, max] shapes, e.g. {images = [[1,3,224,224],[4,3,224,224],[8,3,224,224]]}
     profiles: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
 
@@ -56,85 +67,31 @@ class TensorRtOptions:
                 raise UsageError(f"tensorrt profile for {name!r}: need min <= opt <= max on every axis")
 
 
-def check_explicit_quantization(model: onnx.ModelProto) -> list[str]:
-    """Problems that keep a QDQ model from building as explicit INT8 in TensorRT (empty = fine).
-
-    TensorRT wants symmetric INT8 (signed, zero point 0), float bias, per-tensor activations,
-    per-channel weights along the output-channel axis, and opset >= 13 for per-channel.
-    """
-    problems: list[str] = []
-    inits = {t.name: t for t in model.graph.initializer}
-    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-
-    def value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return onnx.numpy_helper.to_array(inits[name])
-        if name in consts:
-            return onnx.numpy_helper.to_array(consts[name].attribute[0].t)
-        return None
-
-    opset = opset_of(model)
-    for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        label = node.name or node.output[0]
-        zp = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if zp is None and len(node.input) > 2 and node.input[2]:
-            problems.append(f"{label}: zero point is computed at run time; TensorRT needs a constant")
-            continue
-        if zp is not None:
-            if zp.dtype != np.int8:
-                problems.append(f"{label}: {zp.dtype} quantization; TensorRT needs signed INT8 (int8 zero point)")
-            elif np.any(zp != 0):
-                problems.append(f"{label}: zero point {int(np.max(np.abs(zp)))} != 0; TensorRT needs symmetric quantization")
-        scale = value(node.input[1])
-        if scale is None:
-            problems.append(f"{label}: scale is computed at run time; TensorRT needs a constant")
-        elif scale.size > 1 and opset < 13:
-            problems.append(f"{label}: per-channel quantization needs opset >= 13 (model has {opset})")
-        elif scale.size > 1 and node.op_type == "QuantizeLinear" and value(node.input[0]) is None:
-            problems.append(f"{label}: per-channel scale on an activation; TensorRT quantizes activations per tensor")
-        if scale is not None and np.any(scale <= 0):
-            problems.append(f"{label}: non-positive scale")
-    return problems
-
-
 def _trt() -> Any:
-    trt = deps.tensorrt()
-    return trt
+    return deps.tensorrt()
 
 
-def _major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
+def _version(trt: Any) -> tuple[int, ...]:
+    return compat.parse_version(trt.__version__)
 
 
-def _gpu_info() -> dict[str, str]:
-    """GPU name, compute capability and CUDA version through the CUDA runtime TensorRT ships with."""
-    info: dict[str, str] = {}
-    try:
-        from cuda import cudart  # type: ignore[import-not-found]  # cuda-python, beside TensorRT
+def fp16_onnx(model: Path, dest: Path) -> Path:
+    """`model` with FP16 compute and FP32 I/O, by ModelOpt's AutoCast, written to `dest`.
 
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            info["gpu"] = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            info["compute_capability"] = f"{props.major}.{props.minor}"
-        err, ver = cudart.cudaRuntimeGetVersion()
-        if int(err) == 0:
-            info["cuda"] = f"{ver // 1000}.{(ver % 1000) // 10}"
-    except Exception:  # cuda-python missing or no device: recorded as unknown
-        pass
-    return info
+    AutoCast is what TensorRT points to for strongly typed FP16 (samples/python/strongly_type_autocast/README.md,
+    release/10.15 on): it keeps nodes whose values exceed FP16's range (data_max 512 on a reference run, init_max
+    65504) in FP32 and reads the model from its path, so a model over 2 GB needs no in-memory shape inference.
+    ONNX Runtime's float16 converter casts everything and runs in-memory shape inference.
+    """
+    import inspect
 
-
-def _network_flags(trt: Any) -> int:
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None or _major(trt) >= 11 else 1 << int(flag)
-
-
-def _fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    return convert_float_to_float16(model, keep_io_types=True)
+    autocast = deps.modelopt_autocast()
+    kwargs: dict[str, Any] = {"low_precision_type": "fp16", "keep_io_types": True}
+    accepted = inspect.signature(autocast.convert_to_mixed_precision).parameters
+    if "providers" in accepted:  # the reference run on the CPU, even on a GPU host (not in every ModelOpt release)
+        kwargs["providers"] = ["cpu"]
+    converted = autocast.convert_to_mixed_precision(onnx_path=str(model), **kwargs)
+    return save_onnx(converted, dest)
 
 
 def _default_profiles(model: onnx.ModelProto, request: CompileRequest, options: TensorRtOptions) -> dict[str, list[list[int]]]:
@@ -153,17 +110,42 @@ def _default_profiles(model: onnx.ModelProto, request: CompileRequest, options: 
     return profiles
 
 
+def _feed_for(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The feed in the engine's input dtype: a lossless cast within a kind (float64 -> float32, int64 -> int32
+    when the values fit); anything else is the caller's error, never a silent conversion."""
+    value = np.asarray(value)
+    if value.dtype == dtype:
+        return np.ascontiguousarray(value)
+    if value.dtype.kind == dtype.kind == "f":
+        return np.ascontiguousarray(value, dtype=dtype)
+    if value.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
+            return np.ascontiguousarray(value, dtype=dtype)
+    raise UsageError(f"input {name!r} is {value.dtype}; this engine takes {dtype}", hint=f"feed {dtype} values")
+
+
 class TensorRtEngine(EngineBase):
-    def __init__(self, engine_path: Path, *, precision: str) -> None:
+    def __init__(self, engine_path: Path, *, precision: str, settings: dict[str, Any]) -> None:
+        from edgekit.backends import tensorrt_cuda
+
         trt = _trt()
-        try:
-            import torch  # device buffers; torch's CUDA build is the common companion on Jetson/GPU hosts
-        except ImportError as exc:
-            raise BackendUnavailable("running a TensorRT engine from edgekit needs torch with CUDA for device buffers", hint="pip install torch (a CUDA build)") from exc
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("no CUDA device is visible to torch", hint="run on the machine with the NVIDIA GPU")
-        self._torch = torch
+        tensorrt_cuda.check_cuda_matches_tensorrt()
+        self._trt = trt
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if settings.get("version_compatible"):
+            # a version-compatible engine embeds the lean runtime: deserializing it needs host code allowed
+            # (samples/common/sampleEngines.cpp release/10.16 lines 137-141; Polygraphy loader.py EngineFromBytes
+            # line 719; pyCore.cpp release/10.0 line 1509 binds the property)
+            runtime.engine_host_code_allowed = True
+        dla_core = int(settings.get("dla_core", -1))
+        if dla_core >= 0:
+            # the DLA core is chosen on the runtime before deserializing (sampleEngines.cpp release/10.16 lines 150-152)
+            if dla_core >= runtime.num_DLA_cores:
+                raise BackendUnavailable(f"this engine runs on DLA core {dla_core}; this device has {runtime.num_DLA_cores} DLA cores",
+                                         hint="rebuild it for this device with `edgekit compile` (dla_core = -1 for the GPU)")
+            runtime.DLA_core = dla_core
+        self._runtime = runtime
         self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
             raise UsageError(f"{engine_path} does not deserialize with TensorRT {trt.__version__}", hint="rebuild it on this device with `edgekit compile`")
@@ -172,41 +154,63 @@ class TensorRtEngine(EngineBase):
         is_in = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._in = [n for n in names if is_in[n]]
         self._out = [n for n in names if not is_in[n]]
+        self._dtype = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         from edgekit.onnxmodel import TensorSpec
 
         def spec(n: str) -> TensorSpec:
-            return TensorSpec(n, tuple(int(d) if d >= 0 else f"dim{i}" for i, d in enumerate(self._engine.get_tensor_shape(n))), np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))))
+            return TensorSpec(n, tuple(int(d) if d >= 0 else f"dim{i}" for i, d in enumerate(self._engine.get_tensor_shape(n))), self._dtype[n])
 
         self.inputs = [spec(n) for n in self._in]
         self.outputs = [spec(n) for n in self._out]
-        self._stream = torch.cuda.Stream()
-        self.info = {"backend": "tensorrt", "version": trt.__version__, "device": "GPU", "precision": precision, **_gpu_info()}
+        self._buffers = tensorrt_cuda.DeviceBuffers()
+        self.info = {"backend": "tensorrt", "version": trt.__version__, "device": "GPU" if dla_core < 0 else f"DLA:{dla_core}",
+                     "precision": precision, **tensorrt_cuda.device_info()}
+
+    def _profile_range(self, name: str) -> str:
+        try:
+            lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)  # pyCore.cpp release/10.0 line 1247
+            return f"{list(lo)} to {list(hi)}"
+        except Exception:  # noqa: BLE001 - a static input has no profile: its one shape is the range
+            return f"only {list(self._engine.get_tensor_shape(name))}"
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
-        keep = []
+        missing = [n for n in self._in if n not in feed]
+        if missing:
+            raise UsageError(f"the feed lacks input {missing[0]!r}", hint=f"this engine takes {', '.join(self._in)}")
         for n in self._in:
-            t = torch.from_numpy(np.ascontiguousarray(feed[n])).cuda()
-            keep.append(t)
-            self._context.set_input_shape(n, tuple(t.shape))
-            self._context.set_tensor_address(n, t.data_ptr())
-        outs = {}
+            value = _feed_for(n, feed[n], self._dtype[n])
+            # set_input_shape returns False for a shape outside the optimisation profile (pyCore.cpp release/10.0
+            # lines 1043-1048 bind IExecutionContext::setInputShape, which returns bool); running anyway would hand
+            # back whatever the output buffers held
+            if not self._context.set_input_shape(n, tuple(value.shape)):
+                raise UsageError(f"input {n!r} of shape {list(value.shape)} is outside the engine's optimisation profile "
+                                 f"({self._profile_range(n)})", hint="feed a shape in that range, or compile with a wider profile")
+            self._context.set_tensor_address(n, self._buffers.upload(n, value))
+        unresolved = self._context.infer_shapes()  # names whose shapes are still unknown (pyCoreDoc.h set_input_shape...)
+        if unresolved:
+            raise UsageError(f"TensorRT cannot infer the shapes of {', '.join(map(str, unresolved))} from these inputs")
+        outs: dict[str, np.ndarray] = {}
         for n in self._out:
             shape = tuple(self._context.get_tensor_shape(n))
-            dtype = torch.from_numpy(np.zeros(0, dtype=np.dtype(self._trt_dtype(n)))).dtype
-            t = torch.empty(shape, dtype=dtype, device="cuda")
-            outs[n] = t
-            self._context.set_tensor_address(n, t.data_ptr())
-        self._context.execute_async_v3(self._stream.cuda_stream)
-        self._stream.synchronize()
-        return {n: t.cpu().numpy() for n, t in outs.items()}
-
-    def _trt_dtype(self, name: str) -> Any:
-        return _trt().nptype(self._engine.get_tensor_dtype(name))
+            if any(d < 0 for d in shape):
+                raise UsageError(f"output {n!r} has a data-dependent shape {list(shape)}; edgekit's TensorRT engine runs "
+                                 "models whose output shapes follow from the input shapes")
+            outs[n] = np.empty(shape, dtype=self._dtype[n])
+            self._context.set_tensor_address(n, self._buffers.pointer(n, outs[n].nbytes))
+        # execute_async_v3 returns bool (pyCore.cpp release/10.0 line 111)
+        if not self._context.execute_async_v3(self._buffers.stream_handle):
+            raise BackendUnavailable("TensorRT could not run the engine (execute_async_v3 returned False; see its log above)")
+        for n, arr in outs.items():
+            self._buffers.download(n, arr)
+        self._buffers.synchronize()
+        return outs
 
     def close(self) -> None:
         self._context = None
         self._engine = None
+        if getattr(self, "_buffers", None) is not None:
+            self._buffers.close()
+            self._buffers = None
 
 
 class TensorRtBackend:
@@ -225,18 +229,28 @@ class TensorRtBackend:
                 raise RuntimeError("no CUDA device")
         except Exception as exc:
             return BackendStatus(self.name, False, trt.__version__, (), f"TensorRT {trt.__version__} is installed but finds no usable NVIDIA GPU ({str(exc).strip()[:200]})")
-        gpu = _gpu_info()
-        return BackendStatus(self.name, True, trt.__version__, (f"GPU ({gpu.get('gpu', 'unknown')}, sm {gpu.get('compute_capability', '?')})",))
+        from edgekit.backends.tensorrt_cuda import device_info
+
+        gpu = device_info()
+        dla = f", {builder.num_DLA_cores} DLA cores" if builder.num_DLA_cores else ""
+        return BackendStatus(self.name, True, trt.__version__, (f"GPU ({gpu.get('gpu', 'unknown')}, sm {gpu.get('compute_capability', '?')}){dla}",))
 
     def compile(self, model: Path, out_dir: Path, *, request: CompileRequest) -> dict[str, Any]:
         options: TensorRtOptions = request.options
         trt = _trt()  # exit 4 first: on a machine without TensorRT nothing else matters
+        proto = load_onnx(model)
+        profiles = self.validate(proto, request)
+        version = compat.parse_version(trt.__version__)
+        self.check_version(version, request)
+        if request.precision == "fp16" and not (options.dla_core >= 0 and compat.dla_weakly_typed(version)):
+            deps.modelopt_autocast()  # exit 4 naming the extra before anything is built
         st = self.status()
         if not st.available:
             raise BackendUnavailable(st.reason or "TensorRT is not usable here")
-        proto = load_onnx(model)
-        profiles = self.validate(proto, request)
-        return self._build(trt, proto, out_dir, request, options, profiles)
+        del proto
+        from edgekit.backends.tensorrt_build import build_engine
+
+        return build_engine(trt, model, out_dir, request=request, options=options, profiles=profiles)
 
     def validate(self, proto: onnx.ModelProto, request: CompileRequest) -> dict[str, list[list[int]]]:
         """Everything that can be checked without TensorRT: precision, QDQ rules, device, profiles."""
@@ -255,79 +269,28 @@ class TensorRtBackend:
             raise UsageError(f"this model is quantized (QDQ); TensorRT builds it as int8, not {request.precision}", hint="pass --precision int8")
         if not request.device.upper().startswith(("GPU", "CUDA")):
             raise UsageError(f"tensorrt device {request.device!r}: use GPU (a Jetson's DLA is the dla_core option)")
+        if options.dla_core >= 0 and request.precision == "fp32":
+            raise UsageError("a DLA core runs fp16 or int8, not fp32", hint="pass --precision fp16, or set dla_core = -1")
         return _default_profiles(proto, request, options)
 
-    def _build(self, trt: Any, proto: onnx.ModelProto, out_dir: Path, request: CompileRequest, options: TensorRtOptions,
-               profiles: dict[str, list[list[int]]]) -> dict[str, Any]:
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        network = builder.create_network(_network_flags(trt))
-        parser = trt.OnnxParser(network, logger)
-        if request.precision == "fp16":
-            proto = _fp16_onnx(proto)
-        with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as tmp:
-            src = save_onnx(proto, Path(tmp) / "model.onnx")
-            if not parser.parse_from_file(str(src)):
-                errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-                raise UsageError(f"TensorRT's ONNX parser rejects the model: {errors[0] if errors else 'unknown error'}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-        config.builder_optimization_level = options.builder_optimization_level
-        if options.dla_core >= 0:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = options.dla_core
-            if options.gpu_fallback:
-                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if options.version_compatible:
-            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        if options.hardware_compatibility != "none":
-            config.hardware_compatibility_level = {
-                "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
-                "same_compute_capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
-            }[options.hardware_compatibility]
-        if profiles:
-            profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in profiles.items():
-                profile.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(profile)
-        cache_path = Path(options.timing_cache) if options.timing_cache else None
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
-        config.set_timing_cache(cache, False)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise UsageError("TensorRT failed to build the engine (see the log above)", hint="try a larger workspace_mib or check unsupported layers")
-        (out_dir / "model.engine").write_bytes(bytes(serialized))
-        if cache_path:
-            from edgekit.files import atomic_path
-
-            with atomic_path(cache_path) as tmp_cache:
-                tmp_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-        return {
-            "files": ["model.engine"],
-            "entry": "model.engine",
-            "versions": {"tensorrt": trt.__version__, **{k: v for k, v in _gpu_info().items() if k == "cuda"}},
-            "settings": {
-                "strongly_typed": True, "profiles": profiles, "workspace_mib": options.workspace_mib,
-                "dla_core": options.dla_core, "version_compatible": options.version_compatible,
-                "hardware_compatibility": options.hardware_compatibility,
-                **{k: v for k, v in _gpu_info().items() if k in ("gpu", "compute_capability")},
-            },
-        }
+    @staticmethod
+    def check_version(version: tuple[int, ...], request: CompileRequest) -> None:
+        """What this TensorRT version lacks for the request: exit 4 naming the version that has it."""
+        options: TensorRtOptions = request.options
+        problem = compat.hardware_compatibility_problem(options.hardware_compatibility, version)
+        if problem is None and options.dla_core >= 0:
+            problem = compat.dla_problem(version)
+        if problem:
+            raise BackendUnavailable(problem)
 
     def quant_recipe(self, model: Any) -> QuantRecipe:
-        # TensorRT's explicit quantization: signed INT8, zero point 0, per-channel weights
-        # (opset >= 13). Percentile, not entropy: KL thresholds clip the pooled features
-        # before a classifier head far too hard (measured on EfficientNet-Lite0).
-        return QuantRecipe(
-            name="tensorrt-s8s8-symmetric", activation_type="int8", activation_symmetric=True, weight_type="int8",
-            per_channel=True, method="percentile",
-            extra=(("WeightSymmetric", True), ("QuantizeBias", False)),
-            why="symmetric S8 activations and per-channel S8 weights, zero point 0, as TensorRT requires",
-        )
+        from edgekit.backends.tensorrt_build import tensorrt_recipe
+
+        return tensorrt_recipe(model)
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: TensorRtOptions) -> TensorRtEngine:
         _trt()
-        return TensorRtEngine(artifact_dir / manifest["entry"], precision=manifest["precision"])
+        return TensorRtEngine(artifact_dir / manifest["entry"], precision=manifest["precision"], settings=manifest.get("settings", {}))
 
 
 BACKEND = TensorRtBackend()

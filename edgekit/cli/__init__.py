@@ -25,8 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("edgekit.cli.compile", "Build a target's artifact (OpenVINO IR, TensorRT engine, optimised ONNX)."),
     "bench": ("edgekit.cli.bench", "Latency statistics against budgets and a baseline (exit 3 when a gate fails)."),
     "doctor": ("edgekit.cli.doctor", "Which backends work on this machine, and why not where they don't."),
+    "targets": ("edgekit.cli.targets", "The target profiles --target finds (yours first, then the built-in ones) and where each came from."),
     "pack": ("edgekit.cli.pack", "Bundle compiled artifacts, their source ONNX and manifest for a device."),
     "verify": ("edgekit.cli.verify", "Check a bundle's hashes and its compatibility with this machine."),
+    "keygen": ("edgekit.cli.keygen", "Make an Ed25519 key pair to sign bundles and check them on the device."),
 }
 
 

@@ -8,7 +8,7 @@ from edgekit.cli._common import json_option, out, run_and_emit
 
 @click.command("compile")
 @click.argument("model", type=click.Path())
-@click.option("-t", "--target", required=True, help="A backend name (onnxruntime, openvino, tensorrt), a profile in targets/, or a .toml path.")
+@click.option("-t", "--target", required=True, help="A backend name (onnxruntime, openvino, tensorrt), a profile name (`edgekit targets` lists them), or a .toml path.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The artifact folder to write (replaced whole).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None,
               help="Default: the target's, or int8 for a quantized (QDQ) model.")

@@ -191,3 +191,21 @@ def test_dynamic_shape_without_a_profile_for_tensorrt(tmp_path: Path) -> None:
         BACKEND.validate(m, CompileRequest(precision="fp32", device="GPU", options=TensorRtOptions()))
     ok = BACKEND.validate(m, CompileRequest(precision="fp32", device="GPU", options=TensorRtOptions(profiles={"x": [[1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4]]})))
     assert ok["x"][2] == [8, 3, 4, 4]
+
+
+def test_outputs_get_the_modes_of_any_new_file(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); outputs must not stay private to the user
+    that made them (a device service running as another user reads the compile folder and the model)."""
+    import stat
+
+    from edgekit.files import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "out.txt", "x")
+        with atomic_dir(tmp_path / "folder") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755

@@ -25,7 +25,7 @@ from edgekit.calibration import CalibrationSet, calibration_set
 from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
-from edgekit.errors import GateFailed, UsageError
+from edgekit.errors import UsageError
 from edgekit.files import private_cwd, sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
@@ -46,8 +46,10 @@ class QuantizeOptions:
     recipe: ImageRecipe | None = None  # preprocessing for an image-folder source
     eval_source: str | None = None
     cache: bool = True
-    max_accuracy_drop: float | None = None  # with eval_source: keep the most sensitive nodes in float until met
+    max_accuracy_drop: float | None = None  # keep the most sensitive nodes in float until met (instead of the default bar)
     metric: str = "cosine"  # cosine (1 - worst cosine) | top1 (points) | maxabs (first output)
+    check: bool = True  # check INT8 against FP32 on held-out data (a slice of the calibration data without --eval)
+    executor: Any = None  # an edgekit.executors.Executor for the sensitivity ranking (None: in this process)
 
 
 @dataclasses.dataclass
@@ -68,6 +70,7 @@ class QuantizeReport:
     notes: list[str]
     accuracy: dict[str, Any] | None = None
     fallback: dict[str, Any] | None = None
+    check: dict[str, Any] | None = None
     regions: list[dict[str, Any]] | None = None  # edgekit.regions: each region found and its recipe's policy for it
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,15 +165,11 @@ def _cache_key(model: onnx.ModelProto, calib: CalibrationSet, recipe: QuantRecip
 
 
 def _settled(stats: dict[str, RunningStats]) -> dict[str, Any]:
-    """How much the ranges still moved over the last 10% of the samples (0 = settled)."""
-    worst, worst_name = 0.0, ""
-    for name, st in stats.items():
-        end = st.absmax_at(1.0)
-        if end > 0:
-            move = (end - st.absmax_at(0.9)) / end
-            if move > worst:
-                worst, worst_name = move, name
-    return {"max_range_change_last_10pct": worst, "tensor": worst_name, "settled": worst < 0.05}
+    """How much the ranges still moved over the last 10% of the samples (0 = settled), and about how
+    many samples would settle them (`settle.py`)."""
+    from edgekit.quantize.settle import settle_report
+
+    return settle_report(stats)
 
 
 def _exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
@@ -219,6 +218,11 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     if recipe.hoist_shape_ops:
         hoist_qdq_over_shape_ops(quantizer.model.model)
     quantizer.model.topological_sort()  # the QDQ pass appends nodes; ONNX requires topological order
+    if recipe.qdq_pass:  # the backend's own placement rule (e.g. TensorRT's residual-Add fusion)
+        import importlib
+
+        module, _, func = recipe.qdq_pass.partition(":")
+        return getattr(importlib.import_module(module), func)(quantizer.model.model)
     return quantizer.model.model
 
 
@@ -239,6 +243,12 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
     method = options.method or recipe.method
     specs = input_specs(model)
     cset = calibration_set(calib, specs, recipe=options.recipe)
+    held = None
+    if options.check and not options.eval_source:  # hold out a slice to check on; calibrate on the rest
+        from edgekit.quantize.check import HeldOut
+
+        held = HeldOut.split(cset, samples=options.samples)
+        cset = held.calib
     exclude = _exclusions(model, options.exclude)
     key = _cache_key(model, cset, recipe, method, options.samples, options.percentile)
     cache_file = cache_dir() / f"{key}.json"
@@ -260,10 +270,13 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
                 write_json(cache_file, {"ranges": ranges, "samples": used, "settled": settled})
             except UsageError:
                 notes.append("could not write the calibration cache")
-    fallback = None
-    if options.max_accuracy_drop is not None:
-        qmodel, fallback = _meet_budget(model, ranges, recipe, exclude, options)
-        exclude = sorted(set(exclude) | {k["node"] for k in fallback["kept_in_float"]})
+    fallback = check = None
+    if options.check:
+        from edgekit.quantize.checkrun import checked_model
+
+        qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled)
+        if fallback is not None:
+            exclude = sorted(set(exclude) | {n for k in fallback["kept_in_float"] for n in k.get("nodes", [k["node"]])})
     else:
         with status("inserting QDQ nodes"):
             qmodel = quantize_with_ranges(_copy(model), ranges, recipe, exclude=exclude)
@@ -274,7 +287,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         "kind": "edgekit.quantized", "schema": 1, "source": {"path": str(model_path), "sha256": sha256_file(model_path)},
         "target": target.name, "backend": target.backend, "recipe": recipe.to_dict(), "method": method,
         "percentile": options.percentile if method == "percentile" else None, "calibration": calib_info,
-        "excluded": exclude, "fallback": fallback, "versions": tool_versions(),
+        "excluded": exclude, "fallback": fallback, "check": check, "versions": tool_versions(),
     }
     save_onnx(qmodel, output)
     # the sidecar names the model it describes: a kill between the two writes leaves a sidecar that
@@ -289,7 +302,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         output=str(output), target=target.name, recipe=recipe.to_dict(), method=method, calibration=calib_info,
         settled=settled, nodes_quantized=len(q), nodes_float=f, excluded=exclude, size_before=model_path.stat().st_size,
         size_after=output.stat().st_size, seconds=time.perf_counter() - start, cache=cache_state, notes=notes, fallback=fallback,
-        regions=region_report(model, dict(recipe.region_policies)),
+        check=check, regions=region_report(model, dict(recipe.region_policies)),
     )
     if options.eval_source:
         from edgekit.accuracy import evaluate
@@ -299,12 +312,10 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
             report.notes.append(report.accuracy["speed"]["note"])
         manifest["accuracy"] = report.accuracy
         write_json(output.with_name(output.name + ".json"), manifest)
-    if fallback is not None and not fallback["met"]:
-        raise GateFailed(
-            f"no float fallback meets the accuracy budget: best {fallback['metric']} drop {fallback['drop_final']:.4g} "
-            f"> {fallback['budget']:g} with {len(fallback['kept_in_float'])} nodes in float; wrote that model to {output}",
-            hint="raise --max-accuracy-drop, give more calibration data, or try --method percentile", result=report,
-        )
+    if check is not None and not check["passed"]:
+        from edgekit.quantize.checkrun import refusal
+
+        raise refusal(check, fallback, output, report)
     return report
 
 
@@ -323,47 +334,6 @@ def read_exclude_file(path: str | Path) -> tuple[str, ...]:
     return tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
 
 
-def _meet_budget(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
-                 options: QuantizeOptions) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Quantize; while over the budget, keep the most sensitive nodes in float (ranked one node at a time)."""
-    from onnxruntime.quantization.registry import QDQRegistry
-
-    from edgekit import sensitivity
-
-    if not options.eval_source:
-        raise UsageError("--max-accuracy-drop needs held-out data", hint="pass --eval SOURCE")
-    if options.metric not in sensitivity.METRICS and ":" not in options.metric:
-        raise UsageError(f"unknown metric {options.metric!r}", hint=f"use one of {', '.join(sensitivity.METRICS)} or pkg.module:callable")
-    evaluator = _evaluator(model, options)
-    op_types = set(recipe.op_types or QDQRegistry.keys())
-    candidates = [n.name for n in model.graph.node if n.op_type in op_types and n.name and n.name not in exclude]
-
-    def q(extra: Sequence[str]) -> onnx.ModelProto:
-        return quantize_with_ranges(_copy(model), ranges, recipe, exclude=sorted(set(exclude) | set(extra)))
-
-    with status("measuring the full INT8 model"):
-        full = q([])
-        drop_full = evaluator.drop(full)
-    result: dict[str, Any] = {"metric": options.metric, "budget": options.max_accuracy_drop, "drop_full": drop_full,
-                              "candidates": len(candidates), "ranking": [], "kept_in_float": []}
-    if drop_full <= options.max_accuracy_drop:
-        return full, {**result, "drop_final": drop_full, "met": True}
-    ranking = sensitivity.rank_nodes(candidates, lambda n: q([c for c in candidates if c != n]), evaluator)
-    with status("searching the float fallback"):
-        found = sensitivity.search(ranking, q, evaluator, options.max_accuracy_drop)
-    kept = [{"node": n, "cost": c, "op_type": next(x.op_type for x in model.graph.node if x.name == n)} for n, c in ranking[:found["kept"]]]
-    final = q([k["node"] for k in kept])
-    if kept:
-        with status("timing the float fallback"):
-            speed = _fallback_speed(full, final, kept, q, evaluator.feeds[0])
-        for k in kept:
-            k["latency_cost_ms"] = speed["per_node_ms"].get(k["node"])
-        result["latency_ms"] = {"all_int8": speed["all_int8"], "final": speed["final"]}
-    result.update(ranking=[{"node": n, "cost": c} for n, c in ranking[:20]], kept_in_float=kept, drop_final=found["drop"], met=found["met"],
-                  tried={str(k): v for k, v in found["tried"].items()})
-    return final, result
-
-
 def _fallback_speed(full: onnx.ModelProto, final: onnx.ModelProto, kept: list[dict[str, Any]], q: Any, feed: dict[str, np.ndarray]) -> dict[str, Any]:
     """What keeping each node in float costs in latency (ONNX Runtime, this CPU): that node alone in float vs all
     INT8. Variants are timed in interleaved blocks and compared on their floor (fastest 5%), which interference cannot lower."""
@@ -378,16 +348,3 @@ def _fallback_speed(full: onnx.ModelProto, final: onnx.ModelProto, kept: list[di
     timed = measure_interleaved([lambda s=sess: s.run(None, feed) for sess in sessions.values()], settings)
     best = {name: floor_ms(t.latencies_ms) for name, t in zip(sessions, timed)}
     return {"all_int8": best["all_int8"], "final": best["final"], "per_node_ms": {k["node"]: best[k["node"]] - best["all_int8"] for k in kept}}
-
-
-def _evaluator(model: onnx.ModelProto, options: QuantizeOptions) -> Any:
-    from edgekit.backends.onnxruntime import session_from_bytes
-    from edgekit.sensitivity import Evaluator
-
-    specs = input_specs(model)
-    data = calibration_set(options.eval_source or "", specs, recipe=options.recipe)
-    feeds = list(data.feeds(specs))
-    ref = session_from_bytes(model.SerializeToString())
-    return Evaluator(feeds=feeds, reference=[ref.run(None, f) for f in feeds], metric=options.metric, labels=data.labels)
-
-

@@ -1,0 +1,212 @@
+"""`edgekit bench` entries as work units: on this machine, or shipped to the node that holds their device.
+
+No file system is shared with the nodes: a shipped unit carries the bytes of every file its bench reads
+(the artifact, its data, its baseline report with the artifact copy beside it, a target .toml is resolved
+here into a Target), unpacks them into a temporary folder on the node, benches there, and the result's
+paths are put back to this machine's, so a result reads exactly as a local run's.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import tarfile
+import tempfile
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgekit.bench.run import BenchOptions, Target
+from edgekit.executors import Done, Executor
+
+DEVICE = "edgekit-device:"  # + NAME: declared by the node that holds (or reaches) that device, count 1
+TARGET = "edgekit-target:"  # + target name: declared by nodes that measure for that target, when a cluster dedicates some
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchJob:
+    artifact: str
+    target: Target | str | None
+    options: BenchOptions
+    label: str | None = None  # how messages name the project entry; None for a single artifact
+    resource: str | None = None  # the custom resource its bench must hold (edgekit-device:NAME)
+
+
+def needs_of(job: BenchJob, offered: Mapping[str, float]) -> dict[str, float]:
+    """What a bench asks of the node it runs on: its device resource when it names one, else
+    `edgekit-target:TARGET` when some node declares that, else nothing (any node with a free CPU)."""
+    if job.resource:
+        return {job.resource: 1}
+    name = job.target.name if isinstance(job.target, Target) else job.target
+    if name and offered.get(TARGET + name, 0) >= 1:
+        return {TARGET + name: 1}
+    return {}
+
+
+def bench_jobs(jobs: Sequence[BenchJob], *, executor: Executor) -> Iterator[dict[str, Any]]:
+    """Bench every job on `executor`; yield the results in the order of `jobs`, each with `ran_on`."""
+    remote = executor.name != "local"
+    offered = executor.resources() if remote else {}
+    units = [_ship(j) if remote else j for j in jobs]
+    for unit, done in zip(units, executor.map(_bench_unit, units, needs=[needs_of(j, offered) for j in jobs], label="bench")):
+        result = done.value if isinstance(unit, BenchJob) else _relocate(done.value[1], _relocations(Path(done.value[0]), unit))
+        if not isinstance(unit, BenchJob):  # the two fields that hold the same path, as given and resolved
+            result["artifact"], result["artifact_path"] = unit.job.artifact, str(Path(unit.job.artifact).resolve())
+        result["ran_on"] = done.place()
+        if done.retry:
+            result["notes"].append(f"executor: {done.retry}")
+        yield result
+
+
+def run_bench_jobs(jobs: Sequence[tuple[str, Any, BenchOptions]], devices: Sequence[str | None], *, executor: Executor,
+                   over_ssh: Callable[[list[tuple[Any, ...]]], list[dict[str, Any]]], labels: Mapping[str | None, str] | None,
+                   resources: Mapping[str | None, str | None]) -> Iterator[dict[str, Any]]:
+    """`edgekit bench`'s dispatch, results in the order of `jobs`. Local: every job as edgekit.devices runs
+    them (`over_ssh`: a device's over SSH, the others here). Ray: a job on a device still over SSH from
+    here (the device is reached from this machine's ~/.ssh), every other one a Ray unit."""
+    here = Done(None, executor="local", node_id=None, host=socket.gethostname()).place()
+    if executor.name == "local":
+        for r in over_ssh([(a, t, o, d) for (a, t, o), d in zip(jobs, devices)]):
+            r.setdefault("ran_on", here)
+            yield r
+        return
+    units = bench_jobs([BenchJob(a, t, o, labels.get(o.name) if labels else None, resources.get(o.name)) for (a, t, o), d in zip(jobs, devices) if d is None],
+                       executor=executor)
+    ssh: Iterator[dict[str, Any]] | None = None
+    for (a, t, o), d in zip(jobs, devices):
+        if d is None:
+            yield next(units)
+            continue
+        if ssh is None:  # all device jobs at once: edgekit.devices runs them in parallel, one connection per device
+            ssh = iter(over_ssh([(a2, t2, o2, d2) for (a2, t2, o2), d2 in zip(jobs, devices) if d2 is not None]))
+        r = next(ssh)
+        r.setdefault("ran_on", here)
+        yield r
+
+
+def _bench_unit(unit: BenchJob | _Shipped) -> Any:
+    """A job's result; for a shipped job, (the folder it was unpacked in on the node, its result)."""
+    from edgekit.bench.project import naming
+    from edgekit.bench.run import bench_artifact
+
+    if isinstance(unit, BenchJob):
+        with naming(unit.label, unit.options.name) if unit.label else contextlib.nullcontext():
+            return bench_artifact(unit.artifact, target=unit.target, options=unit.options)
+    with tempfile.TemporaryDirectory(prefix="edgekit-unit-") as tmp:
+        root = Path(tmp)
+        with tarfile.open(fileobj=io.BytesIO(unit.files)) as tar:
+            tar.extractall(root, filter="data")
+        job = unit.job
+        at = {role: str(root / rel) for role, rel in unit.places.items()}
+        opts = dataclasses.replace(job.options, data=at.get("data", job.options.data), baseline=at.get("baseline", job.options.baseline))
+        with naming(job.label, job.options.name) if job.label else contextlib.nullcontext():
+            return str(root), bench_artifact(at["artifact"], target=job.target, options=opts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shipped:
+    job: BenchJob
+    files: bytes  # an uncompressed tar (artifacts are mostly weights: compressing costs more than it saves)
+    places: dict[str, str]  # role (artifact, data, baseline) -> its path inside the tar
+    originals: dict[str, str]  # role -> the path as given here
+
+
+def _ship(job: BenchJob) -> _Shipped:
+    from edgekit.compile import load_target, read_artifact
+
+    buf = io.BytesIO()
+    places: dict[str, str] = {}
+    originals: dict[str, str] = {}
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        src = Path(job.artifact)
+        found = read_artifact(src)
+        if found is not None and found[0] != src:  # a file in a compile folder: the whole folder
+            tar.add(found[0], arcname=f"artifact/{found[0].name}")
+            places["artifact"] = f"artifact/{found[0].name}/{src.relative_to(found[0])}"
+        else:
+            tar.add(src, arcname=f"artifact/{src.name}")
+            places["artifact"] = f"artifact/{src.name}"
+            for extra in _external_data(src):
+                tar.add(extra, arcname=f"artifact/{extra.relative_to(src.parent)}")
+        originals["artifact"] = job.artifact
+        if job.options.data and Path(job.options.data).exists():
+            d = Path(job.options.data)
+            if d.suffix == ".toml":  # a calibration manifest names files beside it
+                tar.add(d.parent, arcname=f"data/{d.parent.name}")
+                places["data"] = f"data/{d.parent.name}/{d.name}"
+            else:
+                tar.add(d, arcname=f"data/{d.name}")
+                places["data"] = f"data/{d.name}"
+            originals["data"] = job.options.data
+        if job.options.baseline and Path(job.options.baseline).exists():
+            _ship_baseline(tar, Path(job.options.baseline))
+            places["baseline"] = f"baseline/{Path(job.options.baseline).name}"
+            originals["baseline"] = job.options.baseline
+    target = load_target(job.target) if isinstance(job.target, str) else job.target  # profiles found here, not on the node
+    return _Shipped(dataclasses.replace(job, target=target), buf.getvalue(), places, originals)
+
+
+def _ship_baseline(tar: tarfile.TarFile, path: Path) -> None:
+    """A baseline report with what pairing needs: the artifact copy beside it (NAME.artifact), or the
+    artifact it recorded when that is still here; or a baseline that is an artifact itself."""
+    from edgekit.bench.run import _is_report
+
+    if not _is_report(path):
+        tar.add(path, arcname=f"baseline/{path.name}")
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        tar.add(path, arcname=f"baseline/{path.name}")  # the node says what is wrong with it, as here
+        return
+    copy = path.parent / data["baseline_artifact"] if isinstance(data, dict) and data.get("baseline_artifact") else None
+    if copy is not None and copy.exists():
+        top = Path(data["baseline_artifact"]).parts[0]
+        tar.add(path.parent / top, arcname=f"baseline/{top}")
+    elif isinstance(data, dict) and data.get("artifact_path") and Path(data["artifact_path"]).exists():
+        recorded = Path(data["artifact_path"])
+        tar.add(recorded, arcname=f"baseline/recorded/{recorded.name}")
+        data = dict(data, baseline_artifact=f"recorded/{recorded.name}")
+    raw = json.dumps(data).encode()
+    info = tarfile.TarInfo(f"baseline/{path.name}")
+    info.size = len(raw)
+    tar.addfile(info, io.BytesIO(raw))
+
+
+def _external_data(model: Path) -> list[Path]:
+    if model.suffix != ".onnx" or not model.is_file():
+        return []
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    files = {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
+    return [model.parent / f for f in sorted(files) if (model.parent / f).exists()]
+
+
+def _relocations(root: Path, unit: _Shipped) -> list[tuple[str, str]]:
+    """(the node's path text, this machine's), most specific first: paths as given, resolved, and as messages
+    show them (`shown` on the node: a path outside its working folder reads `…/PARENT/NAME`)."""
+    from edgekit.bench.run import shown
+
+    pairs = []
+    for role, rel in unit.places.items():
+        there, here = root / rel, Path(unit.originals[role])
+        pairs += [(str(there), str(here)), (str(Path("…", there.parent.name, there.name)), shown(here))]
+        beside = str(root / rel.split("/")[0]) + "/"  # files beside it (a baseline's copy), as `here.parent / NAME` reads here
+        pairs.append((beside, "" if str(here.parent) == "." else f"{here.parent}/"))
+    return sorted(set(pairs), key=lambda p: -len(p[0]))
+
+
+def _relocate(obj: Any, pairs: list[tuple[str, str]]) -> Any:
+    if isinstance(obj, str):
+        for there, here in pairs:
+            if there in obj:
+                obj = obj.replace(there, here)
+        return obj
+    if isinstance(obj, dict):
+        return {k: _relocate(v, pairs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relocate(v, pairs) for v in obj]
+    return obj

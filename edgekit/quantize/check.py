@@ -1,0 +1,321 @@
+"""The check every `edgekit quantize` run makes on data it did not calibrate on.
+
+Without `--eval`, a deterministic slice of the calibration data is held out (15%, at least
+a few samples, at most 32: `holdout_indices`), calibration runs on the rest, and INT8 is
+compared with FP32 on the slice, per output.
+
+The default bar (`CheckBar`, documented in the README) is judged per output:
+- outputs whose rows look like class scores (logits or probabilities over the last axis,
+  per sample or per step): FP32's top-1 is kept on at least 98% of the rows where FP32 is
+  confident (top-1 probability >= 0.5; a flip between near-equal classes is noise, not
+  damage), FP32's top-1 stays in INT8's top-5 on at least 98% of all rows, and the mean row
+  cosine is at least 0.95 (a floor for outputs that only look like scores; rows that are never
+  confident on the slice, such as an RNN's state, are judged as the other outputs below);
+- an output of one probability per sample (values in [0, 1], as a detector's sigmoid): besides the
+  cosine below, the decision (p >= 0.5) is kept on at least 98% of the samples where FP32 is
+  confident (p <= 0.25 or p >= 0.75);
+- every other output (embeddings, regressions, states): the worst row cosine is at least 0.99
+  (rows = vectors along the last axis; an output of one value per sample is one row over
+  the slice).
+Measured on EfficientNet-Lite0, whose all-INT8 model keeps ImageNet top-1 within a point: its
+logit rows reach cosine 0.90-0.95 on low-confidence photos (mean 0.96-0.99) and flip top-1 on
+31% of them (all below p = 0.16), never on a confident row, never out of the top-5. A cosine bar
+on class scores would keep healthy classifiers in float, hence the top-1 rules for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.calibration import CalibrationSet
+from edgekit.feeds import Feed
+
+HOLDOUT_FRACTION = 0.15
+HOLDOUT_MIN = 3
+HOLDOUT_MAX = 32  # keeps the check's cost small: two sessions and 2 x 32 runs at most
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckBar:
+    """When an INT8 model is good enough for its task, judged against FP32 on held-out data."""
+
+    min_cosine: float = 0.99  # worst row cosine of outputs that are not class scores
+    min_top1: float = 0.98  # class scores: share of FP32-confident rows whose top-1 INT8 keeps
+    confident: float = 0.5  # FP32 top-1 probability from which a row counts as confident
+    min_top5: float = 0.98  # class scores: share of all rows whose FP32 top-1 stays in INT8's top-5
+    min_class_cosine: float = 0.95  # class scores: mean row cosine (a floor if an output only looks like scores)
+
+    def describe(self) -> str:
+        return (f"worst row cosine >= {self.min_cosine:g} per output; class scores: top-1 kept on >= {100 * self.min_top1:g}% "
+                f"of confident rows (FP32 p >= {self.confident:g}), in the top-5 on >= {100 * self.min_top5:g}% of rows, "
+                f"mean row cosine >= {self.min_class_cosine:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "text": self.describe()}
+
+
+DEFAULT_BAR = CheckBar()
+
+
+def holdout_indices(n: int, *, samples: int | None = None) -> list[int]:
+    """Which of `n` calibration samples to hold out: spread evenly (sets are often sorted by class),
+    deterministic. With `--samples N`, the slice comes from the first N + slice samples."""
+    base = n if samples is None else min(n, samples)
+    if base < 2:
+        return []
+    k = min(HOLDOUT_MAX, max(math.ceil(HOLDOUT_FRACTION * base), min(HOLDOUT_MIN, base // 2)))
+    span = n if samples is None else min(n, samples + k)
+    return sorted({int((j + 0.5) * span / k) for j in range(k)})
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """A calibration set split in two: `calib` streams the samples to calibrate on and keeps the
+    held-out ones aside (in memory: at most HOLDOUT_MAX feeds) as they pass."""
+
+    source: CalibrationSet
+    indices: list[int]
+    in_sample: bool = False  # one sample only: the check runs on the calibration sample itself
+    _kept: dict[int, tuple[str, Feed]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def split(cls, cset: CalibrationSet, *, samples: int | None) -> HeldOut:
+        idx = holdout_indices(cset.count, samples=samples)
+        return cls(cset, idx) if idx else cls(cset, [0], in_sample=True)
+
+    @property
+    def calib(self) -> CalibrationSet:
+        held = set(self.indices)
+
+        def rest() -> Iterator[tuple[str, Feed]]:
+            for i, (label, feed) in enumerate(self.source._factory()):
+                if i in held:
+                    self._kept[i] = (label, feed)
+                    if not self.in_sample:
+                        continue
+                yield label, feed
+
+        # the fingerprint names the split: the calibration cache must not mix ranges of different subsets
+        fp = self.source.fingerprint + ("" if self.in_sample else f"|held-out {self.indices}")
+        return CalibrationSet(self.source.description, self.source.count - (0 if self.in_sample else len(self.indices)), rest,
+                              recipe=self.source.recipe, fingerprint=fp)
+
+    def feeds(self, specs: Sequence[Any]) -> list[Feed]:
+        """The held-out feeds, checked; read again from the source only if calibration stopped before them."""
+        from edgekit.feeds import check_feed
+
+        if len(self._kept) < len(self.indices):
+            held = set(self.indices)
+            for i, (label, feed) in enumerate(self.source._factory()):
+                if i in held:
+                    self._kept[i] = (label, feed)
+                if len(self._kept) == len(self.indices):
+                    break
+        out = []
+        for i in self.indices:
+            if i in self._kept:
+                label, feed = self._kept[i]
+                check_feed(feed, specs, label=label)
+                out.append(feed)
+        return out
+
+    @property
+    def labels(self) -> list[int] | None:
+        lb = self.source.labels
+        return [lb[i] for i in self.indices if i < len(lb)] if lb is not None else None
+
+    def describe(self) -> str:
+        if self.in_sample:
+            return "the only calibration sample (in-sample: optimistic; give more samples)"
+        return f"{len(self.indices)} of {self.source.count} calibration samples held out (never calibrated on)"
+
+
+# --- per-output comparison -------------------------------------------------------------------
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    return a.reshape(-1, a.shape[-1]) if a.ndim >= 2 and a.shape[-1] > 1 else a.reshape(1, -1)
+
+
+def _probabilities(rows: np.ndarray) -> np.ndarray:
+    """Rows as probabilities: as given when they already are, else softmax (logits)."""
+    if rows.min() >= 0 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
+        return rows
+    e = np.exp(rows - rows.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def looks_like_class_scores(ref: Sequence[np.ndarray]) -> bool:
+    """Per-sample or per-step scores over classes: vectors along the last axis that are not unit-norm
+    (an L2-normalised embedding is compared by cosine, never by argmax)."""
+    a = ref[0]
+    if a.dtype.kind != "f" or a.ndim < 2 or a.shape[-1] < 2:
+        return False
+    rows = np.concatenate([_rows(r) for r in ref])
+    return not np.allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-3)
+
+
+def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], bar: CheckBar) -> dict[str, Any]:
+    """INT8 against FP32 for one output over the held-out samples, and whether it meets `bar`."""
+    per_row = ref[0].ndim >= 2 and ref[0].shape[-1] > 1
+    if per_row:
+        a = np.concatenate([_rows(r) for r in ref])
+        b = np.concatenate([_rows(g) for g in got])
+    else:  # one value (or a flat vector) per sample: the slice is one row
+        a = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])[None]
+        b = np.concatenate([np.asarray(g, np.float64).ravel() for g in got])[None]
+    if a.size == 0:  # an empty output agrees with anything
+        return {"output": name, "rows": 0, "cosine_mean": 1.0, "cosine_worst": 1.0, "sqnr_db": float("inf"), "max_abs": 0.0, "kind": "values",
+                "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None, "shortfall": -1.0, "passed": True}
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    cos = np.where((np.abs(a).max(-1) == 0) & (np.abs(b).max(-1) == 0), 1.0, cos)  # all-zero rows agree
+    noise = float(((a - b) ** 2).sum())
+    res: dict[str, Any] = {
+        "output": name, "rows": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
+        "sqnr_db": float("inf") if noise == 0 else 10 * math.log10(max(float((a * a).sum()), 1e-30) / noise),
+        "max_abs": float(np.abs(a - b).max()) if a.size else 0.0, "kind": "values",
+        "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
+    }
+    if per_row:
+        res["kind"] = "rows"
+        res["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).mean())
+    p = _probabilities(a) if per_row and looks_like_class_scores(ref) else None
+    sure = p.max(-1) >= bar.confident if p is not None else None
+    if sure is not None and sure.any():  # scores that are never confident (an RNN state in [-1, 1]) are judged as rows
+        k = min(5, a.shape[-1])
+        in_top5 = (np.argpartition(b, -k, axis=-1)[:, -k:] == a.argmax(-1)[:, None]).any(-1)
+        res.update(kind="class scores", confident_rows=int(sure.sum()), top5_containment=float(in_top5.mean()),
+                   top1_agreement_confident=float((a.argmax(-1) == b.argmax(-1))[sure].mean()) if sure.any() else None)
+        short = max(bar.min_class_cosine - res["cosine_mean"], bar.min_top5 - res["top5_containment"])
+        if res["top1_agreement_confident"] is not None:
+            short = max(short, bar.min_top1 - res["top1_agreement_confident"])
+    else:
+        short = bar.min_cosine - res["cosine_worst"]
+        if not per_row and all(r.size == r.shape[0] for r in ref) and a.size and a.min() >= 0 and a.max() <= 1:
+            sure = np.abs(a[0] - 0.5) >= bar.confident / 2
+            kept = ((a[0] >= 0.5) == (b[0] >= 0.5))[sure]
+            res.update(kind="probability", confident_rows=int(sure.sum()), top1_agreement=float(((a[0] >= 0.5) == (b[0] >= 0.5)).mean()),
+                       top1_agreement_confident=float(kept.mean()) if kept.size else None)
+            if kept.size:
+                short = max(short, bar.min_top1 - float(kept.mean()))
+    res["shortfall"] = float(short)  # > 0: below the bar by this much
+    res["passed"] = bool(short <= 0)
+    return res
+
+
+def compare_outputs(names: Sequence[str], reference: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]],
+                    bar: CheckBar) -> list[dict[str, Any]]:
+    """Per float output; integer and boolean outputs (token ids, masks) are left out."""
+    out = []
+    for j, name in enumerate(names):
+        ref_j = [np.asarray(r[j]) for r in reference]
+        if ref_j[0].dtype.kind != "f":
+            continue
+        out.append(compare_output(name, ref_j, [np.asarray(g[j]) for g in got], bar))
+    return out
+
+
+def ranking_drop(outputs: Sequence[dict[str, Any]]) -> float:
+    """A continuous score for ranking nodes (the bar itself is a step): 1 - worst row cosine, or 1 - mean
+    row cosine for class scores, the worst over outputs."""
+    return max((1 - (o["cosine_mean"] if o["kind"] == "class scores" else o["cosine_worst"]) for o in outputs), default=0.0)
+
+
+@dataclasses.dataclass
+class SliceEvaluator:
+    """FP32 outputs of the held-out feeds, computed once; candidates are run in ONNX Runtime on this CPU.
+
+    `drop` is what the search compares with its budget: with the default bar, how far the worst output
+    falls short of it (<= 0 meets it); with a user's metric, that metric's drop. `rank_drop` orders nodes."""
+
+    feeds: list[Feed]
+    reference: list[list[np.ndarray]]
+    names: list[str]
+    bar: CheckBar | None = None  # None: a user metric (sensitivity.Evaluator semantics)
+    metric: str = "cosine"
+    labels: list[int] | None = None
+    evaluations: int = 0
+    _last: dict[int, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def outputs_of(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
+        from edgekit.backends.onnxruntime import session_from_bytes
+
+        self.evaluations += 1
+        sess = session_from_bytes(model.SerializeToString())
+        return [sess.run(self.names, f) for f in self.feeds]
+
+    def compare(self, got: list[list[np.ndarray]]) -> list[dict[str, Any]]:
+        return compare_outputs(self.names, self.reference, got, self.bar or DEFAULT_BAR)
+
+    def drop_of(self, got: list[list[np.ndarray]]) -> float:
+        if self.bar is None:
+            from edgekit.sensitivity import Evaluator
+
+            return Evaluator(self.feeds, self.reference, self.metric, self.labels).drop_of(got)
+        return max((o["shortfall"] for o in self.compare(got)), default=0.0)
+
+    def drop(self, model: onnx.ModelProto) -> float:
+        return self.drop_of(self.outputs_of(model))
+
+    def rank_drop(self, model: onnx.ModelProto) -> float:
+        got = self.outputs_of(model)
+        return self.drop_of(got) if self.bar is None else ranking_drop(self.compare(got))
+
+
+def reference_outputs(model: onnx.ModelProto, feeds: Sequence[Feed], ranges: dict[str, tuple[float, float]]
+                      ) -> tuple[list[str], list[list[np.ndarray]], dict[str, Any]]:
+    """FP32 outputs on the held-out feeds, and how far the held-out activations go beyond the calibrated
+    ranges (one run of the model with those activations exposed: a range that has not settled shows here)."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+
+    names = [o.name for o in model.graph.output]
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    exposed = [n for n in ranges if n not in set(names)]
+    aug.graph.output.extend([onnx.ValueInfoProto(name=n) for n in exposed])
+    sess = session_from_bytes(aug.SerializeToString())
+    outs = [o.name for o in sess.get_outputs()]
+    ref: list[list[np.ndarray]] = []
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    for f in feeds:
+        vals = dict(zip(outs, sess.run(outs, f)))
+        ref.append([vals[n] for n in names])
+        for n in ranges:
+            v = vals.get(n)
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size:
+                lo[n], hi[n] = min(lo.get(n, np.inf), float(v.min())), max(hi.get(n, -np.inf), float(v.max()))
+    beyond = {}
+    for n, (rlo, rhi) in ranges.items():
+        if n in lo and rhi > rlo:
+            over = max(hi[n] - rhi, rlo - lo[n], 0.0) / (rhi - rlo)
+            if over > 0:
+                beyond[n] = over
+    worst = max(beyond, key=lambda k: beyond[k]) if beyond else None
+    return names, ref, {"tensors_beyond_range": len(beyond), "tensors": len(ranges),
+                        "worst_tensor": worst, "worst_beyond_pct": 100 * beyond[worst] if worst else 0.0}
+
+
+def summary_line(check: dict[str, Any]) -> str:
+    """One line for the report and for the exit-3 message."""
+    failed = [o for o in check["outputs"] if not o["passed"]]
+    if not failed:
+        return f"meets the bar on {check['samples']} held-out samples"
+    parts = []
+    for o in failed:
+        if o["kind"] == "class scores":
+            conf = o["top1_agreement_confident"]
+            parts.append(f"{o['output']} (top-1 kept on {'-' if conf is None else f'{100 * conf:.0f}%'} of {o['confident_rows']} confident rows, "
+                         f"in the top-5 on {100 * o['top5_containment']:.0f}%, mean cosine {o['cosine_mean']:.4f})")
+        elif o["kind"] == "probability" and o["top1_agreement_confident"] is not None:
+            parts.append(f"{o['output']} (decision kept on {100 * o['top1_agreement_confident']:.0f}% of {o['confident_rows']} confident samples, "
+                         f"cosine {o['cosine_worst']:.4f})")
+        else:
+            parts.append(f"{o['output']} (worst cosine {o['cosine_worst']:.4f})")
+    return "below the bar: " + ", ".join(parts)
+

@@ -1,0 +1,91 @@
+"""The check as `quantize_model` runs it: measure all-INT8 on held-out data, fall back to float where
+it falls below the bar, and say which happened (or refuse with exit 3)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekit.backends.base import QuantRecipe
+from edgekit.calibration import calibration_set
+from edgekit.errors import GateFailed, UsageError
+from edgekit.onnxmodel import input_specs
+from edgekit.progress import status
+from edgekit.quantize.check import DEFAULT_BAR, HeldOut, SliceEvaluator, reference_outputs, summary_line
+
+INT8_RAN_ON = "onnxruntime on this CPU"
+# The fallback aims a quarter of the way past the default bar (worst cosine 0.9925 for 0.99): met on a few
+# held-out samples only, the bar itself would be missed on the next ones as often as not.
+MARGIN = 0.25 * (1 - DEFAULT_BAR.min_cosine)
+
+
+def _held_out_data(model: onnx.ModelProto, options: Any, held: HeldOut | None) -> tuple[list[Any], list[int] | None, str]:
+    specs = input_specs(model)
+    if held is not None:
+        return held.feeds(specs), held.labels, held.describe()
+    data = calibration_set(options.eval_source, specs, recipe=options.recipe)
+    feeds = list(data.feeds(specs))
+    return feeds, data.labels, f"{len(feeds)} samples of --eval {data.description}"
+
+
+def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
+                  options: Any, *, held: HeldOut | None, settled: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
+    """(the model to write, the check's report, the fallback's report or None)."""
+    from edgekit import sensitivity
+    from edgekit.quantize import _copy, quantize_with_ranges
+    from edgekit.quantize.fallback import keep_in_float
+
+    user = options.max_accuracy_drop is not None
+    if user and options.metric not in sensitivity.METRICS and ":" not in options.metric:
+        raise UsageError(f"unknown metric {options.metric!r}", hint=f"use one of {', '.join(sensitivity.METRICS)} or pkg.module:callable")
+    start = time.perf_counter()
+    feeds, labels, where = _held_out_data(model, options, held)
+    with status("checking INT8 against FP32 on held-out data"):
+        names, reference, beyond = reference_outputs(model, feeds, ranges)
+        evaluator = SliceEvaluator(feeds, reference, names, bar=None if user else DEFAULT_BAR, metric=options.metric, labels=labels)
+        full = quantize_with_ranges(_copy(model), ranges, recipe, exclude=exclude)
+        got = evaluator.outputs_of(full)
+    all_int8 = evaluator.compare(got)
+    budget = options.max_accuracy_drop if user else 0.0
+    drop_full = evaluator.drop_of(got) if user else max((o["shortfall"] for o in all_int8), default=0.0)
+    check: dict[str, Any] = {
+        "ran": True, "on": where, "samples": len(feeds), "int8_ran_on": INT8_RAN_ON,
+        "bar": {"metric": options.metric, "max_drop": budget, "text": f"{options.metric} drop <= {budget:g}"} if user else DEFAULT_BAR.to_dict(),
+        "all_int8": {"outputs": all_int8, "drop": drop_full, "passed": drop_full <= budget},
+        "held_out_ranges": beyond, "ranges_settled": settled.get("settled"), "samples_needed": settled.get("samples_needed"),
+    }
+    fallback = None
+    qmodel, final = full, all_int8
+    if drop_full > budget:
+        qmodel, fallback = keep_in_float(model, ranges, recipe, exclude, evaluator, budget=budget if user else -MARGIN, full=full, drop_full=drop_full,
+                                         metric=options.metric if user else "check bar", executor=getattr(options, "executor", None))
+        fallback["trigger"] = "accuracy budget" if user else "default check"
+        if fallback["kept_in_float"]:
+            final = evaluator.compare(evaluator.outputs_of(qmodel))
+    passed = drop_full <= budget or bool(fallback and fallback["drop_final"] <= budget and fallback["int8_nodes"]["final"] > 0)
+    check.update(outputs=final, passed=passed, evaluations=evaluator.evaluations, seconds=time.perf_counter() - start,
+                 outcome="all INT8 meets the bar" if drop_full <= budget else
+                 (f"fixed: {len(fallback['kept_in_float'])} node(s) kept in float" if passed else "refused: no fallback meets the bar"))  # type: ignore[index]
+    check["summary"] = summary_line(check) if not user else f"{options.metric} drop {fallback['drop_final'] if fallback else drop_full:.4g} (budget {budget:g})"
+    return qmodel, check, fallback
+
+
+def refusal(check: dict[str, Any], fallback: dict[str, Any] | None, output: Path, report: Any) -> GateFailed:
+    """Exit 3: one line naming the outputs below the bar and the bar; the best model found is already written."""
+    kept = len(fallback["kept_in_float"]) if fallback else 0
+    if check["bar"].get("max_drop") is not None and "min_cosine" not in check["bar"]:
+        msg = (f"no float fallback meets the accuracy budget: best {check['bar']['metric']} drop "
+               f"{fallback['drop_final'] if fallback else check['all_int8']['drop']:.4g} > {check['bar']['max_drop']:g} "
+               f"with {kept} nodes in float; wrote that model to {output}")
+        hint = "raise --max-accuracy-drop, give more calibration data, or try --method percentile"
+    else:
+        msg = (f"INT8 is {summary_line(check)} on {check['on']} (bar: {check['bar']['text']}), even with {kept} node(s) kept in float; "
+               f"wrote that model to {output}")
+        hint = "give more (and more varied) calibration data, try --method percentile, or set your own --max-accuracy-drop"
+    need = check.get("samples_needed")
+    if check.get("ranges_settled") is False and need:
+        hint = f"calibrate on about {need:,} samples (the ranges are still moving), or " + hint.split(", ", 1)[-1]
+    return GateFailed(msg, hint=hint, result=report)

@@ -1,0 +1,100 @@
+"""The float fallback: keep the most sensitive nodes in float until the check's bar (or the user's budget) holds.
+
+Nodes are ranked by what each costs alone (only that node quantized), then `sensitivity.search`
+finds the smallest number of top-ranked nodes to keep in float. To bound the work on large
+graphs, the candidates are ranked in at most MAX_UNITS units (contiguous runs of nodes in graph
+order when there are more candidates). A fallback that keeps more than half of the units in float
+is no INT8 model any more: the search stops there and, when the bar is still missed, the run is
+refused (exit 3) with the best model found (the all-INT8 one if nothing else stays INT8). Worst case, in model evaluations (each: place QDQ nodes, build an ONNX Runtime
+session, run the held-out slice):
+
+    units + 2 * ceil(log2(units / 2)) + 1   (units <= 64: at most 77)
+
+plus the all-INT8 model the check already measured.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import onnx
+
+from edgekit.backends.base import QuantRecipe
+from edgekit.inspection import quantized_nodes
+from edgekit.progress import status
+from edgekit.quantize.check import SliceEvaluator
+
+MAX_UNITS = 64
+TIMED_NODES = 8  # latency cost per kept unit is timed for the first few only (each costs ~1 s of timing)
+
+
+def worst_case_evaluations(units: int) -> int:
+    return units + 2 * math.ceil(math.log2(max(units // 2, 1))) + 1
+
+
+def _units(model: onnx.ModelProto, candidates: Sequence[str]) -> list[tuple[str, list[str], str]]:
+    """(label, nodes, op types) per unit; one node per unit when there are at most MAX_UNITS candidates."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    size = max(1, math.ceil(len(candidates) / MAX_UNITS))
+    out = []
+    for i in range(0, len(candidates), size):
+        group = list(candidates[i:i + size])
+        label = group[0] if len(group) == 1 else f"{group[0]} .. {group[-1]} ({len(group)} nodes)"
+        out.append((label, group, ", ".join(sorted({ops[g] for g in group}))))
+    return out
+
+
+def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
+                  evaluator: SliceEvaluator, *, budget: float, full: onnx.ModelProto, drop_full: float,
+                  metric: str, executor: Any = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The fallback search from an all-INT8 model `full` whose drop `drop_full` exceeds `budget`.
+    `executor` (edgekit.executors): where the per-unit sensitivity ranking runs (None: here)."""
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    from edgekit import sensitivity
+    from edgekit.quantize import _copy, _fallback_speed, quantize_with_ranges
+
+    op_types = set(recipe.op_types or QDQRegistry.keys())
+    candidates = [n.name for n in model.graph.node if n.op_type in op_types and n.name and n.name not in set(exclude)]
+    units = _units(model, candidates)
+    nodes_of = {label: nodes for label, nodes, _ in units}
+    op_of = {label: ops for label, _, ops in units}
+    start = evaluator.evaluations
+
+    def q(labels: Sequence[str]) -> onnx.ModelProto:
+        extra = {n for lb in labels for n in nodes_of.get(lb, [lb])}
+        return quantize_with_ranges(_copy(model), ranges, recipe, exclude=sorted(set(exclude) | extra))
+
+    labels = [lb for lb, _, _ in units]
+
+    class _Ranker:  # rank by the continuous score; search against the budget
+        def drop(self, m: onnx.ModelProto) -> float:
+            return evaluator.rank_drop(m)
+
+    ranking = sensitivity.rank_nodes(labels, lambda lb: q([x for x in labels if x != lb]), _Ranker(), executor=executor)  # type: ignore[arg-type]
+    with status("searching the float fallback"):
+        found = sensitivity.search(ranking[:max(1, len(ranking) // 2)], q, evaluator, budget, known={0: drop_full})  # type: ignore[arg-type]
+    kept = [{"node": lb, "nodes": nodes_of[lb], "cost": c, "op_type": op_of[lb]} for lb, c in ranking[:found["kept"]]]
+    final = q([k["node"] for k in kept])
+    int8_full, int8_final = len(quantized_nodes(full)[0]), len(quantized_nodes(final)[0])
+    if int8_final == 0:  # nothing left in INT8 is no INT8 model: the best INT8 answer is the all-INT8 one
+        kept, final, found = [], full, {**found, "kept": 0, "drop": drop_full, "met": False}
+    result: dict[str, Any] = {
+        "metric": metric, "budget": budget, "drop_full": drop_full, "candidates": len(candidates), "units": len(units),
+        "ranking": [{"node": n, "cost": c} for n, c in ranking[:20]], "kept_in_float": kept, "drop_final": found["drop"],
+        "met": found["met"], "tried": {str(k): v for k, v in found["tried"].items()}, "int8_nodes": {"all_int8": int8_full, "final": int8_final},
+        "evaluations": evaluator.evaluations - start, "worst_case_evaluations": worst_case_evaluations(len(units)),
+    }
+    if executor is not None:
+        from edgekit.executors import placement
+
+        result["ranked_on"] = placement(executor.ran)
+    if kept:
+        with status("timing the float fallback"):
+            timed = kept[:TIMED_NODES]
+            speed = _fallback_speed(full, final, timed, q, evaluator.feeds[0])
+        for k in kept:
+            k["latency_cost_ms"] = speed["per_node_ms"].get(k["node"])
+        result["latency_ms"] = {"all_int8": speed["all_int8"], "final": speed["final"]}
+    return final, result

@@ -1,0 +1,93 @@
+"""The quantize check's rules on outputs of real models (no quantization run: fast)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import zoo
+from edgekit.quantize.check import DEFAULT_BAR, compare_output, holdout_indices, looks_like_class_scores
+from edgekit.quantize.settle import samples_needed, settle_report
+
+
+def test_holdout_is_deterministic_spread_and_bounded() -> None:
+    assert holdout_indices(1) == [] and holdout_indices(2) == [1]
+    assert holdout_indices(8) == [1, 4, 6] and holdout_indices(16) == [2, 8, 13]  # spread: sets are often sorted by class
+    big = holdout_indices(10_000)
+    assert len(big) == 32 and big == holdout_indices(10_000) and big[0] < 500 and big[-1] > 9_500
+    assert all(i < 3 + 3 for i in holdout_indices(100, samples=3))  # with --samples N: from the first N + slice samples
+
+
+@pytest.fixture(scope="module")
+def digits_logits() -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a real classifier (a logistic regression fitted on scikit-learn's digits), and its inputs."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = zoo.digits()
+    x = x.reshape(len(x), -1)
+    clf = LogisticRegression(max_iter=500).fit(x[:1000], y[:1000])
+    return clf.decision_function(x[1000:1100]).astype(np.float32), x[1000:1100]
+
+
+def test_class_scores_pass_with_noise_and_fail_when_a_confident_row_flips(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
+    logits, _ = digits_logits
+    ref = [r[None] for r in logits]
+    assert looks_like_class_scores(ref)
+    rng = np.random.default_rng(0)
+    noisy = [r + rng.normal(0, 0.05 * r.std(), r.shape).astype(np.float32) for r in ref]
+    res = compare_output("logits", ref, noisy, DEFAULT_BAR)
+    assert res["kind"] == "class scores" and res["passed"] and res["confident_rows"] > 50
+    # swap the top two classes of three confident rows: 3% of them lose FP32's top-1
+    broken = [r.copy() for r in ref]
+    sure = [i for i, r in enumerate(ref) if np.sort(np.exp(r[0] - r[0].max()) / np.exp(r[0] - r[0].max()).sum())[-1] > 0.9][:3]
+    for i in sure:
+        top2 = np.argsort(broken[i][0])[-2:]
+        broken[i][0, top2] = broken[i][0, top2[::-1]]
+    res = compare_output("logits", ref, broken, DEFAULT_BAR)
+    assert not res["passed"] and res["top1_agreement_confident"] < DEFAULT_BAR.min_top1 and res["shortfall"] > 0
+
+
+def test_embeddings_are_judged_by_worst_row_cosine() -> None:
+    """Unit-norm sentence embeddings of the real MiniLM are never taken for class scores."""
+    emb = np.random.default_rng(1).normal(size=(6, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ref = [e[None] for e in emb]
+    assert not looks_like_class_scores(ref)
+    worse = [r.copy() for r in ref]
+    worse[4] = worse[4] + 0.2 * np.random.default_rng(2).normal(size=worse[4].shape).astype(np.float32) / np.sqrt(384)
+    res = compare_output("embedding", ref, worse, DEFAULT_BAR)
+    assert res["kind"] == "rows" and res["cosine_mean"] > 0.99 and res["cosine_worst"] < 0.99 and not res["passed"]
+
+
+def test_one_value_per_sample_is_one_row_over_the_slice(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
+    logits, x = digits_logits
+    score = logits[:, :1]  # one score per sample (a regression-like output), shape (1, 1) each
+    ref = [r[None] for r in score]
+    res = compare_output("p", ref, [r + 0.001 for r in ref], DEFAULT_BAR)
+    assert res["kind"] == "values" and res["rows"] == 1 and res["passed"]
+
+
+def test_samples_needed_grows_with_the_last_move() -> None:
+    flat = [1.0] * 20
+    assert samples_needed(flat) == 20 and samples_needed([1.0, 2.0]) is None
+    small, big = samples_needed([1.0] * 19 + [1.1]), samples_needed([1.0] * 19 + [1.4])
+    assert 20 < small < big
+    from edgekit.calibstats import RunningStats
+
+    st = RunningStats(histogram=False)
+    for v in [1.0] * 12 + [1.3]:
+        st.add(np.array([v], np.float32))
+    rep = settle_report({"t": st})
+    assert not rep["settled"] and rep["samples_needed"] > 13 and rep["samples_needed_tensor"] == "t"
+
+
+
+def test_a_probability_per_sample_is_judged_by_its_confident_decisions() -> None:
+    """silero-vad's speech probability: near-silent frames that INT8 lifts over 0.5 are a broken detector,
+    even when the cosine over the slice stays high."""
+    p = np.concatenate([np.full(28, 0.97), np.full(4, 0.02)]).astype(np.float32)
+    ref = [np.array([[v]], np.float32) for v in p]
+    flipped = [r.copy() for r in ref]
+    flipped[-1][:] = 0.6  # a silent frame now says speech
+    res = compare_output("prob", ref, flipped, DEFAULT_BAR)
+    assert res["kind"] == "probability" and res["cosine_worst"] > 0.99 and not res["passed"]
+    assert compare_output("prob", ref, [r * 0.99 for r in ref], DEFAULT_BAR)["passed"]

@@ -1,0 +1,223 @@
+"""--executor ray on a real two-node Ray cluster on 127.0.0.1: a head and a node that alone holds a device.
+
+The cluster is started once for the module (`ray start --block`, each in its own process group, stopped
+by that group's id) with small memory: 1 CPU per node, 100 MB object stores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit import deps
+from edgekit.cli import cli
+
+pytestmark = pytest.mark.skipif(not deps.available("ray"), reason="ray is not installed (pip install 'edgekit[ray]')")
+
+DEVICE = "edgekit-device:dev1"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1."""
+    from raycluster import ray_cluster
+
+    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1}]) as address:
+        yield address
+
+
+def _tiny_models(folder: Path, n: int) -> list[Path]:
+    """Real ONNX models (MatMul + Relu) of different widths."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = []
+    for i in range(n):
+        width = 128 * (i + 2)  # 64 rows: about a millisecond a run, so a short bench keeps a few hundred samples
+        w = numpy_helper.from_array(np.random.default_rng(i).standard_normal((width, width)).astype(np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"], name="relu")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, width])],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, [64, width])], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        onnx.save(model, folder / f"m{i}.onnx")
+        out.append(folder / f"m{i}.onnx")
+    return out
+
+
+PROJECT = """
+[defaults]
+target = "onnxruntime"
+budgets = {{ p99 = "500ms" }}
+baseline_dir = "baselines"
+max_regression = "900%"
+
+[[bench]]
+name = "on-device"
+model = "models/m0.onnx"
+resource = "{device}"
+
+[[bench]]
+name = "anywhere"
+model = "models/m1.onnx"
+
+[[bench]]
+name = "too-slow"
+model = "models/m2.onnx"
+budgets = {{ p50 = "0.00001ms" }}
+"""
+
+
+def _structure(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _structure(v) for k, v in obj.items() if k not in ("samples_ms", "baseline_samples_ms", "baseline_sample_rounds", "sample_rounds")}
+    if isinstance(obj, list):
+        return [_structure(v) for v in obj[:1]]
+    return "value"
+
+
+def _bench(folder: Path, *args: str) -> tuple[object, dict, str]:
+    js = folder / "out.json"
+    js.unlink(missing_ok=True)
+    res = CliRunner().invoke(cli, ["bench", "--config", str(folder / "edgekit.toml"), "--min-duration", "0.2", "--max-duration", "1", "--min-iterations", "20",
+                                   "--json", str(js), "--junit", str(folder / "junit.xml"), *args])
+    return res, (json.loads(js.read_text()) if js.exists() else {}), (folder / "junit.xml").read_text() if (folder / "junit.xml").exists() else ""
+
+
+def test_bench_config_runs_pinned_entry_on_the_device_node_with_the_local_verdicts(cluster: str, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    _tiny_models(tmp_path / "models", 3)
+    (tmp_path / "edgekit.toml").write_text(PROJECT.format(device=DEVICE))
+    res, _, _ = _bench(tmp_path, "--update-baselines")  # local: every entry records a baseline with its artifact copy
+    assert res.exit_code == 3, res.output
+    local_res, local, local_junit = _bench(tmp_path)
+    ray_res, remote, ray_junit = _bench(tmp_path, "--executor", cluster)
+    assert local_res.exit_code == ray_res.exit_code == 3, ray_res.output  # too-slow fails its budget both ways
+    verdicts = lambda run: [(r["name"], r["passed"], [b["verdict"] for b in r["budgets"]], r["baseline_status"]) for r in run["results"]]  # noqa: E731
+    assert verdicts(remote) == verdicts(local)
+    assert _structure(remote) == _structure(local)  # the same JSON, key for key
+    for lr, rr in zip(local["results"], remote["results"]):  # paths read as here, though the node benched copies
+        assert (rr["artifact"], rr["artifact_path"], rr["artifact_sha256"]) == (lr["artifact"], lr["artifact_path"], lr["artifact_sha256"])
+        assert rr["baseline"]["baseline"] == lr["baseline"]["baseline"] and rr["baseline"]["note"] == lr["baseline"]["note"], rr["baseline"]
+        assert lr["ran_on"]["executor"] == "local" and rr["ran_on"]["executor"] == "ray"
+    import xml.etree.ElementTree as ET
+
+    cases = lambda xml: [(c.get("name"), c.find("failure") is not None) for c in ET.fromstring(xml).iter("testcase")]  # noqa: E731
+    assert cases(ray_junit) == cases(local_junit)
+    import ray
+
+    ray.init(address=cluster.removeprefix("ray://"), logging_level="ERROR")
+    try:
+        device_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(DEVICE))
+    finally:
+        ray.shutdown()
+    pinned = remote["results"][0]["ran_on"]
+    assert pinned["node_id"] == device_node and pinned["attempts"] == 1, pinned
+
+
+def test_a_device_no_node_offers_is_exit_4_before_anything_runs(cluster: str, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    _tiny_models(tmp_path / "models", 3)
+    (tmp_path / "edgekit.toml").write_text(PROJECT.format(device="edgekit-device:orin-missing"))
+    started = time.monotonic()
+    res, report, junit = _bench(tmp_path, "--executor", cluster)
+    assert res.exit_code == 4, res.output
+    assert "edgekit-device:orin-missing" in res.output and "ray start" in res.output
+    assert report == {} and "edgekit-device:orin-missing" in junit  # nothing measured; the test tab says why
+    assert time.monotonic() - started < 20
+
+
+@pytest.fixture(scope="module")
+def outlier_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The MNIST CNN with a 1000x outlier channel (as in test_quantize), its calibration set and held-out digits."""
+    import torch
+    import zoo
+
+    folder = tmp_path_factory.mktemp("outlier")
+    net, (x,) = zoo.mnist_cnn()
+    c = 5
+    with torch.no_grad():
+        net[3].weight[c] *= 1000
+        net[3].bias[c] *= 1000
+        net[7].weight[:, c * 49:(c + 1) * 49] /= 1000
+    torch.onnx.export(net, (x,), str(folder / "m.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
+    np.savez(folder / "calib.npz", x=zoo.mnist_calibration(128))
+    held = folder / "held"
+    held.mkdir()
+    for i, row in enumerate(zoo.mnist_heldout()[0][:200]):
+        np.savez(held / f"{i:03d}.npz", x=row[None])
+    return folder / "m.onnx", folder / "calib.npz", held
+
+
+def _kill_first_unit(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first Ray worker seen running a sensitivity unit (its process title names the task)."""
+    while not stop.is_set() and not killed:
+        for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if args.startswith("ray::edgekit:sensitivity"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.05)
+
+
+def test_sensitivity_search_survives_a_killed_worker_and_spreads_over_both_nodes(cluster: str, outlier_cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    model, calib, held = outlier_cnn
+    args = ["quantize", str(model), "--calib", str(calib), "--eval", str(held), "--max-accuracy-drop", "1.0", "--metric", "top1", "--no-cache"]
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "local.onnx"), "--json", str(tmp_path / "local.json")])
+    assert res.exit_code == 0, res.output
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_unit, args=(stop, killed), daemon=True)
+    killer.start()
+    try:
+        res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "ray.onnx"), "--json", str(tmp_path / "ray.json"), "--executor", cluster])
+    finally:
+        stop.set()
+        killer.join(5)
+    assert res.exit_code == 0, res.output
+    assert killed, "no worker ran a sensitivity unit long enough to be killed"
+    local, remote = (json.loads((tmp_path / f"{n}.json").read_text())["fallback"] for n in ("local", "ray"))
+    placed = remote["ranked_on"]
+    assert placed["executor"] == "ray" and placed["units"] == local["candidates"]
+    assert len(placed["retried"]) == 1 and "died" in placed["retried"][0] and "executor: " in res.output, placed
+    assert len(placed["nodes"]) == 2, placed  # the CPU work ran on both nodes
+    assert remote["ranking"] == local["ranking"] and remote["kept_in_float"][0]["node"] == local["kept_in_float"][0]["node"]
+    assert [k["node"] for k in remote["kept_in_float"]] == [k["node"] for k in local["kept_in_float"]]
+
+
+def _units_running(kind: str) -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [int(ln.split()[0]) for ln in ps if ln.split(None, 1)[1:] and ln.split(None, 1)[1].startswith(f"ray::edgekit:{kind}")]
+
+
+def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    _tiny_models(tmp_path / "models", 3)
+    (tmp_path / "edgekit.toml").write_text(PROJECT.format(device=DEVICE))
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", "--config", str(tmp_path / "edgekit.toml"), "--executor", cluster,
+                             "--min-duration", "60", "--max-duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _units_running("bench") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert _units_running("bench"), "no bench unit started"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    deadline = time.monotonic() + 10
+    while _units_running("bench") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _units_running("bench"), "bench units kept running after Ctrl-C"
