@@ -68,7 +68,8 @@ def zoo_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def _edgekit(m: dict, target: str) -> Path:
     out = m["work"] / f"edgekit-{target}.onnx"
     if not out.exists():
-        quantize_model(m["onnx"], out, calib=str(m["calib"]), options=QuantizeOptions(target=target, cache=False, samples=SAMPLES))
+        # the recipe's own placement, all INT8: the held-out check (and any fallback it picks) is tested elsewhere
+        quantize_model(m["onnx"], out, calib=str(m["calib"]), options=QuantizeOptions(target=target, cache=False, samples=SAMPLES, check=False))
     return out
 
 
