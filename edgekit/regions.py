@@ -35,7 +35,7 @@ _CONV_OPS = ("Conv", "ConvTranspose")
 _WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 KINDS = ("attention", "layernorm", "gelu", "conv-stem", "rnn", "embedding")
-POLICIES = ("int8", "float", "weights", "attention")  # what a region may get (see quantization_plan)
+POLICIES = ("int8", "int8-s8", "float", "weights", "attention")  # what a region may get (see quantization_plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +220,7 @@ def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: d
     """(nodes for ONNX Runtime's op quantizers, activation tensors to quantize directly).
 
     Nodes outside every region quantize when their op is in `base_ops`. A region's nodes follow its
-    kind's policy: `int8` as outside; `float` none; `weights` only MatMul/Gemm/Conv with constant
+    kind's policy: `int8` as outside (`int8-s8`: a signed input symmetric S8, NNCF's choice for a stem); `float` none; `weights` only MatMul/Gemm/Conv with constant
     weights; `attention` the weighted ones plus Q x K^T's two inputs above their shape-only ops.
     """
     g = _Graph(model)
@@ -236,7 +236,7 @@ def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: d
         policy = policies.get(r.kind, "int8") if r is not None else "int8"
         if policy not in POLICIES:
             raise ValueError(f"unknown region policy {policy!r}")
-        if policy == "int8" and n.op_type in base_ops:
+        if policy in ("int8", "int8-s8") and n.op_type in base_ops:
             nodes.append(name)
         elif policy in ("weights", "attention") and g.is_weighted(n):
             nodes.append(name)

@@ -127,7 +127,7 @@ def test_quantize_reports_regions_and_keeps_layernorm_softmax_in_float(tmp_path:
     out = tmp_path / "q.onnx"
     report = quantize_model(src, out, calib=str(tmp_path / "calib.npz"), options=QuantizeOptions(target="openvino", cache=False))
     kinds = {r["kind"]: r["policy"] for r in report.regions}
-    assert kinds == {"conv-stem": "int8", "attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float"}
+    assert kinds == {"conv-stem": "int8-s8", "attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float"}
     q = onnx.load(str(out))
     producer = {o: n for n in q.graph.node for o in n.output}
     for n in q.graph.node:

@@ -20,7 +20,7 @@ from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
 # the region policies (edgekit.regions) of both OpenVINO recipes
-_OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8"}
+_OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8-s8"}
 # edgekit precision -> OpenVINO inference precision (int8 comes from the QDQ nodes; the rest runs f32)
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 KNOWN_DEVICES = ("CPU", "GPU", "NPU", "AUTO")

@@ -203,11 +203,15 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
         if recipe.hoist_shape_ops:
             unfold_reshaped_gemms(model)
         name_nodes(model)
-        nodes, tensors = quantization_plan(model, find_regions(model), dict(recipe.region_policies), set(op_types), exclude=set(exclude))
+        regions = find_regions(model)
+        nodes, tensors = quantization_plan(model, regions, dict(recipe.region_policies), set(op_types), exclude=set(exclude))
+        by_name = {n.name: n for n in model.graph.node}
+        s8_inputs = [by_name[r.nodes[-1]].input[0] for r in regions if dict(recipe.region_policies).get(r.kind) == "int8-s8"
+                     and r.nodes[-1] in set(nodes) and ranges.get(by_name[r.nodes[-1]].input[0], (0.0, 0.0))[0] < 0]
         op_types = sorted(set(op_types) | {n.op_type for n in model.graph.node if n.name in set(nodes)})
         nodes = nodes or ["<none>"]  # ONNX Runtime reads an empty list as "every node"
         # Q x K^T multiplies two activations: symmetric S8 on both (NNCF's mixed preset), as OpenVINO's fused attention takes
-        extra["TensorQuantOverrides"] = {**extra.get("TensorQuantOverrides", {}), **{t: [{"quant_type": QuantType.QInt8, "symmetric": True}] for t in tensors}}
+        extra["TensorQuantOverrides"] = {**extra.get("TensorQuantOverrides", {}), **{t: [{"quant_type": QuantType.QInt8, "symmetric": True}] for t in [*tensors, *s8_inputs]}}
     quantizer = QDQQuantizer(
         model, recipe.per_channel, recipe.reduce_range, qtype[recipe.weight_type], qtype[recipe.activation_type], data,
         nodes, list(exclude), op_types, extra,
