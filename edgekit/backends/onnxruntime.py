@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, TRANSFORMER_OPS, QuantRecipe, cpu_has_vnni, is_transformer
+from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, PrecisionVariant, TRANSFORMER_OPS, QuantRecipe, cpu_has_vnni, is_transformer
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
@@ -160,6 +160,12 @@ class OnnxRuntimeBackend:
 
     def load_onnx(self, path: Path, *, options: OnnxRuntimeOptions, precision: str) -> OnnxRuntimeEngine:
         return OnnxRuntimeEngine(path, options=options, precision=precision)
+
+    def precision_variants(self, device: str, options: OnnxRuntimeOptions) -> list[PrecisionVariant]:
+        """fp32, and int8 from a QDQ model: what compile builds for ONNX Runtime (its CPU kernels have no bf16/fp16)."""
+        ep = options.execution_provider
+        return [PrecisionVariant("fp32", "fp32", options, f"ONNX Runtime {ep} runs float models in fp32"),
+                PrecisionVariant("int8", "int8", options, f"ONNX Runtime {ep} runs QDQ models with its INT8 kernels")]
 
 
 BACKEND = OnnxRuntimeBackend()
