@@ -8,7 +8,7 @@ from typing import Any
 from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
 from edgekit.errors import UsageError
 
-_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch"}
+_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "optimize"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,7 @@ class BenchEntry:
     max_regression: float = 0.10
     data: str | None = None
     batch: int | None = None
+    optimize: Any = None  # edgekit.optimize.project.EntryOptimize: bench the artifact `edgekit optimize` chooses
 
 
 def parse_percent(value: Any, label: str) -> float:
@@ -32,6 +33,12 @@ def parse_percent(value: Any, label: str) -> float:
         except ValueError:
             pass
     raise UsageError(f"{label}: {value!r} is not a percentage", hint="write it like \"10%\" or 0.1")
+
+
+def _entry_optimize(item: dict[str, Any], base: Path, label: str) -> Any:
+    from edgekit.optimize.project import entry_optimize
+
+    return entry_optimize(item, base, label)
 
 
 def load_project(path: str | Path) -> list[BenchEntry]:
@@ -63,6 +70,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
             max_regression=parse_percent(item.get("max_regression", 0.10), label),
             data=str(base / item["data"]) if item.get("data") else None,
             batch=item.get("batch"),
+            optimize=_entry_optimize(item, base, label),
         ))
     if not entries:
         raise UsageError(f"{path} has no [[bench]] entries", hint="add one: [[bench]] model = \"...\" target = \"...\"")

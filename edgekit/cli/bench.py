@@ -57,7 +57,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     jobs = []
     if config:
         for e in load_project(config):
-            jobs.append((e.model, e.target, BenchOptions(budgets=e.budgets + extra, baseline=e.baseline, max_regression=e.max_regression, gate_stat=gate_stat,
+            from edgekit.optimize.project import optimized_artifact
+
+            art, tgt = optimized_artifact(e) if e.optimize else (e.model, e.target)
+            jobs.append((art, tgt, BenchOptions(budgets=e.budgets + extra, baseline=e.baseline, max_regression=e.max_regression, gate_stat=gate_stat,
                                                          data=e.data or data, batch=e.batch or batch, name=e.name, **common)))
     else:
         jobs.append((artifact, target, BenchOptions(budgets=extra, baseline=baseline, max_regression=parse_percent(max_regression, "--max-regression"), gate_stat=gate_stat,
