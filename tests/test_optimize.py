@@ -62,6 +62,26 @@ def test_accuracy_budget_rules_out_the_fastest_and_the_second_wins(mnist64: dict
     assert "| int8 |" in text and "✅ fp32" in text and "fp32" in res.output and "int8" in res.output
 
 
+def test_int8_over_the_budget_gets_a_float_fallback_candidate(mnist64: dict[str, Path], tmp_path: Path) -> None:
+    res, report = _optimize(tmp_path, mnist64, "--target", "onnxruntime", "--eval", str(mnist64["eval"]), "--max-accuracy-drop", "1e-4",
+                            "--min-duration", "0.3")
+    assert res.exit_code == 0, res.output
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert list(rows) == ["fp32", "int8", "int8-fallback"]
+    int8, fb = rows["int8"], rows["int8-fallback"]
+    assert int8["accuracy"]["drop"] > 1e-4 and not int8["quantize"]["kept_in_float"]
+    # quantized again with the budget: quantize's float fallback kept the most sensitive nodes in float
+    assert fb["built"] and fb["quantize"]["fallback_met"] and 0 < len(fb["quantize"]["kept_in_float"]) < int8["quantize"]["nodes_quantized"]
+    assert fb["accuracy"]["drop"] < int8["accuracy"]["drop"]
+    # whichever wins is the fastest candidate meeting both budgets, or as fast within the noise and more accurate
+    winner = rows[report["winner"]]
+    for c in rows.values():
+        if c is not winner and c["accuracy"]["meets"]:
+            assert c["vs_winner"]["ci_high"] > 1.0 or c["accuracy"]["drop"] >= winner["accuracy"]["drop"], (c["name"], c["vs_winner"])
+    if report["winner"] == "int8-fallback":  # an INT8 winner ships its QDQ model and the nodes kept in float
+        assert (tmp_path / "out" / "source" / "model.int8-fallback.onnx.exclude.txt").exists()
+
+
 def test_nothing_meets_the_latency_budget_exit_3_naming_the_closest(mnist64: dict[str, Path], tmp_path: Path) -> None:
     res, report = _optimize(tmp_path, mnist64, "--target", "onnxruntime", "--budget", "p50=0.001ms")
     assert res.exit_code == 3, res.output

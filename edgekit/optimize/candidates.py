@@ -85,6 +85,12 @@ def quantized_model(model: Path, out: Path, *, calib: str, quantize_options: Any
         report, note = exc.result, f"quantize: {exc.message}"
     except EdgekitError as exc:
         return None, None, f"not built: quantize failed: {exc}"
+    except Exception as exc:  # a bug in quantize costs this candidate, not the whole choice; -v logs the traceback
+        import logging
+
+        logging.getLogger("edgekit.optimize").info("quantize raised", exc_info=True)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return None, None, f"not built: quantize raised {type(exc).__name__}: {first} (a bug in edgekit; please report it)"
     summary = _quantize_summary(report.to_dict() if hasattr(report, "to_dict") else dict(report or {}))
     if note:
         summary["note"] = note
