@@ -19,7 +19,12 @@ def mnist64(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
 
     root = tmp_path_factory.mktemp("mnist64")
-    net, _ = zoo.mnist_cnn()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few seconds either way; on a busy runner, spinning threads make it minutes
+    try:
+        net, _ = zoo.mnist_cnn()
+    finally:
+        torch.set_num_threads(threads)
     held, _labels = zoo.mnist_heldout()
     torch.onnx.export(net, (torch.from_numpy(held[:64]),), str(root / "mnist64.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
     np.savez(root / "calib.npz", x=zoo.mnist_calibration(6 * 64))
@@ -73,11 +78,11 @@ def test_int8_over_the_budget_gets_a_float_fallback_candidate(mnist64: dict[str,
     # quantized again with the budget: quantize's float fallback kept the most sensitive nodes in float
     assert fb["built"] and fb["quantize"]["fallback_met"] and 0 < len(fb["quantize"]["kept_in_float"]) < int8["quantize"]["nodes_quantized"]
     assert fb["accuracy"]["drop"] < int8["accuracy"]["drop"]
-    # whichever wins is the fastest candidate meeting both budgets, or as fast within the noise and more accurate
+    # whichever wins, no candidate meeting the budget is both surely faster and more accurate than it
     winner = rows[report["winner"]]
     for c in rows.values():
         if c is not winner and c["accuracy"]["meets"]:
-            assert c["vs_winner"]["ci_high"] > 1.0 or c["accuracy"]["drop"] >= winner["accuracy"]["drop"], (c["name"], c["vs_winner"])
+            assert not (c["vs_winner"]["ci_high"] < 1.0 and c["accuracy"]["drop"] < winner["accuracy"]["drop"]), (c["name"], c["vs_winner"])
     if report["winner"] == "int8-fallback":  # an INT8 winner ships its QDQ model and the nodes kept in float
         assert (tmp_path / "out" / "source" / "model.int8-fallback.onnx.exclude.txt").exists()
 
