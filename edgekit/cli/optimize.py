@@ -26,11 +26,12 @@ from edgekit.cli._common import emit_json, json_option, out, table
 @click.option("--std", default=None, help="Images: per-channel std after scaling.")
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Images: pixel scale before mean/std.")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--channels", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write the table as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
 @json_option
 def command(model: str, output: str, target: str, calib: str, eval_source: str | None, max_accuracy_drop: float | None, metric: str,
             budgets: tuple[str, ...], candidates: str | None, stat: str, samples: int | None, min_duration: float | None, max_duration: float | None,
-            resize: int | None, crop: int | None, mean: str | None, std: str | None, scale: float, layout: str, markdown: str | None,
+            resize: int | None, crop: int | None, mean: str | None, std: str | None, scale: float, layout: str, channels: str, markdown: str | None,
             json_path: str | None) -> None:
     """The fastest artifact for a target that still meets the accuracy budget, chosen by measuring.
 
@@ -48,7 +49,8 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
 
     if samples is not None and samples < 1:
         raise UsageError("--samples must be at least 1")
-    recipe = (ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout)
+    recipe = (ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout,
+                           channels=channels)
               if any(v is not None for v in (resize, crop, mean, std)) else None)
     options = OptimizeOptions(target=target, eval_source=eval_source, max_accuracy_drop=max_accuracy_drop, metric=metric,
                               budgets=tuple(Budget.parse(b) for b in budgets), candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()) if candidates else (),

@@ -85,7 +85,7 @@ def optimize_model(model: str | Path, out_dir: str | Path, *, calib: str, option
                 data = eval_data(calib, options.eval_source, specs, recipe=options.recipe, workdir=workdir)
                 reference_outputs(model, data)
             t_data = time.perf_counter()
-            cands = _build(model, calib, variants, wanted, target, options, data, max_drop, workdir, stack)
+            cands = _build(model, calib, variants, wanted, target, options, data, max_drop, workdir, stack, settings)
             t_build = time.perf_counter()
             runners = [Runner(c.name, _runner(c, data), c.accuracy is not None and c.accuracy["meets"]) for c in cands if c.built]
             timing = race(runners, settings, budgets, stat=options.stat)
@@ -115,7 +115,7 @@ def _settings(target: Any, options: OptimizeOptions) -> Any:
 
 
 def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], target: Any, options: OptimizeOptions, data: EvalData,
-           max_drop: float, workdir: Path, stack: contextlib.ExitStack) -> list[Candidate]:
+           max_drop: float, workdir: Path, stack: contextlib.ExitStack, settings: Any) -> list[Candidate]:
     """Compile and load every wanted candidate, measure its accuracy; quantize once (twice with the fallback)."""
     from edgekit.quantize import QuantizeOptions
 
@@ -136,6 +136,10 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
     asked = [v for v in int8s if fallback_name(v.name) in wanted]
     fallback, hopeless = _worth_a_fallback(asked, cands, max_drop)
     if asked and not any(c.accuracy and c.accuracy["meets"] for c in cands if c.variant.precision == "int8"):
+        beaten = _int8_already_beaten(cands, data, settings, options.stat) if fallback else None
+        if beaten:
+            hopeless += [(v, beaten) for v in fallback]
+            fallback = []
         if fallback:
             # quantize with the budget: its float fallback keeps the most sensitive nodes in float until it holds
             qb = dataclasses.replace(q, eval_source=data.source, max_accuracy_drop=max_drop, metric=options.metric)
@@ -148,6 +152,34 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
             c.error = why
             cands.append(c)
     return cands
+
+
+def _int8_already_beaten(cands: list[Candidate], data: EvalData, settings: Any, stat: str) -> str | None:
+    """Why no fallback variant can win, if one cannot: the fastest all-INT8 variant is already slower than an
+    accurate candidate (paired interval above 1, 10 interleaved rounds), and keeping nodes in float does not
+    make it faster. Saves the fallback's search (minutes: a sensitivity pass per quantizable node)."""
+    from edgekit.bench.stats import GATE_MEASURES
+    from edgekit.bench.timer import measure_interleaved
+    from edgekit.optimize.race import STAGE_ROUNDS, paired_ratio
+
+    accurate = [c for c in cands if c.built and c.accuracy and c.accuracy["meets"]]
+    int8 = [c for c in cands if c.built and c.variant.precision == "int8"]
+    if not accurate or not int8:
+        return None
+    runners = [Runner(c.name, _runner(c, data), True) for c in accurate + int8]
+    with status("timing all-INT8 against the accurate candidates"):
+        s = dataclasses.replace(settings, min_duration_s=max(0.2, settings.min_duration_s / 3), min_iterations=1)
+        for r, t in zip(runners, measure_interleaved([r.run for r in runners], s, min_rounds=2 * STAGE_ROUNDS, seed=99)):
+            assert t.rounds is not None
+            r.add(t.latencies_ms, t.rounds, t.wall_s)
+    measure = GATE_MEASURES[stat]
+    best_acc = min(runners[:len(accurate)], key=lambda r: measure(r.latencies))
+    best_int8 = min(runners[len(accurate):], key=lambda r: measure(r.latencies))
+    t = paired_ratio(best_int8, best_acc, stat=stat, confidence=settings.confidence)
+    if t["ci_low"] <= 1.0:
+        return None
+    return (f"not built: {best_int8.name}, all INT8, is already slower than {best_acc.name} (accurate): {stat} x{t['ratio']:.2f}, "
+            f"interval [{t['ci_low']:.2f}, {t['ci_high']:.2f}]; keeping nodes in float would only slow it")
 
 
 def _worth_a_fallback(variants: list[Any], cands: list[Candidate], max_drop: float) -> tuple[list[Any], list[tuple[Any, str]]]:
