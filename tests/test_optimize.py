@@ -53,7 +53,7 @@ def test_accuracy_budget_rules_out_the_fastest_and_the_second_wins(mnist64: dict
     assert int8["accuracy"]["drop"] > 1e-5 and not int8["accuracy"]["meets"]
     assert int8["verdict"].startswith("misses accuracy") and "accuracy budget" in int8["stopped"]
     assert fp32["accuracy"]["meets"] and report["winner"] == "fp32" and fp32["verdict"] == "WINNER"
-    assert "faster but ruled out: int8 (accuracy drop" in report["why"]
+    assert "faster but ruled out: int8 (x" in report["why"] and "accuracy drop" in report["why"]
     assert report["accuracy_budget"]["samples"] == 5 and not report["accuracy_budget"]["held_out_from_calibration"]
     assert int8["quantize"]["nodes_quantized"] > 0 and int8["options"]["int8_float_precision"] == "f32"
     # the winner is an artifact like compile's, with the report beside it, and bench runs it as it is

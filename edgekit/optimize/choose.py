@@ -6,8 +6,11 @@ fast within the noise of this machine: among those the most accurate wins, and t
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from edgekit.bench.stats import GATE_MEASURES
 from edgekit.optimize.candidates import Candidate
@@ -33,7 +36,13 @@ def choose(cands: Sequence[Candidate], runners: Mapping[str, Runner], lat: Mappi
     vs_winner: dict[str, Any] = {}
     if not eligible:
         return {"winner": None, "verdicts": verdicts, "vs_winner": vs_winner, **_closest(built, accurate, speed, lat, max_drop, stat)}
-    leader = eligible[0]
+    # the leader among those still running at the end: they ran the same rounds, so their figures compare
+    # fairly (a longer-measured candidate meets more quiet moments, and its floor drops); the others stopped
+    # because they were surely slower than an accurate one
+    pool = [c for c in eligible if runners[c.name].stopped is None] or eligible
+    common = functools.reduce(np.intersect1d, [runners[c.name].rounds for c in pool])
+    leader = min(pool, key=lambda c: measure(runners[c.name].latencies[np.isin(runners[c.name].rounds, common)]) if len(common) else speed[c.name])
+    eligible = [leader] + [c for c in eligible if c is not leader]
     tied = [leader] + [c for c in eligible[1:] if paired_ratio(runners[c.name], runners[leader.name], stat=stat, confidence=confidence)["ci_low"] <= 1.0]
     winner = min(tied, key=lambda c: (c.accuracy["drop"] if c.accuracy else 0.0, speed[c.name]))
     for c in built:
@@ -53,18 +62,18 @@ def _why(winner: Candidate, leader: Candidate, eligible: list[Candidate], built:
     if winner is leader:
         why = f"the fastest of the {n} candidate{'s' if n != 1 else ''} meeting both budgets ({stat} {speed[winner.name]:.3f} ms)"
         if n > 1:
-            nxt = eligible[1]
+            nxt = min(eligible[1:], key=lambda c: vs[c.name]["ratio"])
             r = vs[nxt.name]
             why += f"; next {nxt.name} x{r['ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
     else:
         r = vs[leader.name]
         why = (f"as fast as {leader.name} within the noise ({leader.name}/{winner.name} {stat} x{r['ratio']:.2f}, interval "
                f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]) and more accurate (drop {_g(winner.accuracy['drop'])} vs {_g(leader.accuracy['drop'])})")
-    faster = [c for c in built if speed[c.name] < speed[winner.name] and c.name not in {e.name for e in eligible}]
+    faster = [c for c in built if c.name in vs and vs[c.name]["ratio"] < 1.0 and c.name not in {e.name for e in eligible}]
     if faster:
         why += "; faster but ruled out: " + ", ".join(
-            f"{c.name} ({'accuracy drop ' + _g(c.accuracy['drop']) + ' > ' + _g(max_drop) if c.name not in accurate and c.accuracy else 'latency budget'})"
-            for c in sorted(faster, key=lambda c: speed[c.name]))
+            f"{c.name} (x{vs[c.name]['ratio']:.2f}; {'accuracy drop ' + _g(c.accuracy['drop']) + ' > ' + _g(max_drop) if c.name not in accurate and c.accuracy else 'latency budget'})"
+            for c in sorted(faster, key=lambda c: vs[c.name]["ratio"]))
     return why
 
 
