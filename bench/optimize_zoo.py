@@ -65,6 +65,20 @@ def _floor(samples: list[float]) -> float:
     return floor_ms(np.asarray(samples))
 
 
+def _save(runs: list[dict[str, Any]], seconds: float) -> Path:
+    from _common import RESULTS
+
+    from edgekit.doctor import cpu_name
+    from edgekit.optimize import cpu_features
+
+    path = RESULTS / "optimize_zoo.json"
+    keep = json.loads(path.read_text())["runs"] if path.exists() else []
+    done = {(r["model"], r["target"]) for r in runs}
+    merged = [r for r in keep if (r["model"], r["target"]) not in done] + runs
+    return write_results("optimize_zoo", {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
+                                          "load_average": list(os.getloadavg()), "seconds": seconds, "runs": merged})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="efficientnet-lite0,minilm-l6")
@@ -73,9 +87,6 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EDGEKIT_PROGRESS", "0")
-    from edgekit.doctor import cpu_name
-    from edgekit.optimize import cpu_features
-
     work = tmpdir("edgekit-optimize-zoo-")
     runs = []
     for name in args.models.split(","):
@@ -89,6 +100,7 @@ def main() -> None:
         for target in args.targets.split(","):
             r = run_one(model, target, work, args.seconds)
             runs.append(r)
+            _save(runs, args.seconds)  # after every run, merged with earlier runs of other model x target
             rep = r["report"]
             print(f"\n## {name} on {target}: winner {rep['winner'] or 'NONE'} in {r['wall_s']:.1f} s "
                   f"(phases: {', '.join(f'{k} {v:.1f} s' for k, v in rep['timing']['phases_s'].items())})")
@@ -101,8 +113,10 @@ def main() -> None:
                 print(f"re-benched alone: floor {rb['alone']['floor']:.3f} ms vs {rb['optimize']['floor']:.3f} in optimize (x{rb['floor_ratio_alone_over_optimize']:.2f}); "
                       f"p50 {rb['alone']['p50']['value']:.3f} [{rb['alone']['p50']['ci_low']:.3f}, {rb['alone']['p50']['ci_high']:.3f}] vs "
                       f"{rb['optimize']['p50']['value']:.3f} [{rb['optimize']['p50']['ci_low']:.3f}, {rb['optimize']['p50']['ci_high']:.3f}]")
-    path = write_results("optimize_zoo", {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
-                                          "load_average_end": list(os.getloadavg()), "seconds": args.seconds, "runs": runs})
+    path = _save(runs, args.seconds)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\nwrote {path}")
     print(json.dumps({f"{r['model']}@{r['target']}": (r["report"]["winner"], round(r["wall_s"], 1)) for r in runs}))
 

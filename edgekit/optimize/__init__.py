@@ -87,7 +87,8 @@ def optimize_model(model: str | Path, out_dir: str | Path, *, calib: str, option
             t_data = time.perf_counter()
             cands = _build(model, calib, variants, wanted, target, options, data, max_drop, workdir, stack, settings)
             t_build = time.perf_counter()
-            runners = [Runner(c.name, _runner(c, data), c.accuracy is not None and c.accuracy["meets"]) for c in cands if c.built]
+            _skip_far_slower(cands)
+            runners = [Runner(c.name, _runner(c, data), c.accuracy is not None and c.accuracy["meets"]) for c in cands if c.built and not c.skipped]
             timing = race(runners, settings, budgets, stat=options.stat)
             # where the wall time went: quantize (and its float fallback) is inside building
             timing["phases_s"] = {"data": t_data - start, "build_and_accuracy": t_build - t_data, "race": timing["seconds"]}
@@ -136,7 +137,7 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
     asked = [v for v in int8s if fallback_name(v.name) in wanted]
     fallback, hopeless = _worth_a_fallback(asked, cands, max_drop)
     if asked and not any(c.accuracy and c.accuracy["meets"] for c in cands if c.variant.precision == "int8"):
-        beaten = _int8_already_beaten(cands, data, settings, options.stat) if fallback else None
+        beaten = _int8_already_beaten(cands, [v.name for v in fallback], data, settings, options.stat) if fallback else None
         if beaten:
             hopeless += [(v, beaten) for v in fallback]
             fallback = []
@@ -154,7 +155,27 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
     return cands
 
 
-def _int8_already_beaten(cands: list[Candidate], data: EvalData, settings: Any, stat: str) -> str | None:
+CRUDE_SLOWER = 3.0  # a candidate this many times slower than an accurate one in the accuracy pass is not timed
+
+
+def _crude_ms(c: Candidate) -> float:
+    return c.accuracy["pass_run_ms"] if c.accuracy else float("inf")
+
+
+def _skip_far_slower(cands: list[Candidate]) -> None:
+    """Candidates whose runs in the accuracy pass took CRUDE_SLOWER times those of the fastest accurate one cannot
+    win, and a slow one would stretch every interleaved round (OpenVINO's INT8 + f16 ran EfficientNet-Lite0 12x slower)."""
+    accurate = [c for c in cands if c.built and c.accuracy and c.accuracy["meets"]]
+    if not accurate:
+        return
+    best = min(accurate, key=_crude_ms)
+    for c in cands:
+        if c.built and c is not best and _crude_ms(c) > CRUDE_SLOWER * _crude_ms(best):
+            c.skipped = (f"{_crude_ms(c) / _crude_ms(best):.1f}x slower than {best.name} (accurate) in the accuracy pass "
+                         f"(median run {_crude_ms(c):.2f} vs {_crude_ms(best):.2f} ms): it cannot win")
+
+
+def _int8_already_beaten(cands: list[Candidate], fallback: list[str], data: EvalData, settings: Any, stat: str) -> str | None:
     """Why no fallback variant can win, if one cannot: the fastest all-INT8 variant is already slower than an
     accurate candidate (paired interval above 1, 10 interleaved rounds), and keeping nodes in float does not
     make it faster. Saves the fallback's search (minutes: a sensitivity pass per quantizable node)."""
@@ -163,10 +184,12 @@ def _int8_already_beaten(cands: list[Candidate], data: EvalData, settings: Any, 
     from edgekit.optimize.race import STAGE_ROUNDS, paired_ratio
 
     accurate = [c for c in cands if c.built and c.accuracy and c.accuracy["meets"]]
-    int8 = [c for c in cands if c.built and c.variant.precision == "int8"]
+    int8 = [c for c in cands if c.built and c.variant.precision == "int8" and c.variant.name in fallback]
     if not accurate or not int8:
         return None
-    runners = [Runner(c.name, _runner(c, data), True) for c in accurate + int8]
+    # the fastest of each side by the accuracy pass's crude timing: two candidates interleaved, not all of them
+    runners = [Runner(c.name, _runner(c, data), True) for c in (min(accurate, key=_crude_ms), min(int8, key=_crude_ms))]
+    accurate = accurate[:1]
     with status("timing all-INT8 against the accurate candidates"):
         s = dataclasses.replace(settings, min_duration_s=max(0.2, settings.min_duration_s / 3), min_iterations=1)
         for r, t in zip(runners, measure_interleaved([r.run for r in runners], s, min_rounds=2 * STAGE_ROUNDS, seed=99)):
@@ -269,7 +292,7 @@ def _report(model: Path, target: Any, options: OptimizeOptions, data: EvalData, 
         row: dict[str, Any] = {"name": c.name, "precision": c.variant.precision, "why_candidate": c.variant.why,
                                "options": dataclasses.asdict(c.variant.options) if c.variant.options is not None else {},
                                "built": c.built, "error": c.error, "build_s": c.build_s, "quantize": c.quantize, "accuracy": c.accuracy,
-                               "notes": c.notes, **lat.get(c.name, {"latency_ms": None, "budgets": [], "stopped": None}),
+                               "notes": c.notes, **lat.get(c.name, {"latency_ms": None, "budgets": [], "stopped": c.skipped, "measured_s": 0.0, "stages": 0}),
                                "verdict": choice["verdicts"].get(c.name, "not built"), "vs_winner": choice["vs_winner"].get(c.name)}
         rows.append(row)
     return {

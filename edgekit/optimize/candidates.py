@@ -33,6 +33,7 @@ class Candidate:
     engine: Engine | None = None
     accuracy: dict[str, Any] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    skipped: str | None = None  # built and accurate-measured, but not timed: why it cannot win
 
     @property
     def built(self) -> bool:

@@ -27,8 +27,8 @@ def choose(cands: Sequence[Candidate], runners: Mapping[str, Runner], lat: Mappi
     eligible = sorted((c for c in built if c.name in accurate and c.name in in_budget), key=lambda c: speed[c.name])
     verdicts: dict[str, str] = {}
     for c in cands:
-        if not c.built:
-            verdicts[c.name] = "not built"
+        if not c.built or c.name not in runners:
+            verdicts[c.name] = "not built" if not c.built else "not timed"
             continue
         misses = ([f"accuracy (drop {_g(c.accuracy['drop'])} > {_g(max_drop)})"] if c.name not in accurate and c.accuracy else []) + [
             f"{v['budget']} ({v['stat']} {v['value']:.3f} ms)" for v in lat[c.name]["budgets"] if v["verdict"] != "pass"]

@@ -90,9 +90,14 @@ def reference_outputs(model: Path, data: EvalData) -> None:
 
 def accuracy(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], data: EvalData, *, metric: str) -> dict[str, Any]:
     """The candidate's outputs on every held-out feed against FP32: per-output agreement and the metric's drop."""
+    import time
+
     got: list[list[np.ndarray]] = []
+    times = []
     for feed in data.feeds:
+        t0 = time.perf_counter()
         out = run(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
         vals = list(out.values())
         # by name where the runtime kept the ONNX names, else by position
         got.append([out[n] if n in out else vals[i] for i, n in enumerate(data.output_names)])
@@ -100,7 +105,9 @@ def accuracy(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], data
     for ref, cand in zip(data.reference, got):
         for acc, a, b in zip(per_output, ref, cand):
             acc.add(a, b)
-    result: dict[str, Any] = {"metric": metric, "drop": drop(metric, data.reference, got, data.labels),
+    # a crude latency for free (median run of this pass, first included): enough to drop a candidate many
+    # times slower than another before the interleaved timing, which it would slow down for nothing
+    result: dict[str, Any] = {"metric": metric, "drop": drop(metric, data.reference, got, data.labels), "pass_run_ms": float(np.median(times)),
                               "outputs": [a.to_dict() for a in per_output]}
     if data.labels is not None:
         result["top1_fp32"] = _hits(data.reference, data.labels) / len(data.labels)

@@ -24,7 +24,9 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
         top1 = f"{100 * acc['top1']:.1f}%" if "top1" in acc else "-"
         drop = f"{acc['drop']:.3g} {'ok' if acc.get('meets') else 'OVER'}" if acc else "-"
         verdict = c["verdict"] if c["built"] else (c.get("error") or "not built")
-        if c.get("stopped") and c["verdict"] != "WINNER":
+        if c.get("stopped") and not c.get("latency_ms"):
+            verdict += f" ({c['stopped']})"
+        elif c.get("stopped") and c["verdict"] != "WINNER":
             verdict += f" (stopped after {c['measured_s']:.1f} s: {c['stopped'].split(':')[0]})"
         out.append([c["name"], drop, top1, p50, rank, vs_txt, budgets, verdict])
     return out
