@@ -58,8 +58,8 @@ def paired_ratio(a: Runner, b: Runner, *, stat: str, confidence: float) -> dict[
 
 
 def race(runners: Sequence[Runner], settings: BenchSettings, budgets: Sequence[Budget], *, stat: str) -> dict[str, Any]:
-    """Measure until every candidate still running has `settings.min_duration_s` and its budgets are decided
-    (or `settings.max_duration_s` of racing has passed); returns what happened, stage by stage."""
+    """Measure until every candidate still running has `settings.min_duration_s`, its budgets are decided and no
+    two of them are tied (or `settings.max_duration_s` of racing has passed); returns what happened, stage by stage."""
     measure = GATE_MEASURES[stat]
     stage_s = max(0.2, settings.min_duration_s / 3)
     start = time.perf_counter()
@@ -85,13 +85,24 @@ def race(runners: Sequence[Runner], settings: BenchSettings, budgets: Sequence[B
         running = [r for r in live if r.stopped is None]
         enough = all(r.spent_s >= settings.min_duration_s for r in running)
         undecided = any(budget_verdict(r.latencies, b, settings.confidence)["verdict"] == "undecided" for r in running for b in budgets)
-        if enough and (not undecided or time.perf_counter() - start >= settings.max_duration_s):
+        # two accurate candidates still within each other's noise: measure longer (up to the cap) before a
+        # tie is settled by accuracy, as bench measures longer before deciding a straddled budget
+        capped = time.perf_counter() - start >= settings.max_duration_s
+        if enough and (capped or not (undecided or _tied(running, stat, settings.confidence))):
             break
     if show:
         import sys
 
         sys.stderr.write("\r\x1b[2K")
     return {"stages": log, "seconds": time.perf_counter() - start}
+
+
+def _tied(running: list[Runner], stat: str, confidence: float) -> bool:
+    if len(running) < 2:
+        return False
+    measure = GATE_MEASURES[stat]
+    leader = min(running, key=lambda r: measure(r.latencies))
+    return any(paired_ratio(r, leader, stat=stat, confidence=confidence)["ci_low"] <= 1.0 for r in running if r is not leader)
 
 
 def _stop_losers(live: list[Runner], budgets: Sequence[Budget], settings: BenchSettings, stat: str, measure: Callable[[np.ndarray], float]) -> dict[str, str]:
