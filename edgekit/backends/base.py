@@ -18,6 +18,17 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
+class PrecisionVariant:
+    """One way a device can run a model: the precision compile is asked for, and the backend options that go
+    with it (a mixed precision, e.g. INT8 with the rest in bf16, is an int8 precision plus an option)."""
+
+    name: str  # what `edgekit optimize` calls it: fp32, bf16, fp16, int8, int8+bf16, ...
+    precision: str
+    options: Any
+    why: str = ""  # what the runtime said that makes it a candidate
+
+
+@dataclasses.dataclass(frozen=True)
 class BackendStatus:
     name: str
     available: bool
@@ -68,6 +79,10 @@ class Backend(Protocol):
     def quant_recipe(self, model: Any) -> QuantRecipe:
         """The QDQ recipe that runs fastest and accurately on this backend, for this model. A CPU backend
         also takes `*, cpu_features: tuple[str, ...]`, the target CPU's (see recipe_for_target)."""
+        ...
+
+    def precision_variants(self, device: str, options: Any) -> list[PrecisionVariant]:
+        """Every precision `device` runs, as its runtime reports it, and the mixed ones the backend offers."""
         ...
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit import deps
 from edgekit.backends.base import (
-    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, PrecisionVariant, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
 )
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
@@ -170,6 +170,12 @@ class OnnxRuntimeBackend:
 
     def load_onnx(self, path: Path, *, options: OnnxRuntimeOptions, precision: str) -> OnnxRuntimeEngine:
         return OnnxRuntimeEngine(path, options=options, precision=precision)
+
+    def precision_variants(self, device: str, options: OnnxRuntimeOptions) -> list[PrecisionVariant]:
+        """fp32, and int8 from a QDQ model: what compile builds for ONNX Runtime (its CPU kernels have no bf16/fp16)."""
+        ep = options.execution_provider
+        return [PrecisionVariant("fp32", "fp32", options, f"ONNX Runtime {ep} runs float models in fp32"),
+                PrecisionVariant("int8", "int8", options, f"ONNX Runtime {ep} runs QDQ models with its INT8 kernels")]
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit import deps
 from edgekit.backends.base import (
-    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
+    TRANSFORMER_OPS, BackendStatus, CompileRequest, EngineBase, PrecisionVariant, QuantRecipe, CNN_OPS, is_transformer, region_recipe, x86_without_int8_dot,
 )
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
@@ -194,6 +194,24 @@ class OpenVinoBackend:
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: OpenVinoOptions) -> OpenVinoEngine:
         return OpenVinoEngine(artifact_dir / manifest["entry"], options=options, precision=manifest["precision"], device=manifest["device"])
+
+    def precision_variants(self, device: str, options: OpenVinoOptions) -> list[PrecisionVariant]:
+        """The device's OPTIMIZATION_CAPABILITIES (FP32, BF16, FP16, INT8), and INT8 with its float parts in
+        each float precision the device has besides f32 (the `int8_float_precision` option)."""
+        ov, core = _core()
+        _check_device(core, device)
+        dev = device.upper().split(".")[0]
+        try:
+            caps = {str(c).upper() for c in core.get_property(dev, "OPTIMIZATION_CAPABILITIES")}
+        except RuntimeError:  # AUTO and some plugins do not report capabilities: what every device runs
+            caps = {"FP32", "INT8"}
+        said = f"OpenVINO {dev} reports {{}} in OPTIMIZATION_CAPABILITIES"
+        out = [PrecisionVariant(p, p, options if p != "int8" else dataclasses.replace(options, int8_float_precision="f32"), said.format(c))
+               for c, p in (("FP32", "fp32"), ("BF16", "bf16"), ("FP16", "fp16"), ("INT8", "int8")) if c in caps]
+        if "INT8" in caps:
+            out += [PrecisionVariant(f"int8+{p}", "int8", dataclasses.replace(options, int8_float_precision=hint), said.format(f"INT8 and {c}"))
+                    for c, p, hint in (("BF16", "bf16", "bf16"), ("FP16", "fp16", "f16")) if c in caps]
+        return out
 
 
 BACKEND = OpenVinoBackend()

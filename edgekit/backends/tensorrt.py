@@ -24,7 +24,7 @@ import onnx
 
 from edgekit import deps
 from edgekit.backends import tensorrt_compat as compat
-from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, QuantRecipe
+from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, PrecisionVariant, QuantRecipe
 from edgekit.backends.tensorrt_check import check_explicit_quantization
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, save_onnx
@@ -291,6 +291,20 @@ class TensorRtBackend:
     def load(self, artifact_dir: Path, manifest: dict[str, Any], *, options: TensorRtOptions) -> TensorRtEngine:
         _trt()
         return TensorRtEngine(artifact_dir / manifest["entry"], precision=manifest["precision"], settings=manifest.get("settings", {}))
+
+    def precision_variants(self, device: str, options: TensorRtOptions) -> list[PrecisionVariant]:
+        """fp32, and fp16 / int8 where the builder reports fast kernels for them on this GPU (TensorRT 11
+        dropped the platform flags: every GPU it supports has both)."""
+        trt = _trt()
+        st = self.status()
+        if not st.available:
+            raise BackendUnavailable(st.reason or "TensorRT is not usable here")
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        out = [PrecisionVariant("fp32", "fp32", options, "TensorRT builds every network in fp32")]
+        for p, flag in (("fp16", "platform_has_fast_fp16"), ("int8", "platform_has_fast_int8")):
+            if getattr(builder, flag, True):
+                out.append(PrecisionVariant(p, p, options, f"TensorRT {trt.__version__}: builder.{flag}" if hasattr(builder, flag) else f"TensorRT {trt.__version__} (no platform flags)"))
+        return out
 
 
 BACKEND = TensorRtBackend()

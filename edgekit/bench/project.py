@@ -11,7 +11,7 @@ from typing import Any
 from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
 from edgekit.errors import EdgekitError, UsageError
 
-_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device", "resource"}
+_ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device", "resource", "optimize"}
 _DEFAULT_ONLY_KEYS = {"baseline_dir"}  # where entries without a `baseline` keep theirs: NAME.json
 
 
@@ -28,6 +28,7 @@ class BenchEntry:
     label: str = ""  # how messages name this entry: `edgekit.toml [[bench]] effnet`
     device: str | None = None  # a [devices.NAME] of the same file, or ssh://...: measured there (edgekit.devices)
     resource: str | None = None  # --executor ray: the custom resource its bench holds, e.g. edgekit-device:orin1 (edgekit.executors.bench)
+    optimize: Any = None  # edgekit.optimize.project.EntryOptimize: bench the artifact `edgekit optimize` chooses
 
 
 def parse_percent(value: Any, label: str) -> float:
@@ -58,6 +59,12 @@ def naming(label: str, entry: str | None = None) -> Iterator[None]:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@+-]+", "_", name).strip("._") or "entry"
+
+
+def _entry_optimize(item: dict[str, Any], base: Path, label: str) -> Any:
+    from edgekit.optimize.project import entry_optimize
+
+    return entry_optimize(item, base, label)
 
 
 def load_project(path: str | Path) -> list[BenchEntry]:
@@ -109,6 +116,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
             label=f"{path} [[bench]] {name}",
             device=item.get("device"),
             resource=item.get("resource"),
+            optimize=_entry_optimize(item, base, label),
         ))
     if not entries:
         raise UsageError(f"{path} has no [[bench]] entries", hint="add one: [[bench]] model = \"...\" target = \"...\"")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("edgekit.cli.quantize", "INT8 post-training quantization to QDQ ONNX with real calibration data."),
     "compare": ("edgekit.cli.compare", "Compare two models or artifacts on the same real inputs (exit 3 beyond tolerances)."),
     "compile": ("edgekit.cli.compile", "Build a target's artifact (OpenVINO IR, TensorRT engine, optimised ONNX)."),
+    "optimize": ("edgekit.cli.optimize", "The fastest artifact for a target that meets the accuracy and latency budgets, chosen by measuring."),
     "bench": ("edgekit.cli.bench", "Latency statistics against budgets and a baseline (exit 3 when a gate fails)."),
     "doctor": ("edgekit.cli.doctor", "Which backends work on this machine, and why not where they don't."),
     "targets": ("edgekit.cli.targets", "The target profiles --target finds (yours first, then the built-in ones) and where each came from."),

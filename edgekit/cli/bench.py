@@ -106,7 +106,13 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         if config:
             for e in load_project(config):
                 labels[e.name], baselines[e.name], resources[e.name] = e.label, e.baseline, e.resource
-                jobs.append((e.model, e.target, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
+                art, tgt = e.model, e.target
+                if e.optimize:  # `optimize = true`: bench what `edgekit optimize` chooses (re-chosen when the model changes)
+                    from edgekit.optimize.project import optimized_artifact
+
+                    with naming(e.label, e.name):
+                        art, tgt = optimized_artifact(e)
+                jobs.append((art, tgt, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,
                                                              data=e.data or data, batch=e.batch or batch, name=e.name, **common)))

@@ -1,0 +1,78 @@
+"""`optimize = true` in an edgekit.toml `[[bench]]` entry: CI benches the artifact optimize chooses for the
+entry's model and target, and chooses again whenever the model changes.
+
+`optimize = true` calibrates on the entry's `data`; a table says more:
+`optimize = { calib = "calib/", eval = "held/", max_accuracy_drop = 0.01, metric = "cosine", candidates = ["fp32", "int8"] }`.
+The chosen artifact is kept in the edgekit cache, keyed by the model's SHA-256, the target and these settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import GateFailed, UsageError
+
+_KEYS = {"calib", "eval", "max_accuracy_drop", "metric", "candidates", "samples"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryOptimize:
+    calib: str
+    eval_source: str | None = None
+    max_accuracy_drop: float | None = None
+    metric: str = "cosine"
+    candidates: tuple[str, ...] = ()
+    samples: int | None = None
+
+
+def entry_optimize(item: dict[str, Any], base: Path, label: str) -> EntryOptimize | None:
+    """The entry's `optimize` value, checked, paths resolved from the toml's folder (None: not asked for)."""
+    value = item.get("optimize", False)
+    if value is False:
+        return None
+    table = {} if value is True else value
+    if not isinstance(table, dict):
+        raise UsageError(f"{label}: optimize must be true or a table", hint='write optimize = true, or optimize = { calib = "calib/" }')
+    for k in table:
+        if k not in _KEYS:
+            from edgekit.config import _unknown
+
+            raise _unknown(k, _KEYS, f"{label} optimize")
+    calib = table.get("calib") or item.get("data")
+    if not calib:
+        raise UsageError(f"{label}: optimize needs calibration data", hint='add data = "calib/" to the entry, or optimize = { calib = "..." }')
+    return EntryOptimize(calib=str(base / calib), eval_source=str(base / table["eval"]) if table.get("eval") else None,
+                         max_accuracy_drop=table.get("max_accuracy_drop"), metric=table.get("metric", "cosine"),
+                         candidates=tuple(table.get("candidates", ())), samples=table.get("samples"))
+
+
+def optimized_artifact(entry: Any) -> tuple[str, None]:
+    """(artifact, target) to bench for a `[[bench]]` entry: the artifact optimize chose, from the cache when the
+    model and settings are unchanged, else chosen now (exit 3 naming the entry when no candidate meets its
+    budgets). The target is None: the artifact's recorded one, which carries the winner's options (e.g. INT8
+    with bf16 for the rest) that the entry's profile would override."""
+    from edgekit.files import sha256_file
+    from edgekit.optimize import OptimizeOptions, optimize_model
+    from edgekit.quantize import cache_dir
+
+    opt: EntryOptimize = entry.optimize
+    model = Path(entry.model)
+    if not model.exists():
+        raise UsageError(f"{entry.name}: model {model} does not exist", hint="fix the entry's model path")
+    target_file = Path(entry.target)
+    target_text = target_file.read_text() if target_file.suffix == ".toml" and target_file.exists() else entry.target
+    key = hashlib.sha256(json.dumps([sha256_file(model), target_text, dataclasses.asdict(opt), [str(b) for b in entry.budgets]],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_dir().parent / "optimize" / key
+    if (folder / "manifest.json").exists():
+        return str(folder), None
+    options = OptimizeOptions(target=entry.target, eval_source=opt.eval_source, max_accuracy_drop=opt.max_accuracy_drop, metric=opt.metric,
+                              budgets=tuple(entry.budgets), candidates=opt.candidates, samples=opt.samples)
+    try:
+        optimize_model(model, folder, calib=opt.calib, options=options)
+    except GateFailed as exc:
+        raise GateFailed(f"{entry.name}: optimize: {exc.message}", hint=exc.hint, result=exc.result) from exc
+    return str(folder), None
