@@ -128,7 +128,8 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
         with status(f"compiling {c.name}"):
             compile_candidate(c, model, workdir, stack)
         cands.append(c)
-    q = QuantizeOptions(target=options.target, samples=_calib_samples(options, data), recipe=options.recipe)
+    # quantize checks itself (#13) on the same held-out data optimize judges accuracy on, so it calibrates on all the rest
+    q = QuantizeOptions(target=options.target, samples=_calib_samples(options, data), recipe=options.recipe, eval_source=data.source)
     plain = [v for v in int8s if v.name in wanted]
     if plain:
         cands += _int8_candidates(plain, None, model, calib, q, workdir / "model.int8.onnx", target, stack)
