@@ -142,3 +142,14 @@ def test_shipped_profiles_load() -> None:
     for n in names:
         t = load_target(n)
         assert t.budgets and t.backend in ("openvino", "onnxruntime", "tensorrt")
+
+
+@pytest.mark.requires_openvino
+def test_openvino_shape_for_an_unknown_input_is_a_one_line_usage_error(efficientnet_onnx: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    res = CliRunner().invoke(cli, ["compile", str(efficientnet_onnx), "--target", "openvino", "--shape", "image:1x3x224x224", "-o", str(tmp_path / "ov")])
+    assert res.exit_code == 2 and "'image', which is not an input" in res.output and "inputs" in res.output, res.output
+    assert not (tmp_path / "ov").exists()

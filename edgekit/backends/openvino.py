@@ -156,7 +156,17 @@ class OpenVinoBackend:
             msg = str(exc).strip().splitlines()
             raise UsageError(f"OpenVINO cannot convert {model}: {msg[0][:300] if msg else exc}", hint="check the ops with `edgekit inspect`") from exc
         if request.shapes:
-            ov_model.reshape({k: list(v) for k, v in request.shapes.items()})
+            names = {n for port in ov_model.inputs for n in port.get_names()}
+            unknown = sorted(set(request.shapes) - names)
+            if unknown:
+                raise UsageError(f"--shape names {unknown[0]!r}, which is not an input of {model.name}",
+                                 hint=f"its inputs are {', '.join(sorted(names))}")
+            try:
+                ov_model.reshape({k: list(v) for k, v in request.shapes.items()})
+            except RuntimeError as exc:
+                msg = str(exc).strip().splitlines()
+                raise UsageError(f"OpenVINO cannot reshape {model.name} to {request.shapes}: {msg[0][:200] if msg else exc}",
+                                 hint="give each input a shape its graph accepts (see `edgekit inspect`)") from exc
         xml = out_dir / "model.xml"
         # fp16 stores weights compressed; the inference precision is set at load time.
         ov.save_model(ov_model, str(xml), compress_to_fp16=request.precision == "fp16")
