@@ -56,6 +56,16 @@ def efficientnet_onnx(artifacts: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mnist_onnx(artifacts: Path) -> Path:
+    """The small CNN trained on real MNIST digits (tests/zoo.py), exported once, dynamic batch."""
+    from edgekit.export import ExportOptions, export_model
+
+    out = artifacts / "mnist.onnx"
+    export_model("zoo:mnist_cnn", out, options=ExportOptions(dynamic_batch=True))
+    return out
+
+
+@pytest.fixture(scope="session")
 def photos(artifacts: Path) -> Path:
     return zoo.photo_dir(artifacts / "photos")
 

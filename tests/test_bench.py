@@ -11,7 +11,6 @@ from edgekit.bench.run import BenchOptions, bench_artifact
 from edgekit.cli import cli
 from edgekit.compile import compile_model
 from edgekit.config import Budget
-from edgekit.export import ExportOptions, export_model
 from zoo import copies
 
 FAST = ["--min-duration", "0.5", "--max-duration", "2", "--warmup", "50"]
@@ -52,13 +51,6 @@ def test_generous_budget_passes_and_impossible_one_fails(backend: str, compiled:
     assert "p50<=0.001ms" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture(scope="module")
-def mnist_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mnist") / "mnist.onnx"
-    export_model("zoo:mnist_cnn", out, options=ExportOptions(dynamic_batch=True))
-    return out
-
-
 def test_aa_never_flaps_and_ab_always_fails(efficientnet_onnx: Path, tmp_path: Path) -> None:
     """A/A: 10 re-runs against the build's own baseline pass; A/B: a model 1.5x slower fails 10 of 10,
     at the default 10% threshold. The baseline report names its artifact, which is still here, so
@@ -83,10 +75,10 @@ def test_aa_never_flaps_and_ab_always_fails(efficientnet_onnx: Path, tmp_path: P
     assert sum(r["regressed"] for r in ab) == 10, figures
 
 
-def test_baseline_pairs_only_with_its_own_artifact(mnist_dynamic: Path, tmp_path: Path) -> None:
+def test_baseline_pairs_only_with_its_own_artifact(mnist_onnx: Path, tmp_path: Path) -> None:
     import shutil
 
-    model = shutil.copy(mnist_dynamic, tmp_path / "m.onnx")
+    model = shutil.copy(mnist_onnx, tmp_path / "m.onnx")
     fast = ["--min-duration", "0.3", "--warmup", "20", "--batch", "1"]
     base = tmp_path / "base.json"
     assert CliRunner().invoke(cli, ["bench", str(model), "--save-baseline", str(base), *fast]).exit_code == 0
@@ -107,16 +99,16 @@ def test_baseline_pairs_only_with_its_own_artifact(mnist_dynamic: Path, tmp_path
     res = CliRunner().invoke(cli, ["bench", str(model), "--baseline", str(base), "--paired", *fast])
     assert res.exit_code == 2 and "cannot pair" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     # an artifact as the baseline is paired; --unpaired needs a report
-    res = CliRunner().invoke(cli, ["bench", str(model), "--baseline", str(mnist_dynamic), "--json", str(js), *fast])
+    res = CliRunner().invoke(cli, ["bench", str(model), "--baseline", str(mnist_onnx), "--json", str(js), *fast])
     assert res.exit_code == 0 and json.loads(js.read_text())["results"][0]["baseline"]["mode"] == "paired"
-    res = CliRunner().invoke(cli, ["bench", str(model), "--baseline", str(mnist_dynamic), "--unpaired", *fast])
+    res = CliRunner().invoke(cli, ["bench", str(model), "--baseline", str(mnist_onnx), "--unpaired", *fast])
     assert res.exit_code == 2 and "--unpaired needs a recorded report" in res.stderr
 
 
-def test_straddling_budget_measures_longer_and_says_why(mnist_dynamic: Path) -> None:
-    probe = bench_artifact(mnist_dynamic, target="onnxruntime", options=BenchOptions(min_duration_s=0.3, warmup_ms=20))
+def test_straddling_budget_measures_longer_and_says_why(mnist_onnx: Path) -> None:
+    probe = bench_artifact(mnist_onnx, target="onnxruntime", options=BenchOptions(min_duration_s=0.3, warmup_ms=20))
     median = probe["latency_ms"]["p50"]["value"]
-    r = bench_artifact(mnist_dynamic, target="onnxruntime",
+    r = bench_artifact(mnist_onnx, target="onnxruntime",
                        options=BenchOptions(budgets=(Budget("p50", median),), min_duration_s=0.3, max_duration_s=1.5, warmup_ms=20))
     b = r["budgets"][0]
     assert r["duration_s"] > 0.3  # measured beyond the minimum
@@ -151,12 +143,12 @@ def test_junit_parses_and_carries_the_figures(compiled: dict[str, Path], tmp_pat
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_project_file_runs_all_to_one_verdict(compiled: dict[str, Path], mnist_dynamic: Path, tmp_path: Path) -> None:
+def test_project_file_runs_all_to_one_verdict(compiled: dict[str, Path], mnist_onnx: Path, tmp_path: Path) -> None:
     proj = tmp_path / "edgekit.toml"
     proj.write_text(
         f'[defaults]\nmax_regression = "10%"\n\n'
         f'[[bench]]\nname = "effnet"\nmodel = "{compiled["onnxruntime"]}"\ntarget = "onnxruntime"\nbudgets = {{ p99 = "2000ms" }}\n\n'
-        f'[[bench]]\nname = "mnist"\nmodel = "{mnist_dynamic}"\ntarget = "onnxruntime"\nbatch = 4\nbudgets = {{ p90 = "0.0001ms" }}\n'
+        f'[[bench]]\nname = "mnist"\nmodel = "{mnist_onnx}"\ntarget = "onnxruntime"\nbatch = 4\nbudgets = {{ p90 = "0.0001ms" }}\n'
     )
     js = tmp_path / "run.json"
     res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--json", str(js), "--shape", "inputs:1x3x224x224", *FAST])

@@ -36,7 +36,7 @@ def test_baseline_of_another_model_is_an_error_naming_both(effnet: Path, efficie
     base = tmp_path / "effnet.json"
     assert CliRunner().invoke(cli, ["bench", str(effnet), "--save-baseline", str(base), *FAST]).exit_code == 0
     assert json.loads(base.read_text())["identity"]["graph"]
-    other = copies(efficientnet_onnx, 2, tmp_path / "two-nets.onnx")  # another network: a mixed-up CI cache key
+    copies(efficientnet_onnx, 2, tmp_path / "two-nets.onnx")  # another network: a mixed-up CI cache key
     proj = tmp_path / "edgekit.toml"
     proj.write_text(f'[[bench]]\nname = "detector"\nmodel = "two-nets.onnx"\ntarget = "onnxruntime"\nbaseline = "{base.name}"\n')
     xml, md = tmp_path / "bench.xml", tmp_path / "summary.md"
@@ -143,7 +143,7 @@ def test_config_error_still_writes_junit_and_markdown(effnet: Path, tmp_path: Pa
     text = md.read_text()
     assert "❌ error" in text and "unknown target 'cpu-openvno'" in text
     # a missing artifact and --save-baseline with a project file: exit 2 before any measuring, also reported
-    proj.write_text(f'[[bench]]\nname = "gone"\nmodel = "out/missing"\ntarget = "onnxruntime"\n')
+    proj.write_text('[[bench]]\nname = "gone"\nmodel = "out/missing"\ntarget = "onnxruntime"\n')
     res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--markdown", str(md), "--save-baseline", "b.json"])
     assert res.exit_code == 2 and "--update-baselines" in res.stderr and md.read_text().count("❌ error") == 2
     res = CliRunner().invoke(cli, ["bench", "--config", str(proj), "--junit", str(xml)])

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
 from click.testing import CliRunner
 
 import zoo
@@ -27,21 +25,10 @@ def test_fp32_vs_its_compiled_artifacts_agree(efficientnet_onnx: Path, tmp_path:
 
 
 def test_per_node_finds_where_an_outlier_layer_breaks(tmp_path: Path) -> None:
-    net, (x,) = zoo.mnist_cnn()
-    with torch.no_grad():
-        net[3].weight[5] *= 1000  # conv2 channel 5: a 1000x activation outlier, undone by fc1
-        net[3].bias[5] *= 1000
-        net[7].weight[:, 5 * 49:6 * 49] /= 1000
-    fp = tmp_path / "m.onnx"
-    torch.onnx.export(net, (x,), str(fp), input_names=["x"], output_names=["logits"], dynamo=False)
-    np.savez(tmp_path / "calib.npz", x=zoo.mnist_calibration(64))
-    held = tmp_path / "held"
-    held.mkdir()
-    for i, row in enumerate(zoo.mnist_heldout()[0][:16]):
-        np.savez(held / f"{i:02d}.npz", x=row[None])
+    fp, calib, held, _change = zoo.outlier_mnist(tmp_path, calib=64, held=16)
     q = tmp_path / "q.onnx"
     # --no-check: the all-INT8 model, which the default check would fix by keeping the outlier in float
-    assert CliRunner().invoke(cli, ["quantize", str(fp), "-o", str(q), "--calib", str(tmp_path / "calib.npz"), "--no-cache", "--no-check"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["quantize", str(fp), "-o", str(q), "--calib", str(calib), "--no-cache", "--no-check"]).exit_code == 0
     js = tmp_path / "c.json"
     res = CliRunner().invoke(cli, ["compare", str(fp), str(q), "--data", str(held), "--per-node", "--json", str(js)])
     assert res.exit_code == 3 and "worst cosine" in res.stderr  # the outlier wrecks INT8

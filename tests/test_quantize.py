@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -38,13 +37,6 @@ def test_efficientnet_loses_at_most_one_point_on_imagenet_val(target: str, effic
     manifest = json.loads(out.with_name(out.name + ".json").read_text())
     assert manifest["calibration"]["preprocessing"]["crop"] == 224
     assert manifest["recipe"]["activation_type"] == "uint8"
-
-
-@pytest.fixture(scope="module")
-def mnist_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tmp_path_factory.mktemp("mnist") / "mnist.onnx"
-    export_model("zoo:mnist_cnn", model, options=ExportOptions(dynamic_batch=True))
-    return model
 
 
 def test_mnist_cnn_loses_at_most_half_a_point_on_1000_digits(mnist_onnx: Path, tmp_path: Path) -> None:
@@ -163,23 +155,9 @@ def test_minilm_plain_quantize_keeps_cosine_099_on_unseen_sentences(minilm_onnx:
 
 def test_outlier_layer_ranks_first_and_is_kept_in_float(tmp_path: Path) -> None:
     """A trained CNN with one channel's activations scaled 1000x (the FP32 function unchanged)."""
-    import torch
-
-    net, (x,) = zoo.mnist_cnn()
-    c = 5
-    with torch.no_grad():
-        ref = net(torch.from_numpy(zoo.mnist_heldout()[0][:50])).numpy()
-        net[3].weight[c] *= 1000  # conv2: channel 5 becomes a 1000x outlier through ReLU and MaxPool
-        net[3].bias[c] *= 1000
-        net[7].weight[:, c * 49:(c + 1) * 49] /= 1000  # fc1 undoes it, so FP32 is unchanged
-        assert np.abs(net(torch.from_numpy(zoo.mnist_heldout()[0][:50])).numpy() - ref).max() < 1e-3
-    torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
-    np.savez(tmp_path / "calib.npz", x=zoo.mnist_calibration(128))
-    held = tmp_path / "held"
-    held.mkdir()
-    for i, row in enumerate(zoo.mnist_heldout()[0][:200]):
-        np.savez(held / f"{i:03d}.npz", x=row[None])
-    res, out, report = _quantize(tmp_path, tmp_path / "m.onnx", "--calib", str(tmp_path / "calib.npz"), "--eval", str(held),
+    model, calib, held, fp32_change = zoo.outlier_mnist(tmp_path)
+    assert fp32_change < 1e-3
+    res, out, report = _quantize(tmp_path, model, "--calib", str(calib), "--eval", str(held),
                                  "--max-accuracy-drop", "1.0", "--metric", "top1")
     assert res.exit_code == 0, res.output
     fb = report["fallback"]
@@ -189,7 +167,7 @@ def test_outlier_layer_ranks_first_and_is_kept_in_float(tmp_path: Path) -> None:
     assert any(p in fb["ranking"][0]["node"] for p in outlier_path), fb["ranking"][:3]
     assert 1 <= len(kept) <= 3 and all(any(p in k for p in outlier_path) for k in kept), kept
     # the same search with a metric of the user's own (pkg.module:callable)
-    res, _, report = _quantize(tmp_path, tmp_path / "m.onnx", "--calib", str(tmp_path / "calib.npz"), "--eval", str(held),
+    res, _, report = _quantize(tmp_path, model, "--calib", str(calib), "--eval", str(held),
                                "--max-accuracy-drop", "0.5", "--metric", "zoo:top3_miss_points", name="user.onnx")
     assert res.exit_code == 0, res.output
     assert report["fallback"]["metric"] == "zoo:top3_miss_points" and report["fallback"]["met"]

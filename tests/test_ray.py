@@ -140,23 +140,10 @@ def test_a_device_no_node_offers_is_exit_4_before_anything_runs(cluster: str, tm
 @pytest.fixture(scope="module")
 def outlier_cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """The MNIST CNN with a 1000x outlier channel (as in test_quantize), its calibration set and held-out digits."""
-    import torch
     import zoo
 
-    folder = tmp_path_factory.mktemp("outlier")
-    net, (x,) = zoo.mnist_cnn()
-    c = 5
-    with torch.no_grad():
-        net[3].weight[c] *= 1000
-        net[3].bias[c] *= 1000
-        net[7].weight[:, c * 49:(c + 1) * 49] /= 1000
-    torch.onnx.export(net, (x,), str(folder / "m.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
-    np.savez(folder / "calib.npz", x=zoo.mnist_calibration(128))
-    held = folder / "held"
-    held.mkdir()
-    for i, row in enumerate(zoo.mnist_heldout()[0][:200]):
-        np.savez(held / f"{i:03d}.npz", x=row[None])
-    return folder / "m.onnx", folder / "calib.npz", held
+    model, calib, held, _change = zoo.outlier_mnist(tmp_path_factory.mktemp("outlier"))
+    return model, calib, held
 
 
 def _kill_first_unit(stop: threading.Event, killed: list[int]) -> None:

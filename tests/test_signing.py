@@ -22,14 +22,12 @@ import zoo
 from edgekit.cli import cli
 from edgekit.compile import compile_model
 from edgekit.errors import GateFailed
-from edgekit.export import ExportOptions, export_model
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifact(mnist_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("signing")
-    export_model("zoo:mnist_cnn", d / "cnn.onnx", options=ExportOptions(dynamic_batch=True))
-    compile_model(d / "cnn.onnx", d / "ort", target="onnxruntime")
+    compile_model(mnist_onnx, d / "ort", target="onnxruntime")
     return d / "ort"
 
 

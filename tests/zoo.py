@@ -280,3 +280,28 @@ def copies(model: Path, k: int, out: Path) -> Path:
     graph = onnx.helper.make_graph(nodes, "copies", [src.graph.input[0]], outputs, inits)
     onnx.save(onnx.helper.make_model(graph, opset_imports=src.opset_import), str(out))
     return out
+
+
+def outlier_mnist(folder: Path, *, calib: int = 128, held: int = 200) -> tuple[Path, Path, Path, float]:
+    """The MNIST CNN with conv2's channel 5 scaled into a 1000x activation outlier (through ReLU and MaxPool)
+    and fc1 undoing it, so FP32 computes the same function: (model.onnx, calib.npz, held-out folder of
+    single digits, the largest change of FP32 logits the scaling caused on 50 held-out digits)."""
+    import torch
+
+    net, (x,) = mnist_cnn()
+    c = 5
+    digits = torch.from_numpy(mnist_heldout()[0][:50])
+    with torch.no_grad():
+        ref = net(digits).numpy()
+        net[3].weight[c] *= 1000
+        net[3].bias[c] *= 1000
+        net[7].weight[:, c * 49:(c + 1) * 49] /= 1000
+        change = float(np.abs(net(digits).numpy() - ref).max())
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net, (x,), str(folder / "m.onnx"), input_names=["x"], output_names=["logits"], dynamo=False)
+    np.savez(folder / "calib.npz", x=mnist_calibration(calib))
+    held_dir = folder / "held"
+    held_dir.mkdir(exist_ok=True)
+    for i, row in enumerate(mnist_heldout()[0][:held]):
+        np.savez(held_dir / f"{i:03d}.npz", x=row[None])
+    return folder / "m.onnx", folder / "calib.npz", held_dir, change

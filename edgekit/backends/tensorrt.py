@@ -15,7 +15,6 @@ the comments name the line each one follows.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 

@@ -71,7 +71,7 @@ def device_from_table(name: str, data: Any, *, label: str) -> Device:
         locked = _LOCKED.get(key.strip().lower())
         if locked is not None and value.strip().lower() != locked:
             raise UsageError(f"{label}.ssh_options: {o!r} is not allowed: edgekit always checks host keys and never prompts",
-                             hint=f"remove it; add the device's host key to known_hosts instead (ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts, after checking it)")
+                             hint="remove it; add the device's host key to known_hosts instead (ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts, after checking it)")
     return Device(name=name, host=data["host"], user=data.get("user"), port=port, python=data.get("python", "python3"),
                   workdir=data.get("workdir", DEFAULT_WORKDIR), ssh_options=tuple(opts), ssh_config=data.get("ssh_config"))
 
