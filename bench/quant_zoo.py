@@ -111,7 +111,7 @@ def run_edgekit(src: Path, out: Path, calib: Path, backend: str) -> dict[str, An
     return {"exit": p.returncode, "seconds": time.perf_counter() - t0, "error": errors[0] if errors else None, "report": rep}
 
 
-def one(name: str, backends: list[str], seconds: float, work: Path) -> list[dict[str, Any]]:
+def one(name: str, backends: list[str], seconds: float, work: Path, *, peers: bool = True) -> list[dict[str, Any]]:
     m = zm.MODELS[name]
     src = m.path()
     calib, held = m.data()
@@ -145,8 +145,11 @@ def one(name: str, backends: list[str], seconds: float, work: Path) -> list[dict
         row["edgekit"]["outcome"] = ("kept" if s is not None and s >= m.bar and ek["exit"] == 0 else
                                      "refused (exit 3)" if ek["exit"] == 3 else
                                      "SILENT FAILURE" if ek["exit"] == 0 else f"error (exit {ek['exit']})")
+        row["measured_at_commit"] = _commit()
         for peer, make in (("ort_quantize_static", lambda: ort_defaults(src, work / f"{name}-{backend}-ort.onnx", calib)),
                            ("nncf", lambda: nncf_defaults(src, work / f"{name}-{backend}-nncf.onnx", calib, backend))):
+            if not peers:
+                continue
             print(f"{name} on {backend}: {peer} ...", flush=True)
             try:
                 path = make()
@@ -166,6 +169,8 @@ def main() -> None:
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing per variant for the speed-up")
     ap.add_argument("--keep", action="store_true", help="keep each model's quantized files (else removed after it: GBs for big models)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="edgekit's column only; the peers' columns are kept from the results file (they do not depend on edgekit)")
     args = ap.parse_args()
     from edgekit.doctor import cpu_name
 
@@ -174,9 +179,17 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
         (work / name).mkdir()
-        rows += one(name, backends, args.seconds, work / name)
+        rows += one(name, backends, args.seconds, work / name, peers=not args.no_peers)
         if not args.keep:
             shutil.rmtree(work / name, ignore_errors=True)
+    # rows of models (or backends) not run now are kept from the results file, each saying when it was measured
+    previous = _previous_rows()
+    for r in rows:
+        old = previous.pop((r["model"], r["backend"]), None)
+        for peer in ("ort_quantize_static", "nncf"):
+            if peer not in r:
+                r[peer] = old[peer] if old and peer in old else {"score": None, "outcome": "not run"}
+    rows = sorted(rows + list(previous.values()), key=lambda r: (list(zm.MODELS).index(r["model"]) if r["model"] in zm.MODELS else 99, r["backend"]))
     if args.keep:
         print(f"quantized models kept in {work}")
     else:
@@ -193,6 +206,21 @@ def main() -> None:
     print(f"silent failures: edgekit {silent['edgekit']}, ORT quantize_static {silent['ort_quantize_static']}, NNCF {silent['nncf']} (of {len(rows)})")
     path = write_results("quant_zoo", {"cpu": cpu_name(), "int8_features": _int8_features(), "rows": rows, "silent_failures": silent})
     print(f"wrote {path}")
+
+
+def _commit() -> str:
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return p.stdout.strip() or "unknown"
+
+
+def _previous_rows() -> dict[tuple[str, str], dict[str, Any]]:
+    from _common import RESULTS
+
+    path = RESULTS / "quant_zoo.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {(r["model"], r["backend"]): {"measured_at_commit": data.get("measured_at_commit"), **r} for r in data.get("rows", [])}
 
 
 def _int8_features() -> str:

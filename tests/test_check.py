@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import zoo
-from edgekit.quantize.check import DEFAULT_BAR, compare_output, holdout_indices, looks_like_class_scores
+from edgekit.quantize.check import DEFAULT_BAR, compare_output, compare_outputs, holdout_indices, looks_like_class_scores, summary_line
 from edgekit.quantize.settle import samples_needed, settle_report
 
 
@@ -91,3 +91,62 @@ def test_a_probability_per_sample_is_judged_by_its_confident_decisions() -> None
     res = compare_output("prob", ref, flipped, DEFAULT_BAR)
     assert res["kind"] == "probability" and res["cosine_worst"] > 0.99 and not res["passed"]
     assert compare_output("prob", ref, [r * 0.99 for r in ref], DEFAULT_BAR)["passed"]
+
+
+def _ctc_lines(logits: np.ndarray, lines: int = 20, per_line: int = 5) -> list[np.ndarray]:
+    """CTC-style per-step scores [T, 1, 11] from the real digits classifier: each digit's logits on two steps,
+    then a blank step (class 10), as a text-line recognizer emits them."""
+    out = []
+    for k in range(lines):
+        steps = []
+        for row in logits[k * per_line:(k + 1) * per_line]:
+            digit = np.append(row, row.min() - 5)
+            blank = np.append(np.full(10, row.min()), row.max() + 5)
+            steps += [digit, digit, blank]
+        out.append(np.stack(steps)[:, None, :].astype(np.float32))
+    return out
+
+
+def test_per_step_scores_are_judged_by_the_sequences_a_decoder_reads(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
+    """A recognizer that keeps 99% of its steps can misread one line in ten: the per-step rules pass it,
+    the decoded-sequence rule does not."""
+    logits, _ = digits_logits
+    ref = _ctc_lines(logits)
+    rng = np.random.default_rng(3)
+    noisy = [r + rng.normal(0, 0.02 * r.std(), r.shape).astype(np.float32) for r in ref]
+    ok = compare_output("ctc", ref, noisy, DEFAULT_BAR)
+    assert ok["kind"] == "sequence scores" and ok["sequences"] == 20 and ok["sequence_agreement"] >= 0.95 and ok["passed"]
+    misread = [r.copy() for r in ref]
+    for line in (4, 11):  # one character of two lines becomes FP32's runner-up (both steps of it)
+        for t in (0, 1):
+            top2 = np.argsort(misread[line][t, 0, :10])[-2:]
+            misread[line][t, 0, top2] = misread[line][t, 0, top2[::-1]]
+    bad = compare_output("ctc", ref, misread, DEFAULT_BAR)
+    assert bad["top1_agreement_confident"] >= DEFAULT_BAR.min_top1 and bad["top5_containment"] == 1.0  # per step: fine
+    assert bad["sequence_agreement"] == pytest.approx(0.9) and not bad["passed"]
+    assert "decoded the same on 90% of 20 sequences" in summary_line({"outputs": [bad], "samples": 20})
+    # [N, T, C] with a batch of 4 lines per feed reads the same; the batch axis is found by trying both
+    batched = [np.concatenate([r.transpose(1, 0, 2) for r in ref[i:i + 4]]) for i in range(0, 20, 4)]
+    batched_bad = [np.concatenate([r.transpose(1, 0, 2) for r in misread[i:i + 4]]) for i in range(0, 20, 4)]
+    res = compare_output("ctc", batched, batched_bad, DEFAULT_BAR)
+    assert res["kind"] == "sequence scores" and res["sequences"] == 20 and res["sequence_agreement"] == pytest.approx(0.9)
+
+
+def test_id_sequences_are_compared_and_other_integer_outputs_are_not(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
+    logits, _ = digits_logits
+    ids = [r.argmax(-1).T.astype(np.int64) for r in _ctc_lines(logits)]  # [1, T]: a recognizer that returns its argmax
+    changed = [i.copy() for i in ids]
+    changed[0][0, 0] = (changed[0][0, 0] + 1) % 10  # one character of the first line differs in the first of its two steps
+    out = compare_outputs(["ids"], [[i] for i in ids], [[c] for c in changed], DEFAULT_BAR)
+    assert out[0]["kind"] == "id sequences" and out[0]["sequence_agreement"] == pytest.approx(0.95) and out[0]["passed"]
+    changed[1][0, 3:5] = 10  # the second line loses a character: 18 of 20 lines read the same
+    assert not compare_outputs(["ids"], [[i] for i in ids], [[c] for c in changed], DEFAULT_BAR)[0]["passed"]
+    picked = [np.array([[0, 3, 17], [0, 5, 2]], np.int64)]  # NMS's selected (batch, class, box) rows: no sequence, not compared
+    assert compare_outputs(["selected"], [picked], [picked[:1]], DEFAULT_BAR) == []
+
+
+def test_long_per_anchor_outputs_are_no_sequences(digits_logits: tuple[np.ndarray, np.ndarray]) -> None:
+    """A detector's [1, anchors, classes] rows are not steps a decoder reads: no sequence rule on them."""
+    logits, _ = digits_logits
+    anchors = np.tile(logits, (12, 1))[None]  # [1, 1200, 10]
+    assert compare_output("det", [anchors], [anchors * 1.001], DEFAULT_BAR)["kind"] == "class scores"

@@ -14,6 +14,11 @@ The default bar (`CheckBar`, documented in the README) is judged per output:
 - an output of one probability per sample (values in [0, 1], as a detector's sigmoid): besides the
   cosine below, the decision (p >= 0.5) is kept on at least 98% of the samples where FP32 is
   confident (p <= 0.25 or p >= 0.75);
+- per-step class scores (CTC logits, a tagger's per-token scores: [N, T, C] or [T, N, C]) and integer
+  id sequences, when FP32 shows a background class (blank, "O") on at least a quarter of the steps:
+  the sequence a greedy decoder reads (argmax per step, repeats collapsed, that class dropped) is
+  the same as FP32's on at least 95% of the held-out sequences. Per-step rules alone miss this: a
+  text recognizer that keeps 98% of its steps can still misread one line in five;
 - every other output (embeddings, regressions, states): the worst row cosine is at least 0.99
   (rows = vectors along the last axis; an output of one value per sample is one row over
   the slice).
@@ -49,11 +54,13 @@ class CheckBar:
     confident: float = 0.5  # FP32 top-1 probability from which a row counts as confident
     min_top5: float = 0.98  # class scores: share of all rows whose FP32 top-1 stays in INT8's top-5
     min_class_cosine: float = 0.95  # class scores: mean row cosine (a floor if an output only looks like scores)
+    min_sequence: float = 0.95  # per-step scores / id sequences: share of held-out sequences decoded the same
 
     def describe(self) -> str:
         return (f"worst row cosine >= {self.min_cosine:g} per output; class scores: top-1 kept on >= {100 * self.min_top1:g}% "
                 f"of confident rows (FP32 p >= {self.confident:g}), in the top-5 on >= {100 * self.min_top5:g}% of rows, "
-                f"mean row cosine >= {self.min_class_cosine:g}")
+                f"mean row cosine >= {self.min_class_cosine:g}; sequences (per-step scores, ids): decoded the same on "
+                f">= {100 * self.min_sequence:g}%")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "text": self.describe()}
@@ -160,6 +167,73 @@ def looks_like_class_scores(ref: Sequence[np.ndarray]) -> bool:
     return not np.allclose(np.linalg.norm(rows, axis=-1), 1.0, atol=1e-3)
 
 
+SEQUENCE_MAX_STEPS = 1024  # longer "sequences" are a detector's anchors or a map's pixels, not steps a decoder reads
+SEQUENCE_MIN_BACKGROUND = 0.25  # CTC's blank, a tagger's "O": the class FP32 gives most steps
+
+
+def _step_maps(arrays: Sequence[np.ndarray], scores: bool) -> list[np.ndarray] | None:
+    """Per feed, the per-step class ids with size-1 axes dropped (argmax over the last axis of scores):
+    1-D (one sequence) or 2-D (sequences along an axis that is batch or time: both are tried). None when
+    some feed gives no such map."""
+    out = []
+    for a in arrays:
+        ids = np.asarray(a).argmax(-1) if scores else np.asarray(a)
+        ids = ids.reshape([d for d in ids.shape if d != 1])
+        if ids.ndim not in (1, 2) or ids.size < 2:
+            return None
+        out.append(ids)
+    return out
+
+
+def _decoded(ids: np.ndarray, blank: Any) -> tuple[Any, ...]:
+    """What a greedy CTC decoder reads: repeats collapsed, the background class dropped."""
+    flat = ids.tolist()
+    return tuple(v for i, v in enumerate(flat) if v != blank and (i == 0 or v != flat[i - 1]))
+
+
+def sequence_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], *, scores: bool) -> tuple[float, int] | None:
+    """(share of held-out sequences INT8 decodes as FP32 does, how many), or None when the output is no
+    sequence of steps with a background class (see the module's docstring)."""
+    a, b = _step_maps(ref, scores), _step_maps(got, scores)
+    if a is None:
+        return None
+    values, counts = np.unique(np.concatenate([m.ravel() for m in a]), return_counts=True)
+    if counts.max() < SEQUENCE_MIN_BACKGROUND * counts.sum():
+        return None
+    blank = values[counts.argmax()].item()
+    layouts = [(0,), (1,)] if any(m.ndim == 2 for m in a) else [(0,)]
+    worst: tuple[float, int] | None = None
+    for (axis,) in layouts:  # sequences along axis 1 (rows = batch) or axis 0 (rows = time), the worse of the two
+        same = total = 0
+        for r, g in zip(a, b if b is not None else [None] * len(a)):
+            rows = [r] if r.ndim == 1 else list(r if axis == 0 else r.T)
+            if any(len(x) > SEQUENCE_MAX_STEPS for x in rows):
+                return None
+            if g is None or g.shape != r.shape:
+                total += len(rows)
+                continue
+            grows = [g] if g.ndim == 1 else list(g if axis == 0 else g.T)
+            same += sum(_decoded(x, blank) == _decoded(y, blank) for x, y in zip(rows, grows))
+            total += len(rows)
+        if total and (worst is None or same / total < worst[0]):
+            worst = (same / total, total)
+    return worst
+
+
+def compare_ids(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], bar: CheckBar) -> dict[str, Any] | None:
+    """An integer output that is a sequence of ids (a recognizer that returns its argmax): decoded agreement.
+    None for other integer outputs (token ids passed through, masks, counts): they are not compared."""
+    if any(len([d for d in np.shape(r) if d != 1]) != 1 for r in ref):  # one sequence per feed only (not NMS's [K, 3] rows)
+        return None
+    seq = sequence_agreement(ref, got, scores=False)
+    if seq is None:
+        return None
+    short = bar.min_sequence - seq[0]
+    return {"output": name, "rows": seq[1], "kind": "id sequences", "cosine_mean": None, "cosine_worst": None, "sqnr_db": None, "max_abs": None,
+            "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None, "sequence_agreement": seq[0],
+            "sequences": seq[1], "shortfall": float(short), "passed": bool(short <= 0)}
+
+
 def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], bar: CheckBar) -> dict[str, Any]:
     """INT8 against FP32 for one output over the held-out samples, and whether it meets `bar`."""
     per_row = ref[0].ndim >= 2 and ref[0].shape[-1] > 1
@@ -194,6 +268,10 @@ def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarra
         short = max(bar.min_class_cosine - res["cosine_mean"], bar.min_top5 - res["top5_containment"])
         if res["top1_agreement_confident"] is not None:
             short = max(short, bar.min_top1 - res["top1_agreement_confident"])
+        seq = sequence_agreement(ref, got, scores=True) if ref[0].ndim >= 3 else None
+        if seq is not None:
+            res.update(kind="sequence scores", sequence_agreement=seq[0], sequences=seq[1])
+            short = max(short, bar.min_sequence - seq[0])
     else:
         short = bar.min_cosine - res["cosine_worst"]
         if not per_row and all(r.size == r.shape[0] for r in ref) and a.size and a.min() >= 0 and a.max() <= 1:
@@ -214,16 +292,29 @@ def compare_outputs(names: Sequence[str], reference: Sequence[Sequence[np.ndarra
     out = []
     for j, name in enumerate(names):
         ref_j = [np.asarray(r[j]) for r in reference]
+        got_j = [np.asarray(g[j]) for g in got]
+        if ref_j[0].dtype.kind in "iub":
+            ids = compare_ids(name, ref_j, got_j, bar) if ref_j[0].dtype.kind in "iu" else None
+            if ids is not None:
+                out.append(ids)
+            continue
         if ref_j[0].dtype.kind != "f":
             continue
-        out.append(compare_output(name, ref_j, [np.asarray(g[j]) for g in got], bar))
+        out.append(compare_output(name, ref_j, got_j, bar))
     return out
 
 
 def ranking_drop(outputs: Sequence[dict[str, Any]]) -> float:
     """A continuous score for ranking nodes (the bar itself is a step): 1 - worst row cosine, or 1 - mean
     row cosine for class scores, the worst over outputs."""
-    return max((1 - (o["cosine_mean"] if o["kind"] == "class scores" else o["cosine_worst"]) for o in outputs), default=0.0)
+    def drop(o: dict[str, Any]) -> float:
+        if o["kind"] == "id sequences":
+            return 1 - o["sequence_agreement"]
+        if o["kind"] == "sequence scores":  # the decoded sequences first, the scores' cosine to break ties
+            return max(1 - o["sequence_agreement"], 1 - o["cosine_mean"])
+        return 1 - (o["cosine_mean"] if o["kind"] == "class scores" else o["cosine_worst"])
+
+    return max((drop(o) for o in outputs), default=0.0)
 
 
 @dataclasses.dataclass
@@ -308,7 +399,9 @@ def summary_line(check: dict[str, Any]) -> str:
         return f"meets the bar on {check['samples']} held-out samples"
     parts = []
     for o in failed:
-        if o["kind"] == "class scores":
+        if o["kind"] in ("id sequences", "sequence scores") and o["sequence_agreement"] < DEFAULT_BAR.min_sequence:
+            parts.append(f"{o['output']} (decoded the same on {100 * o['sequence_agreement']:.0f}% of {o['sequences']} sequences)")
+        elif o["kind"] in ("class scores", "sequence scores"):
             conf = o["top1_agreement_confident"]
             parts.append(f"{o['output']} (top-1 kept on {'-' if conf is None else f'{100 * conf:.0f}%'} of {o['confident_rows']} confident rows, "
                          f"in the top-5 on {100 * o['top5_containment']:.0f}%, mean cosine {o['cosine_mean']:.4f})")
