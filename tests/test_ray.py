@@ -208,3 +208,75 @@ def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
     while _units_running("bench") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _units_running("bench"), "bench units kept running after Ctrl-C"
+
+
+# --- a device reached over SSH, benched from the node that declares it --------------------------
+
+@pytest.fixture(scope="module")
+def ssh_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real sshd on 127.0.0.1 (test_remote's, throwaway keys) and a device Python without torch."""
+    import shutil
+
+    from test_remote import SSHD, Sshd, _keygen, device_python
+
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
+    try:
+        Path("/run/sshd").mkdir(exist_ok=True)
+    except OSError as exc:
+        pytest.skip(f"sshd needs /run/sshd, which cannot be made here ({exc})")
+    root = tmp_path_factory.mktemp("ray-ssh")
+    key = _keygen(root / "id_user")
+    server = Sshd(root / "sshd", key)
+    (root / "known_hosts").write_text(server.known_hosts_line())
+    try:
+        yield {"server": server, "key": key, "known_hosts": root / "known_hosts", "python": device_python(root / "device-python"), "root": root}
+    finally:
+        server.stop()
+
+
+def _compiled_tiny(folder: Path) -> Path:
+    (folder / "models").mkdir()
+    model = _tiny_models(folder / "models", 1)[0]
+    res = CliRunner().invoke(cli, ["compile", str(model), "--target", "onnxruntime", "-o", str(folder / "art")])
+    assert res.exit_code == 0, res.output
+    return folder / "art"
+
+
+def test_a_device_entry_is_benched_over_ssh_from_the_node_that_declares_the_device(cluster: str, ssh_device: dict, tmp_path: Path) -> None:
+    from test_remote import _device_table
+
+    art = _compiled_tiny(tmp_path)
+    work = tmp_path / "device-work"
+    lab = {"key": ssh_device["key"], "known_hosts": ssh_device["known_hosts"]}
+    (tmp_path / "edgekit.toml").write_text(
+        _device_table("dev1", ssh_device["server"], lab, ssh_device["python"], work)
+        + f'[[bench]]\nname = "on-dev1"\nmodel = "{art}"\ntarget = "onnxruntime"\ndevice = "dev1"\nbudgets = {{ p99 = "5000ms", p50 = "0.00001ms" }}\n')
+    local_res, local, _ = _bench(tmp_path)
+    ray_res, remote, _ = _bench(tmp_path, "--executor", cluster)
+    assert local_res.exit_code == ray_res.exit_code == 3, ray_res.output  # the p50 budget fails both ways, p99 passes
+    verdicts = lambda run: [(r["name"], r["target"], r["passed"], [b["verdict"] for b in r["budgets"]]) for r in run["results"]]  # noqa: E731
+    assert verdicts(remote) == verdicts(local) == [("on-dev1", "onnxruntime@dev1", False, ["pass", "fail"])]
+    assert _structure(remote) == _structure(local)
+    lr, rr = local["results"][0], remote["results"][0]
+    assert (rr["artifact"], rr["artifact_path"], rr["artifact_sha256"]) == (lr["artifact"], lr["artifact_path"], lr["artifact_sha256"])
+    assert rr["environment"]["device"]["python_executable"] == str(ssh_device["python"])  # measured by the device's Python, over SSH
+    assert any("measured on device dev1" in n for n in rr["notes"]) and list(work.iterdir()) == []
+    import ray
+
+    ray.init(address=cluster.removeprefix("ray://"), logging_level="ERROR")
+    try:
+        device_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(DEVICE))
+    finally:
+        ray.shutdown()
+    assert lr["ran_on"]["executor"] == "local"
+    assert rr["ran_on"]["executor"] == "ray" and rr["ran_on"]["node_id"] == device_node, rr["ran_on"]
+
+
+def test_a_device_no_node_reaches_is_exit_4_naming_its_resource(cluster: str, tmp_path: Path) -> None:
+    art = _compiled_tiny(tmp_path)
+    (tmp_path / "edgekit.toml").write_text(f'[devices.orin9]\nhost = "127.0.0.1"\nport = 1\n\n'
+                                           f'[[bench]]\nname = "on-orin9"\nmodel = "{art}"\ntarget = "onnxruntime"\ndevice = "orin9"\n')
+    res, report, junit = _bench(tmp_path, "--executor", cluster)
+    assert res.exit_code == 4, res.output
+    assert "edgekit-device:orin9" in res.output and "ray start" in res.output and report == {}

@@ -45,7 +45,7 @@ from edgekit.config import STATS
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
               help="Where the entries run: here, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it. "
-                   "Entries on a --device/`device` are benched over SSH from here either way.")
+                   "With ray, an entry on a --device/`device` NAME is benched over SSH from the node that declares edgekit-device:NAME.")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, bundle_artifact: str | None, update_baselines: bool, allow_model_change: bool, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
@@ -138,7 +138,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
 
         with executor_from_spec(executor_spec) as ex:
             results.extend(run_bench_jobs(jobs, devices, executor=ex, over_ssh=lambda js: bench_jobs(js, config=config, bench_here=bench_here),
-                                          labels=labels if config else None, resources=resources))
+                                          labels=labels if config else None, resources=resources, config=config))
         if update_baselines:
             for r in results:
                 path = baselines[r["name"]]
