@@ -279,4 +279,40 @@ def test_a_device_no_node_reaches_is_exit_4_naming_its_resource(cluster: str, tm
                                            f'[[bench]]\nname = "on-orin9"\nmodel = "{art}"\ntarget = "onnxruntime"\ndevice = "orin9"\n')
     res, report, junit = _bench(tmp_path, "--executor", cluster)
     assert res.exit_code == 4, res.output
-    assert "edgekit-device:orin9" in res.output and "ray start" in res.output and report == {}
+    assert "edgekit-device:orin9" in res.output and "ray start" in res.output and report == {} and "edgekit-device:orin9" in junit
+
+
+# --- optimize --executor ray ---------------------------------------------------------------------
+
+def test_optimize_races_on_one_node_ranks_on_the_cluster_and_chooses_as_local(cluster: str, outlier_cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    model, calib, held = outlier_cnn
+    few = tmp_path / "held"  # 40 digits: quantize's check fails on the outlier channel, its fallback ranks every node
+    few.mkdir()
+    for f in sorted(held.iterdir())[:40]:
+        shutil.copy(f, few / f.name)
+    # INT8 misses a budget this tight whatever the timing: the verdicts and the winner do not depend on the machine's load
+    args = ["optimize", str(model), "--calib", str(calib), "--eval", str(few), "--target", "onnxruntime", "--candidates", "fp32,int8",
+            "--max-accuracy-drop", "1e-7", "--min-duration", "0.3"]
+    runs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", cluster])):
+        res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / f"out-{name}"), "--json", str(tmp_path / f"{name}.json"), *extra])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    local, remote = runs["local"], runs["ray"]
+    verdicts = lambda r: [(c["name"], c["built"], c["verdict"], c["accuracy"]["meets"], c["quantize"] and c["quantize"]["kept_in_float"]) for c in r["candidates"]]  # noqa: E731
+    assert verdicts(remote) == verdicts(local) and remote["winner"] == local["winner"] == "fp32"
+    assert [c["accuracy"]["drop"] for c in remote["candidates"]] == pytest.approx([c["accuracy"]["drop"] for c in local["candidates"]], rel=1e-6, abs=1e-12)
+    assert set(remote) == set(local) and (remote["model"], remote["output"]) == (str(model), str(tmp_path / "out-ray"))  # paths as here
+    assert local["ran_on"]["executor"] == "local" and local["candidates"][1]["quantize"]["ranked_on"] is None
+    race = remote["ran_on"]  # every compile, accuracy pass and the interleaved race: one unit, one node
+    assert race["executor"] == "ray" and race["node_id"] and race["attempts"] == 1, race
+    ranked = remote["candidates"][1]["quantize"]["ranked_on"]  # quantize's sensitivity units, from that unit, over the cluster
+    assert ranked["executor"] == "ray" and ranked["units"] >= 2 and sum(ranked["nodes"].values()) == ranked["units"], ranked
+    # the winner was written here, from the node, as a local run writes it
+    manifest = json.loads((tmp_path / "out-ray" / "manifest.json").read_text())
+    assert manifest["optimize"]["winner"] == "fp32" and manifest["precision"] == "fp32"
+    assert json.loads((tmp_path / "out-ray" / "optimize.json").read_text())["ran_on"] == race
+    bench = CliRunner().invoke(cli, ["bench", str(tmp_path / "out-ray"), "--min-duration", "0.1"])
+    assert bench.exit_code == 0, bench.output

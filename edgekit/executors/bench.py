@@ -62,7 +62,7 @@ def bench_jobs(jobs: Sequence[BenchJob], *, executor: Executor, config: str | No
         executor.check([needs_of(j, offered) for j in jobs])
     units = [_ship(j, config) if remote else j for j in jobs]
     for unit, done in zip(units, executor.map(_bench_unit, units, needs=[needs_of(j, offered) for j in jobs], label="bench")):
-        result = done.value if isinstance(unit, BenchJob) else _relocate(done.value[1], _relocations(Path(done.value[0]), unit))
+        result = done.value if isinstance(unit, BenchJob) else relocate(done.value[1], _relocations(Path(done.value[0]), unit))
         if not isinstance(unit, BenchJob):  # the two fields that hold the same path, as given and resolved
             result["artifact"], result["artifact_path"] = unit.job.artifact, str(Path(unit.job.artifact).resolve())
         result["ran_on"] = done.place()
@@ -138,14 +138,7 @@ def _ship(job: BenchJob, config: str | None = None) -> _Shipped:
                 tar.add(extra, arcname=f"artifact/{extra.relative_to(src.parent)}")
         originals["artifact"] = job.artifact
         if job.options.data and Path(job.options.data).exists():
-            d = Path(job.options.data)
-            if d.suffix == ".toml":  # a calibration manifest names files beside it
-                tar.add(d.parent, arcname=f"data/{d.parent.name}")
-                places["data"] = f"data/{d.parent.name}/{d.name}"
-            else:
-                tar.add(d, arcname=f"data/{d.name}")
-                places["data"] = f"data/{d.name}"
-            originals["data"] = job.options.data
+            places["data"], originals["data"] = add_source(tar, "data", Path(job.options.data)), job.options.data
         if job.options.baseline and Path(job.options.baseline).exists():
             _ship_baseline(tar, Path(job.options.baseline))
             places["baseline"] = f"baseline/{Path(job.options.baseline).name}"
@@ -162,6 +155,18 @@ def _ship(job: BenchJob, config: str | None = None) -> _Shipped:
         return _Shipped(job, buf.getvalue(), places, originals, device)
     target = load_target(job.target) if isinstance(job.target, str) else job.target  # profiles found here, not on the node
     return _Shipped(dataclasses.replace(job, target=target), buf.getvalue(), places, originals)
+
+
+def add_source(tar: tarfile.TarFile, role: str, path: Path) -> str:
+    """Put a file a unit reads into `tar` under ROLE/ and return its path there: a calibration .toml with the
+    folder it names files in, an .onnx with its external data, a folder whole."""
+    if path.suffix == ".toml":  # a calibration manifest names files beside it
+        tar.add(path.parent, arcname=f"{role}/{path.parent.name}")
+        return f"{role}/{path.parent.name}/{path.name}"
+    tar.add(path, arcname=f"{role}/{path.name}")
+    for extra in _external_data(path):
+        tar.add(extra, arcname=f"{role}/{extra.relative_to(path.parent)}")
+    return f"{role}/{path.name}"
 
 
 def _ship_baseline(tar: tarfile.TarFile, path: Path) -> None:
@@ -202,27 +207,32 @@ def _external_data(model: Path) -> list[Path]:
 
 
 def _relocations(root: Path, unit: _Shipped) -> list[tuple[str, str]]:
+    return relocations(root, unit.places, unit.originals)
+
+
+def relocations(root: Path, places: Mapping[str, str], originals: Mapping[str, str]) -> list[tuple[str, str]]:
     """(the node's path text, this machine's), most specific first: paths as given, resolved, and as messages
     show them (`shown` on the node: a path outside its working folder reads `…/PARENT/NAME`)."""
     from edgekit.bench.run import shown
 
     pairs = []
-    for role, rel in unit.places.items():
-        there, here = root / rel, Path(unit.originals[role])
+    for role, rel in places.items():
+        there, here = root / rel, Path(originals[role])
         pairs += [(str(there), str(here)), (str(Path("…", there.parent.name, there.name)), shown(here))]
         beside = str(root / rel.split("/")[0]) + "/"  # files beside it (a baseline's copy), as `here.parent / NAME` reads here
         pairs.append((beside, "" if str(here.parent) == "." else f"{here.parent}/"))
     return sorted(set(pairs), key=lambda p: -len(p[0]))
 
 
-def _relocate(obj: Any, pairs: list[tuple[str, str]]) -> Any:
+def relocate(obj: Any, pairs: list[tuple[str, str]]) -> Any:
+    """`obj` (strings, dicts, lists) with every node path text replaced by this machine's."""
     if isinstance(obj, str):
         for there, here in pairs:
             if there in obj:
                 obj = obj.replace(there, here)
         return obj
     if isinstance(obj, dict):
-        return {k: _relocate(v, pairs) for k, v in obj.items()}
+        return {k: relocate(v, pairs) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_relocate(v, pairs) for v in obj]
+        return [relocate(v, pairs) for v in obj]
     return obj
