@@ -25,14 +25,15 @@ from edgekit.cli import cli
 pytestmark = pytest.mark.skipif(not deps.available("ray"), reason="ray is not installed (pip install 'edgekit[ray]')")
 
 DEVICE = "edgekit-device:dev1"
+TARGET = "edgekit-target:quiet-ort"  # the same node also measures for the target quiet-ort (optimize's race goes there)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1."""
+    """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1 (and edgekit-target:quiet-ort)."""
     from raycluster import ray_cluster
 
-    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1}]) as address:
+    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1, TARGET: 1}]) as address:
         yield address
 
 
@@ -235,6 +236,16 @@ def ssh_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         server.stop()
 
 
+def _node_with(cluster: str, resource: str) -> str:
+    import ray
+
+    ray.init(address=cluster.removeprefix("ray://"), logging_level="ERROR")
+    try:
+        return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource))
+    finally:
+        ray.shutdown()
+
+
 def _compiled_tiny(folder: Path) -> Path:
     (folder / "models").mkdir()
     model = _tiny_models(folder / "models", 1)[0]
@@ -262,15 +273,8 @@ def test_a_device_entry_is_benched_over_ssh_from_the_node_that_declares_the_devi
     assert (rr["artifact"], rr["artifact_path"], rr["artifact_sha256"]) == (lr["artifact"], lr["artifact_path"], lr["artifact_sha256"])
     assert rr["environment"]["device"]["python_executable"] == str(ssh_device["python"])  # measured by the device's Python, over SSH
     assert any("measured on device dev1" in n for n in rr["notes"]) and list(work.iterdir()) == []
-    import ray
-
-    ray.init(address=cluster.removeprefix("ray://"), logging_level="ERROR")
-    try:
-        device_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(DEVICE))
-    finally:
-        ray.shutdown()
     assert lr["ran_on"]["executor"] == "local"
-    assert rr["ran_on"]["executor"] == "ray" and rr["ran_on"]["node_id"] == device_node, rr["ran_on"]
+    assert rr["ran_on"]["executor"] == "ray" and rr["ran_on"]["node_id"] == _node_with(cluster, DEVICE), rr["ran_on"]
 
 
 def test_a_device_no_node_reaches_is_exit_4_naming_its_resource(cluster: str, tmp_path: Path) -> None:
@@ -292,8 +296,10 @@ def test_optimize_races_on_one_node_ranks_on_the_cluster_and_chooses_as_local(cl
     few.mkdir()
     for f in sorted(held.iterdir())[:40]:
         shutil.copy(f, few / f.name)
+    # a target profile of this folder (it travels with the unit) whose node is declared: the race runs there
+    (tmp_path / "quiet-ort.toml").write_text('backend = "onnxruntime"\ndevice = "CPU"\n\n[options]\noptimization = "extended"\n')
     # INT8 misses a budget this tight whatever the timing: the verdicts and the winner do not depend on the machine's load
-    args = ["optimize", str(model), "--calib", str(calib), "--eval", str(few), "--target", "onnxruntime", "--candidates", "fp32,int8",
+    args = ["optimize", str(model), "--calib", str(calib), "--eval", str(few), "--target", str(tmp_path / "quiet-ort.toml"), "--candidates", "fp32,int8",
             "--max-accuracy-drop", "1e-7", "--min-duration", "0.3"]
     runs = {}
     for name, extra in (("local", []), ("ray", ["--executor", cluster])):
@@ -306,8 +312,9 @@ def test_optimize_races_on_one_node_ranks_on_the_cluster_and_chooses_as_local(cl
     assert [c["accuracy"]["drop"] for c in remote["candidates"]] == pytest.approx([c["accuracy"]["drop"] for c in local["candidates"]], rel=1e-6, abs=1e-12)
     assert set(remote) == set(local) and (remote["model"], remote["output"]) == (str(model), str(tmp_path / "out-ray"))  # paths as here
     assert local["ran_on"]["executor"] == "local" and local["candidates"][1]["quantize"]["ranked_on"] is None
-    race = remote["ran_on"]  # every compile, accuracy pass and the interleaved race: one unit, one node
-    assert race["executor"] == "ray" and race["node_id"] and race["attempts"] == 1, race
+    race = remote["ran_on"]  # every compile, accuracy pass and the interleaved race: one unit, on the node that declares the target
+    assert race["executor"] == "ray" and race["node_id"] == _node_with(cluster, TARGET) and race["attempts"] == 1, race
+    assert remote["target"] == local["target"] == "quiet-ort"
     ranked = remote["candidates"][1]["quantize"]["ranked_on"]  # quantize's sensitivity units, from that unit, over the cluster
     assert ranked["executor"] == "ray" and ranked["units"] >= 2 and sum(ranked["nodes"].values()) == ranked["units"], ranked
     # the winner was written here, from the node, as a local run writes it
