@@ -47,7 +47,7 @@ def target_needs(target: Any, offered: dict[str, float]) -> dict[str, float]:
 def optimize_on(executor: Any, model: Path, out_dir: Path, *, calib: str, options: Any) -> dict[str, Any]:
     """optimize_model as one unit on `executor`; the winner written to `out_dir` here, the report returned."""
     from edgekit.config import load_target
-    from edgekit.executors.bench import add_source, relocations
+    from edgekit.executors.bench import add_source, relocate, relocations
 
     if not model.is_file():
         raise UsageError(f"{model}: no such file", hint="give the FP32 .onnx model")
@@ -64,14 +64,12 @@ def optimize_on(executor: Any, model: Path, out_dir: Path, *, calib: str, option
     root, outcome, winner = done.value
     pairs = sorted(set(relocations(Path(root), places, originals) + [(str(Path(root) / "out"), str(out_dir))]), key=lambda p: -len(p[0]))
     kind, name, message, hint, report = outcome
-    from edgekit.executors.bench import relocate
-
     report = relocate(report, pairs)
     if report is not None:
         report["ran_on"] = done.place()  # with a retry, when the first attempt's worker died
     if kind == "error":
         raise _ERRORS.get(name, EdgekitError)(relocate(message, pairs), hint=relocate(hint, pairs), **({"result": report} if name == "GateFailed" else {}))
-    _unpack_winner(winner, out_dir, report, pairs)
+    _unpack_winner(winner, root, out_dir, report, pairs)
     return report
 
 
@@ -81,7 +79,7 @@ def _optimize_unit(job: _Job) -> tuple[str, tuple[str, str | None, str | None, s
     from edgekit.optimize import optimize_here
 
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-unit-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp).resolve()  # resolved: the report's paths and the manifest's resolved ones read alike
         with tarfile.open(fileobj=io.BytesIO(job.files)) as tar:
             tar.extractall(root, filter="data")
         at = {role: str(root / rel) for role, rel in job.places.items()}
@@ -92,20 +90,21 @@ def _optimize_unit(job: _Job) -> tuple[str, tuple[str, str | None, str | None, s
         try:
             report = optimize_here(Path(at["model"]), root / "out", calib=at.get("calib", job.calib), options=opts, ran_on={})
         except GateFailed as exc:
-            return tmp, ("error", "GateFailed", exc.message, exc.hint, exc.result), None
+            return str(root), ("error", "GateFailed", exc.message, exc.hint, exc.result), None
         except EdgekitError as exc:
-            return tmp, ("error", type(exc).__name__, exc.message, exc.hint, None), None
+            return str(root), ("error", type(exc).__name__, exc.message, exc.hint, None), None
         finally:
             units.close()
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
             tar.add(root / "out", arcname="out")
-        return tmp, ("ok", None, None, None, report), out.getvalue()
+        return str(root), ("ok", None, None, None, report), out.getvalue()
 
 
-def _unpack_winner(winner: bytes | None, out_dir: Path, report: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
     """The winner's folder into `out_dir` (replaced whole, atomically), its manifest's paths as here, the final report beside it."""
     from edgekit.compile import MANIFEST
+    from edgekit.executors.bench import relocate
     from edgekit.files import _json_default, atomic_dir
     from edgekit.optimize import REPORT
 
@@ -115,8 +114,7 @@ def _unpack_winner(winner: bytes | None, out_dir: Path, report: dict[str, Any], 
             tar.extractall(tmp, filter="data")
         for f in (Path(tmp) / "out").iterdir():
             shutil.move(f, dest / f.name)
-        from edgekit.executors.bench import relocate
-
-        manifest = relocate(json.loads((dest / MANIFEST).read_text()), pairs)
+        there = str(Path(root) / "out")  # the manifest records the INT8 winner's source resolved, as a local run does
+        manifest = relocate(json.loads((dest / MANIFEST).read_text()), [(t, str(out_dir.resolve()) if t == there else h) for t, h in pairs])
         (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
         (dest / REPORT).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
