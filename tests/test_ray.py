@@ -25,14 +25,15 @@ from edgekit.cli import cli
 pytestmark = pytest.mark.skipif(not deps.available("ray"), reason="ray is not installed (pip install 'edgekit[ray]')")
 
 DEVICE = "edgekit-device:dev1"
+TARGET = "edgekit-target:quiet-ort"  # the same node also measures for the target quiet-ort (optimize's race goes there)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1."""
+    """ray://127.0.0.1:PORT of a head (1 CPU) and a node (1 CPU) that alone declares edgekit-device:dev1 (and edgekit-target:quiet-ort)."""
     from raycluster import ray_cluster
 
-    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1}]) as address:
+    with ray_cluster(tmp_path_factory.mktemp("ray-logs"), [{}, {DEVICE: 1, TARGET: 1}]) as address:
         yield address
 
 
@@ -208,3 +209,117 @@ def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
     while _units_running("bench") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _units_running("bench"), "bench units kept running after Ctrl-C"
+
+
+# --- a device reached over SSH, benched from the node that declares it --------------------------
+
+@pytest.fixture(scope="module")
+def ssh_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real sshd on 127.0.0.1 (test_remote's, throwaway keys) and a device Python without torch."""
+    import shutil
+
+    from test_remote import SSHD, Sshd, _keygen, device_python
+
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
+    try:
+        Path("/run/sshd").mkdir(exist_ok=True)
+    except OSError as exc:
+        pytest.skip(f"sshd needs /run/sshd, which cannot be made here ({exc})")
+    root = tmp_path_factory.mktemp("ray-ssh")
+    key = _keygen(root / "id_user")
+    server = Sshd(root / "sshd", key)
+    (root / "known_hosts").write_text(server.known_hosts_line())
+    try:
+        yield {"server": server, "key": key, "known_hosts": root / "known_hosts", "python": device_python(root / "device-python"), "root": root}
+    finally:
+        server.stop()
+
+
+def _node_with(cluster: str, resource: str) -> str:
+    import ray
+
+    ray.init(address=cluster.removeprefix("ray://"), logging_level="ERROR")
+    try:
+        return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource))
+    finally:
+        ray.shutdown()
+
+
+def _compiled_tiny(folder: Path) -> Path:
+    (folder / "models").mkdir()
+    model = _tiny_models(folder / "models", 1)[0]
+    res = CliRunner().invoke(cli, ["compile", str(model), "--target", "onnxruntime", "-o", str(folder / "art")])
+    assert res.exit_code == 0, res.output
+    return folder / "art"
+
+
+def test_a_device_entry_is_benched_over_ssh_from_the_node_that_declares_the_device(cluster: str, ssh_device: dict, tmp_path: Path) -> None:
+    from test_remote import _device_table
+
+    art = _compiled_tiny(tmp_path)
+    work = tmp_path / "device-work"
+    lab = {"key": ssh_device["key"], "known_hosts": ssh_device["known_hosts"]}
+    (tmp_path / "edgekit.toml").write_text(
+        _device_table("dev1", ssh_device["server"], lab, ssh_device["python"], work)
+        + f'[[bench]]\nname = "on-dev1"\nmodel = "{art}"\ntarget = "onnxruntime"\ndevice = "dev1"\nbudgets = {{ p99 = "5000ms", p50 = "0.00001ms" }}\n')
+    local_res, local, _ = _bench(tmp_path)
+    ray_res, remote, _ = _bench(tmp_path, "--executor", cluster)
+    assert local_res.exit_code == ray_res.exit_code == 3, ray_res.output  # the p50 budget fails both ways, p99 passes
+    verdicts = lambda run: [(r["name"], r["target"], r["passed"], [b["verdict"] for b in r["budgets"]]) for r in run["results"]]  # noqa: E731
+    assert verdicts(remote) == verdicts(local) == [("on-dev1", "onnxruntime@dev1", False, ["pass", "fail"])]
+    assert _structure(remote) == _structure(local)
+    lr, rr = local["results"][0], remote["results"][0]
+    assert (rr["artifact"], rr["artifact_path"], rr["artifact_sha256"]) == (lr["artifact"], lr["artifact_path"], lr["artifact_sha256"])
+    assert rr["environment"]["device"]["python_executable"] == str(ssh_device["python"])  # measured by the device's Python, over SSH
+    assert any("measured on device dev1" in n for n in rr["notes"]) and list(work.iterdir()) == []
+    assert lr["ran_on"]["executor"] == "local"
+    assert rr["ran_on"]["executor"] == "ray" and rr["ran_on"]["node_id"] == _node_with(cluster, DEVICE), rr["ran_on"]
+
+
+def test_a_device_no_node_reaches_is_exit_4_naming_its_resource(cluster: str, tmp_path: Path) -> None:
+    art = _compiled_tiny(tmp_path)
+    (tmp_path / "edgekit.toml").write_text(f'[devices.orin9]\nhost = "127.0.0.1"\nport = 1\n\n'
+                                           f'[[bench]]\nname = "on-orin9"\nmodel = "{art}"\ntarget = "onnxruntime"\ndevice = "orin9"\n')
+    res, report, junit = _bench(tmp_path, "--executor", cluster)
+    assert res.exit_code == 4, res.output
+    assert "edgekit-device:orin9" in res.output and "ray start" in res.output and report == {} and "edgekit-device:orin9" in junit
+
+
+# --- optimize --executor ray ---------------------------------------------------------------------
+
+def test_optimize_races_on_one_node_ranks_on_the_cluster_and_chooses_as_local(cluster: str, outlier_cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    model, calib, held = outlier_cnn
+    few = tmp_path / "held"  # 40 digits: quantize's check fails on the outlier channel, its fallback ranks every node
+    few.mkdir()
+    for f in sorted(held.iterdir())[:40]:
+        shutil.copy(f, few / f.name)
+    # a target profile of this folder (it travels with the unit) whose node is declared: the race runs there
+    (tmp_path / "quiet-ort.toml").write_text('backend = "onnxruntime"\ndevice = "CPU"\n\n[options]\noptimization = "extended"\n')
+    # INT8 misses a budget this tight whatever the timing: the verdicts and the winner do not depend on the machine's load
+    args = ["optimize", str(model), "--calib", str(calib), "--eval", str(few), "--target", str(tmp_path / "quiet-ort.toml"), "--candidates", "fp32,int8",
+            "--max-accuracy-drop", "1e-7", "--min-duration", "0.3"]
+    runs = {}
+    for name, extra in (("local", []), ("ray", ["--executor", cluster])):
+        res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / f"out-{name}"), "--json", str(tmp_path / f"{name}.json"), *extra])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    local, remote = runs["local"], runs["ray"]
+    verdicts = lambda r: [(c["name"], c["built"], c["verdict"], c["accuracy"]["meets"], c["quantize"] and c["quantize"]["kept_in_float"]) for c in r["candidates"]]  # noqa: E731
+    assert verdicts(remote) == verdicts(local) and remote["winner"] == local["winner"] == "fp32"
+    assert [c["accuracy"]["drop"] for c in remote["candidates"]] == pytest.approx([c["accuracy"]["drop"] for c in local["candidates"]], rel=1e-6, abs=1e-12)
+    assert set(remote) == set(local) and (remote["model"], remote["output"]) == (str(model), str(tmp_path / "out-ray"))  # paths as here
+    assert local["ran_on"]["executor"] == "local" and local["candidates"][1]["quantize"]["ranked_on"] is None
+    race = remote["ran_on"]  # every compile, accuracy pass and the interleaved race: one unit, on the node that declares the target
+    assert race["executor"] == "ray" and race["node_id"] == _node_with(cluster, TARGET) and race["attempts"] == 1, race
+    assert remote["target"] == local["target"] == "quiet-ort"
+    ranked = remote["candidates"][1]["quantize"]["ranked_on"]  # quantize's sensitivity units, from that unit, over the cluster
+    assert ranked["executor"] == "ray" and ranked["units"] >= 2 and sum(ranked["nodes"].values()) == ranked["units"], ranked
+    # the winner was written here, from the node, as a local run writes it
+    manifest = json.loads((tmp_path / "out-ray" / "manifest.json").read_text())
+    assert manifest["optimize"]["winner"] == "fp32" and manifest["precision"] == "fp32"
+    assert json.loads((tmp_path / "out-ray" / "optimize.json").read_text())["ran_on"] == race
+    bench = CliRunner().invoke(cli, ["bench", str(tmp_path / "out-ray"), "--min-duration", "0.1"])
+    assert bench.exit_code == 0, bench.output

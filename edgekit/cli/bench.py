@@ -45,7 +45,7 @@ from edgekit.config import STATS
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
               help="Where the entries run: here, or as Ray tasks (edgekit[ray]); an entry's `resource` pins its bench to the node that declares it. "
-                   "Entries on a --device/`device` are benched over SSH from here either way.")
+                   "With ray, an entry on a --device/`device` NAME is benched over SSH from the node that declares edgekit-device:NAME.")
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, bundle_artifact: str | None, update_baselines: bool, allow_model_change: bool, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
@@ -103,6 +103,15 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
         labels: dict[str | None, str] = {}
         resources: dict[str | None, str | None] = {}  # --executor ray: the resource an entry's bench holds
         baselines: dict[str, str | None] = {}
+        from edgekit.executors import executor_from_spec
+
+        opened: list[Any] = []
+
+        def executor() -> Any:  # joined once, when first needed (an `optimize = true` entry, or the run); left when the command ends
+            if not opened:
+                opened.append(click.get_current_context().with_resource(executor_from_spec(executor_spec)))
+            return opened[0]
+
         if config:
             for e in load_project(config):
                 labels[e.name], baselines[e.name], resources[e.name] = e.label, e.baseline, e.resource
@@ -111,7 +120,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                     from edgekit.optimize.project import optimized_artifact
 
                     with naming(e.label, e.name):
-                        art, tgt = optimized_artifact(e)
+                        art, tgt = optimized_artifact(e, executor=executor())
                 jobs.append((art, tgt, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,
@@ -133,12 +142,10 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
             with naming(labels[o.name], o.name) if config else contextlib.nullcontext():
                 return bench_artifact(a, target=t, options=o)
 
-        from edgekit.executors import executor_from_spec
         from edgekit.executors.bench import run_bench_jobs
 
-        with executor_from_spec(executor_spec) as ex:
-            results.extend(run_bench_jobs(jobs, devices, executor=ex, over_ssh=lambda js: bench_jobs(js, config=config, bench_here=bench_here),
-                                          labels=labels if config else None, resources=resources))
+        results.extend(run_bench_jobs(jobs, devices, executor=executor(), over_ssh=lambda js: bench_jobs(js, config=config, bench_here=bench_here),
+                                      labels=labels if config else None, resources=resources, config=config))
         if update_baselines:
             for r in results:
                 path = baselines[r["name"]]

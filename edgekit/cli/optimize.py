@@ -1,6 +1,8 @@
 """`edgekit optimize MODEL --target T --calib SOURCE -o DIR`: the fastest artifact that meets the budgets."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from edgekit.cli._common import emit_json, json_option, out, table
@@ -28,11 +30,14 @@ from edgekit.cli._common import emit_json, json_option, out, table
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--channels", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write the table as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
+              help="Where the work runs: here, or on Ray (edgekit[ray]): compiles, accuracy and the race as one task on the node that declares "
+                   "edgekit-target:TARGET (else any node), quantize's sensitivity units spread over the cluster.")
 @json_option
 def command(model: str, output: str, target: str, calib: str, eval_source: str | None, max_accuracy_drop: float | None, metric: str,
             budgets: tuple[str, ...], candidates: str | None, stat: str, samples: int | None, min_duration: float | None, max_duration: float | None,
             resize: int | None, crop: int | None, mean: str | None, std: str | None, scale: float, layout: str, channels: str, markdown: str | None,
-            json_path: str | None) -> None:
+            executor_spec: str, json_path: str | None) -> None:
     """The fastest artifact for a target that still meets the accuracy budget, chosen by measuring.
 
     Every precision the target's device runs (asked of the runtime: fp32, bf16, fp16, int8 and mixed
@@ -44,9 +49,11 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
     from edgekit.cli.quantize import _floats
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
+    from edgekit.executors import executor_from_spec, parse_spec
     from edgekit.optimize import OptimizeOptions, optimize_model
     from edgekit.preprocess import ImageRecipe
 
+    parse_spec(executor_spec)
     if samples is not None and samples < 1:
         raise UsageError("--samples must be at least 1")
     recipe = (ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout,
@@ -70,7 +77,8 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
         emit_json(json_path, report)
 
     try:
-        report = optimize_model(model, output, calib=calib, options=options)
+        with executor_from_spec(executor_spec) as ex:
+            report = optimize_model(model, output, calib=calib, options=dataclasses.replace(options, executor=None if ex.name == "local" else ex))
     except GateFailed as exc:
         if exc.result is not None:
             emit(exc.result)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -42,22 +43,45 @@ class OptimizeOptions:
     min_duration_s: float | None = None  # per candidate still running (default: the target's bench settings)
     max_duration_s: float | None = None
     stat: str = "floor"  # what "fastest" compares: floor (fastest 5%), p50 or mean
+    # an edgekit.executors.Executor (None: this process). Ray: the run is one unit on the target's node (compiles,
+    # accuracy, the interleaved race), and quantize's sensitivity units spread over the cluster (optimize.remote)
+    executor: Any = None
 
 
 def optimize_model(model: str | Path, out_dir: str | Path, *, calib: str, options: OptimizeOptions = OptimizeOptions()) -> dict[str, Any]:
     """Write the winning artifact (compile folder + manifest + optimize.json) to `out_dir`; return the report.
     Raises GateFailed (exit 3, nothing written) when no candidate meets both budgets, naming the closest."""
-    from edgekit.backends import get_backend
-    from edgekit.bench.stats import GATE_STATS
-    from edgekit.onnxmodel import input_specs, is_qdq, load_onnx
-
-    start = time.perf_counter()
     model, out_dir = Path(model), Path(out_dir)
+    check_arguments(out_dir, options)
+    if options.executor is not None and options.executor.name != "local":
+        from edgekit.optimize.remote import optimize_on
+
+        return optimize_on(options.executor, model, out_dir, calib=calib, options=options)
+    from edgekit.executors import Done
+
+    here = Done(None, executor="local", node_id=None, host=socket.gethostname()).place()
+    return optimize_here(model, out_dir, calib=calib, options=dataclasses.replace(options, executor=None), ran_on=here)
+
+
+def check_arguments(out_dir: Path, options: OptimizeOptions) -> float:
+    """The checks that need nothing but the arguments (before anything is shipped); the accuracy budget."""
+    from edgekit.bench.stats import GATE_STATS
+
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} exists and is not a folder", hint="give -o a folder path (it is replaced whole)")
     if options.stat not in GATE_STATS:
         raise UsageError(f"unknown statistic {options.stat!r}", hint=f"use one of {', '.join(GATE_STATS)}")
-    max_drop = budget_for(options.metric, options.max_accuracy_drop)
+    return budget_for(options.metric, options.max_accuracy_drop)
+
+
+def optimize_here(model: Path, out_dir: Path, *, calib: str, options: OptimizeOptions, ran_on: dict[str, Any]) -> dict[str, Any]:
+    """optimize_model in this process; `options.executor` (if any) runs quantize's sensitivity units;
+    `ran_on` is where this process is (the report's `ran_on`)."""
+    from edgekit.backends import get_backend
+    from edgekit.onnxmodel import input_specs, is_qdq, load_onnx
+
+    start = time.perf_counter()
+    max_drop = check_arguments(out_dir, options)
     target = load_target(options.target)
     backend = get_backend(target.backend)
     st = backend.status()
@@ -96,6 +120,7 @@ def optimize_model(model: str | Path, out_dir: str | Path, *, calib: str, option
             choice = choose(cands, {r.name: r for r in runners}, lat, max_drop=max_drop, stat=options.stat, confidence=settings.confidence)
             env = _environment(cands)
         report = _report(model, target, options, data, max_drop, budgets, cands, lat, choice, timing, env, start, out_dir)
+        report["ran_on"] = ran_on  # compiles, accuracy and the race: one place (quantize's ranking: each candidate's quantize.ranked_on)
         if choice["winner"] is None:
             raise GateFailed(choice["why"], hint="loosen --max-accuracy-drop or the latency budget, or see the table for the closest", result=report)
         winner = next(c for c in cands if c.name == choice["winner"])
@@ -129,7 +154,8 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
             compile_candidate(c, model, workdir, stack)
         cands.append(c)
     # quantize checks itself (#13) on the same held-out data optimize judges accuracy on, so it calibrates on all the rest
-    q = QuantizeOptions(target=options.target, samples=_calib_samples(options, data), recipe=options.recipe, eval_source=data.source)
+    q = QuantizeOptions(target=options.target, samples=_calib_samples(options, data), recipe=options.recipe, eval_source=data.source,
+                        executor=options.executor)
     plain = [v for v in int8s if v.name in wanted]
     if plain:
         cands += _int8_candidates(plain, None, model, calib, q, workdir / "model.int8.onnx", target, stack)

@@ -103,4 +103,5 @@ def _quantize_summary(r: dict[str, Any]) -> dict[str, Any]:
     return {"recipe": (r.get("recipe") or {}).get("name"), "method": r.get("method"), "nodes_quantized": r.get("nodes_quantized"),
             "nodes_float": len(r.get("nodes_float") or []), "samples_used": (r.get("calibration") or {}).get("samples_used"),
             "kept_in_float": [k["node"] for k in fb.get("kept_in_float", [])], "fallback_met": fb.get("met"),
+            "ranked_on": fb.get("ranked_on"),  # with an executor: where its sensitivity units ran
             "seconds": r.get("seconds")}

@@ -49,11 +49,11 @@ def entry_optimize(item: dict[str, Any], base: Path, label: str) -> EntryOptimiz
                          candidates=tuple(table.get("candidates", ())), samples=table.get("samples"))
 
 
-def optimized_artifact(entry: Any) -> tuple[str, None]:
+def optimized_artifact(entry: Any, *, executor: Any = None) -> tuple[str, None]:
     """(artifact, target) to bench for a `[[bench]]` entry: the artifact optimize chose, from the cache when the
     model and settings are unchanged, else chosen now (exit 3 naming the entry when no candidate meets its
-    budgets). The target is None: the artifact's recorded one, which carries the winner's options (e.g. INT8
-    with bf16 for the rest) that the entry's profile would override."""
+    budgets), on `executor` (bench --executor: OptimizeOptions.executor). The target is None: the artifact's
+    recorded one, which carries the winner's options (e.g. INT8 with bf16 for the rest) that the entry's profile would override."""
     from edgekit.files import sha256_file
     from edgekit.optimize import OptimizeOptions, optimize_model
     from edgekit.quantize import cache_dir
@@ -70,7 +70,8 @@ def optimized_artifact(entry: Any) -> tuple[str, None]:
     if (folder / "manifest.json").exists():
         return str(folder), None
     options = OptimizeOptions(target=entry.target, eval_source=opt.eval_source, max_accuracy_drop=opt.max_accuracy_drop, metric=opt.metric,
-                              budgets=tuple(entry.budgets), candidates=opt.candidates, samples=opt.samples)
+                              budgets=tuple(entry.budgets), candidates=opt.candidates, samples=opt.samples,
+                              executor=executor if executor is not None and executor.name != "local" else None)
     try:
         optimize_model(model, folder, calib=opt.calib, options=options)
     except GateFailed as exc:

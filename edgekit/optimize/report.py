@@ -43,6 +43,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"wrote {report['output']} (the artifact, manifest.json, optimize.json) in {report['seconds']:.1f} s")
     else:
         lines.append(f"no winner: {report['why']}")
+    lines += ran_on_lines(report)
+    return lines
+
+
+def ran_on_lines(report: dict[str, Any]) -> list[str]:
+    """With an executor other than local: which node compiled and raced the candidates, which ranked nodes for each quantize."""
+    where = report.get("ran_on") or {}
+    if where.get("executor") in (None, "local"):
+        return []
+    lines = [f"ran on {where['executor']}: compiles, accuracy and the race on node {(where.get('node_id') or '?')[:12]} ({where.get('host')})"
+             + (f"; {where['retry']}" if where.get("retry") else "")]
+    for c in report["candidates"]:
+        placed = (c.get("quantize") or {}).get("ranked_on")
+        if placed:
+            lines.append(f"  {c['name']}: quantize ranked {placed['units']} nodes on " + ", ".join(f"{n[:12]} {k}" for n, k in placed["nodes"].items())
+                         + "".join(f"; executor: {r}" for r in placed["retried"]))
     return lines
 
 

@@ -72,6 +72,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
         def drop(self, m: onnx.ModelProto) -> float:
             return evaluator.rank_drop(m)
 
+    ran_before = len(executor.ran) if executor is not None else 0  # an executor may serve several quantize runs (optimize)
     ranking = sensitivity.rank_nodes(labels, lambda lb: q([x for x in labels if x != lb]), _Ranker(), executor=executor)  # type: ignore[arg-type]
     with status("searching the float fallback"):
         found = sensitivity.search(ranking[:max(1, len(ranking) // 2)], q, evaluator, budget, known={0: drop_full})  # type: ignore[arg-type]
@@ -89,7 +90,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     if executor is not None:
         from edgekit.executors import placement
 
-        result["ranked_on"] = placement(executor.ran)
+        result["ranked_on"] = placement(executor.ran[ran_before:])
     if kept:
         with status("timing the float fallback"):
             timed = kept[:TIMED_NODES]
