@@ -33,11 +33,13 @@ from edgekit.cli._common import emit_json, json_option, out, table
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
               help="Where the work runs: here, or on Ray (edgekit[ray]): compiles, accuracy and the race as one task on the node that declares "
                    "edgekit-target:TARGET (else any node), quantize's sensitivity units spread over the cluster.")
+@click.option("--device", default=None, metavar="NAME", help="Race the candidates' latency on this device over SSH: a [devices.NAME] of edgekit.toml (--config, else ./edgekit.toml) or ssh://user@host:port. Built and judged for accuracy here.")
+@click.option("--config", "device_config", default=None, type=click.Path(dir_okay=False), help="The edgekit.toml that names --device (default ./edgekit.toml).")
 @json_option
 def command(model: str, output: str, target: str, calib: str, eval_source: str | None, max_accuracy_drop: float | None, metric: str,
             budgets: tuple[str, ...], candidates: str | None, stat: str, samples: int | None, min_duration: float | None, max_duration: float | None,
             resize: int | None, crop: int | None, mean: str | None, std: str | None, scale: float, layout: str, channels: str, markdown: str | None,
-            executor_spec: str, json_path: str | None) -> None:
+            executor_spec: str, json_path: str | None, device: str | None = None, device_config: str | None = None) -> None:
     """The fastest artifact for a target that still meets the accuracy budget, chosen by measuring.
 
     Every precision the target's device runs (asked of the runtime: fp32, bf16, fp16, int8 and mixed
@@ -62,6 +64,10 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
     options = OptimizeOptions(target=target, eval_source=eval_source, max_accuracy_drop=max_accuracy_drop, metric=metric,
                               budgets=tuple(Budget.parse(b) for b in budgets), candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()) if candidates else (),
                               recipe=recipe, samples=samples, min_duration_s=min_duration, max_duration_s=max_duration, stat=stat)
+    if device_config is not None and device is None:
+        raise UsageError("--config names the device to race on", hint="use it with --device NAME")
+    if device is not None:
+        options = dataclasses.replace(options, device=device, device_config=device_config)
 
     def emit(report: dict) -> None:
         from edgekit.optimize import report as rep

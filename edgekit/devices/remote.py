@@ -12,7 +12,7 @@ import dataclasses
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,12 @@ def _throttle_note(verdict: bool | None, evidence: list[str]) -> str:
     return "THROTTLED during the run: " + "; ".join(evidence) if verdict else "no throttling seen"
 
 
+def measured_note(device: Device, record: dict[str, Any], hello: dict[str, Any], cpu: str | None, got: dict[str, Any]) -> str:
+    """`measured on device NAME (address, model or CPU, edgekit X[, power mode]): throttling`, for a job's report `got`."""
+    return (f"measured on device {device.name} ({device.address}, {record.get('model') or cpu}, edgekit {hello.get('edgekit')}"
+            + (f", power mode {record['jetson_power_mode']}" if record.get("jetson_power_mode") else "") + f"): {_throttle_note(got['throttled'], got['throttle_evidence'])}")
+
+
 def _say(device: Device, text: str) -> None:
     if interactive():
         sys.stderr.write(f"{device.name}: {text}\n")
@@ -225,23 +231,36 @@ def bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any
     return results
 
 
-def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any]]:
-    from edgekit.bench.run import _digest
-
-    plan = _plan(jobs)
+def ship_and_run(device: Device, plan: _Plan, header_jobs: Callable[[list[str]], list[dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Pack `plan` into one payload and run the agent's jobs on `device` in one SSH session: (its `result`
+    event, every event, its `hello`). `header_jobs(bundle dirs, in plan.folders' order)` gives the jobs: each
+    `{"artifact", "args"}` (an `edgekit bench`) or `{"argv"}` (any edgekit command line, run in the run folder).
+    An `error` event raises, naming the fix."""
     with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
         payload, dirs = _payload(plan, Path(tmp))
-        header_jobs = []
-        for idx, args, base in plan.commands:
-            args = [dirs[plan.folders.index(base)] if a == "@BASELINE@" and base is not None else a for a in args]
-            header_jobs.append({"artifact": dirs[idx], "args": args})
-        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs, "edgekit": __version__}
+        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs(dirs), "edgekit": __version__}
         _say(device, f"sending {payload.stat().st_size / 2 ** 20:.1f} MiB to {device.address}")
         messages = {"ready": "verifying and benchmarking", "cleaned": "removed folders of earlier cut runs"}
         final, events = run_agent(device, header, payload=payload, on_event=lambda e: _say(device, messages[e["event"]]) if e["event"] in messages else None)
     hello = next((e for e in events if e["event"] == "hello"), {})
     if final["event"] == "error":
         raise _device_error(device, final, hello, _backends(plan))
+    return final, events, hello
+
+
+def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any]]:
+    from edgekit.bench.run import _digest
+
+    plan = _plan(jobs)
+
+    def header_jobs(dirs: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for idx, args, base in plan.commands:
+            args = [dirs[plan.folders.index(base)] if a == "@BASELINE@" and base is not None else a for a in args]
+            out.append({"artifact": dirs[idx], "args": args})
+        return out
+
+    final, events, hello = ship_and_run(device, plan, header_jobs)
     cleaned = next((e["folders"] for e in events if e["event"] == "cleaned"), [])
     record = final["device"]
     results = []
@@ -260,9 +279,7 @@ def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, An
         r["environment"]["device"] = {**record, "throttled": got["throttled"], "throttle_evidence": got["throttle_evidence"],
                                       "started": got.get("started"), "ended": got.get("ended"), "before": got["before"], "after": got["after"]}
         env = r["environment"]
-        r["notes"] = list(r.get("notes", [])) + [
-            f"measured on device {device.name} ({device.address}, {record.get('model') or env.get('cpu')}, edgekit {hello.get('edgekit')}"
-            + (f", power mode {record['jetson_power_mode']}" if record.get("jetson_power_mode") else "") + f"): {_throttle_note(got['throttled'], got['throttle_evidence'])}"]
+        r["notes"] = list(r.get("notes", [])) + [measured_note(device, record, hello, env.get("cpu"), got)]
         if cleaned:
             r["notes"].append(f"removed {len(cleaned)} folder(s) left on {device.name} by earlier cut runs")
         results.append(r)

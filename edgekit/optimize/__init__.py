@@ -46,6 +46,8 @@ class OptimizeOptions:
     # an edgekit.executors.Executor (None: this process). Ray: the run is one unit on the target's node (compiles,
     # accuracy, the interleaved race), and quantize's sensitivity units spread over the cluster (optimize.remote)
     executor: Any = None
+    device: str | None = None  # race the latency on this device over SSH (a [devices.NAME] or ssh://...; edgekit.optimize.device)
+    device_config: str | None = None  # the edgekit.toml naming the device (default ./edgekit.toml)
 
 
 def optimize_model(model: str | Path, out_dir: str | Path, *, calib: str, options: OptimizeOptions = OptimizeOptions()) -> dict[str, Any]:
@@ -71,6 +73,8 @@ def check_arguments(out_dir: Path, options: OptimizeOptions) -> float:
         raise UsageError(f"{out_dir} exists and is not a folder", hint="give -o a folder path (it is replaced whole)")
     if options.stat not in GATE_STATS:
         raise UsageError(f"unknown statistic {options.stat!r}", hint=f"use one of {', '.join(GATE_STATS)}")
+    if options.device and options.executor is not None and options.executor.name != "local":
+        raise UsageError(f"--device {options.device} and --executor {options.executor.name}: give one", hint="--device races the latency on that device from here; --executor runs the whole optimize on a node")
     return budget_for(options.metric, options.max_accuracy_drop)
 
 
@@ -87,6 +91,7 @@ def optimize_here(model: Path, out_dir: Path, *, calib: str, options: OptimizeOp
     st = backend.status()
     if not st.available:
         raise BackendUnavailable(st.reason or f"{target.backend} is not available here")
+    on_device = _device_preflight(options, target.backend)
     proto = load_onnx(model)
     if is_qdq(proto):
         raise UsageError(f"{model} is already quantized (QDQ)", hint="give optimize the FP32 model: it makes the INT8 candidates itself")
@@ -111,16 +116,25 @@ def optimize_here(model: Path, out_dir: Path, *, calib: str, options: OptimizeOp
             t_data = time.perf_counter()
             cands = _build(model, calib, variants, wanted, target, options, data, max_drop, workdir, stack, settings)
             t_build = time.perf_counter()
-            _skip_far_slower(cands)
-            runners = [Runner(c.name, _runner(c, data), c.accuracy is not None and c.accuracy["meets"]) for c in cands if c.built and not c.skipped]
-            timing = race(runners, settings, budgets, stat=options.stat)
+            if on_device is None:
+                _skip_far_slower(cands)
+                runners = [Runner(c.name, _runner(c, data), c.accuracy is not None and c.accuracy["meets"]) for c in cands if c.built and not c.skipped]
+                timing = race(runners, settings, budgets, stat=options.stat)
+            else:
+                from edgekit.optimize.device import race_on_device
+
+                runners, timing, device_env = race_on_device(on_device, [c for c in cands if c.built], data.feeds[0], settings, budgets, stat=options.stat)
             # where the wall time went: quantize (and its float fallback) is inside building
             timing["phases_s"] = {"data": t_data - start, "build_and_accuracy": t_build - t_data, "race": timing["seconds"]}
             lat = {r.name: latency_summary(r, budgets, settings) for r in runners}
             choice = choose(cands, {r.name: r for r in runners}, lat, max_drop=max_drop, stat=options.stat, confidence=settings.confidence)
-            env = _environment(cands)
+            env = _environment(cands) if on_device is None else device_env
         report = _report(model, target, options, data, max_drop, budgets, cands, lat, choice, timing, env, start, out_dir)
         report["ran_on"] = ran_on  # compiles, accuracy and the race: one place (quantize's ranking: each candidate's quantize.ranked_on)
+        if on_device is not None:
+            from edgekit.optimize.device import annotate
+
+            annotate(report, on_device)
         if choice["winner"] is None:
             raise GateFailed(choice["why"], hint="loosen --max-accuracy-drop or the latency budget, or see the table for the closest", result=report)
         winner = next(c for c in cands if c.name == choice["winner"])
@@ -130,6 +144,16 @@ def optimize_here(model: Path, out_dir: Path, *, calib: str, options: OptimizeOp
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _device_preflight(options: OptimizeOptions, backend: str) -> Any:
+    """--device: the device, checked (reachable, runs the backend and the race) before minutes of building."""
+    if options.device is None:
+        return None
+    from edgekit.optimize.device import preflight
+
+    with status(f"checking device {options.device}"):
+        return preflight(options.device, backend, config=options.device_config)
 
 
 def _settings(target: Any, options: OptimizeOptions) -> Any:
@@ -164,7 +188,8 @@ def _build(model: Path, calib: str, variants: list[Any], wanted: list[str], targ
     asked = [v for v in int8s if fallback_name(v.name) in wanted]
     fallback, hopeless = _worth_a_fallback(asked, cands, max_drop)
     if asked and not any(c.accuracy and c.accuracy["meets"] for c in cands if c.variant.precision == "int8"):
-        beaten = _int8_already_beaten(cands, [v.name for v in fallback], data, settings, options.stat) if fallback else None
+        # (timed here: says nothing about a device's speed, so not with --device)
+        beaten = _int8_already_beaten(cands, [v.name for v in fallback], data, settings, options.stat) if fallback and not options.device else None
         if beaten:
             hopeless += [(v, beaten) for v in fallback]
             fallback = []

@@ -38,6 +38,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"accuracy: {acc['metric']} drop <= {acc['max_drop']:g} against FP32 on {acc['data']} ({acc['samples']} samples)",
              f"latency: {', '.join(report['budgets']) or 'no budget'}; fastest by {report['stat']}; feed {report['feed']}; "
              f"CPU {env.get('cpu', '?')} ({' '.join(env.get('cpu_features') or []) or 'no INT8/bf16 extensions'})"]
+    if report.get("measured_on"):
+        lines.append(report["measured_on"]["note"] + "".join(f"; {c}" for c in report["measured_on"]["cleaned"]))
     if report["winner"]:
         lines.append(f"winner: {report['winner']}: {report['why']}")
         lines.append(f"wrote {report['output']} (the artifact, manifest.json, optimize.json) in {report['seconds']:.1f} s")
