@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
-
 import zoo
-from edgekit.cli import cli
+from click.testing import CliRunner
 from test_remote import SSHD, Sshd, _device_table, _keygen, device_python
+
+from edgekit.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,7 @@ def test_the_race_runs_on_the_device_and_its_winner_lands_in_out(lab: dict, digi
         lat = c["latency_ms"]
         assert lat and lat["iterations"] >= 10 and lat["p50"]["ci_low"] <= lat["p50"]["value"] <= lat["p50"]["ci_high"], c["name"]
         assert c["stages"] >= 1 and [b["budget"] for b in c["budgets"]] == []
+        assert c["accuracy"]["device_agreement"]["cosine_drop"] < 1e-4  # the device computes what was judged here
     loser = next(c for c in rows.values() if c["verdict"] != "WINNER")
     assert loser["vs_winner"]["rounds"] >= 5 and loser["vs_winner"]["ci_low"] <= loser["vs_winner"]["ratio"] <= loser["vs_winner"]["ci_high"]
     # the winner by the same rule as a local race, its artifact (compiled here, the one the device ran) in -o
@@ -119,3 +120,18 @@ def test_a_device_without_the_targets_backend_is_one_line_exit_4(lab: dict, digi
     assert res.exit_code == 4, res.output
     assert "device noov cannot run the target's backend openvino" in res.output and f"{py} -m pip install 'edgekit[openvino]'" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_toml_entry_on_a_device_chooses_there(lab: dict, digits: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "fast.toml").write_text('backend = "onnxruntime"\n[bench]\nmin_duration_s = 0.3\nmax_duration_s = 1.5\n')
+    (tmp_path / "edgekit.toml").write_text(
+        _device_table("lab", lab["servers"][0], lab, lab["python"], tmp_path / "work")
+        + f'[[bench]]\nname = "digits"\nmodel = "{digits["model"]}"\ntarget = "fast.toml"\ndata = "{digits["calib"]}"\ndevice = "lab"\n'
+        'budgets = { p99 = "1s" }\noptimize = { candidates = ["fp32", "int8"] }\n')
+    res = CliRunner().invoke(cli, ["bench", "--config", str(tmp_path / "edgekit.toml"), "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    chosen = json.loads((Path(r["artifact"]) / "optimize.json").read_text())
+    assert chosen["measured_on"]["name"] == "lab" and r["device"]["name"] == "lab"  # chosen on the device it is benched on
+    assert r["precision"] == next(c["precision"] for c in chosen["candidates"] if c["name"] == chosen["winner"])

@@ -120,7 +120,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                     from edgekit.optimize.project import optimized_artifact
 
                     with naming(e.label, e.name):
-                        art, tgt = optimized_artifact(e, executor=executor())
+                        art, tgt = optimized_artifact(e, executor=executor(), device=device or e.device, config=config)  # chosen where it is benched
                 jobs.append((art, tgt, BenchOptions(budgets=extra, budget_layers=((f"{Path(config).name} entry {e.name}", e.budgets),),
                                                              baseline=None if update_baselines else e.baseline, baseline_missing="new",
                                                              max_regression=e.max_regression, gate_stat=gate_stat,

@@ -27,6 +27,10 @@ from edgekit.config import BenchSettings, Budget
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.optimize.race import Runner
 
+# a candidate whose outputs on the device part from its outputs here by more than this (1 - worst cosine) is not
+# the model whose accuracy was judged here: it cannot win (a different runtime version, or a CPU that computes
+# a precision differently); fp32 and int8 agree to ~1e-6 when the runtime is the same
+DEVICE_TOLERANCE = 0.01
 RACE_COMMAND = "optimize-race"  # the hidden command the device runs (edgekit.cli.optimize_race)
 SCHEMA = 1
 
@@ -81,13 +85,16 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
     plan = _Plan()
     for c in cands:
         plan.folder_index(Path(c.folder).resolve())
-    spec = {"schema": SCHEMA, "stat": stat, "feed": "feed.npz", "settings": dataclasses.asdict(settings),  # the feed: beside the spec
-            "budgets": [[b.stat, b.ms] for b in budgets],
+    # each candidate's outputs here on the feed: the device checks its own against them before racing
+    expected = {f"c{i}_o{j}": v for i, c in enumerate(cands) for j, v in enumerate(c.engine.run(feed).values())}
+    spec = {"schema": SCHEMA, "stat": stat, "feed": "feed.npz", "expected": "expected.npz", "tolerance": DEVICE_TOLERANCE,  # files beside the spec
+            "settings": dataclasses.asdict(settings), "budgets": [[b.stat, b.ms] for b in budgets],
             "candidates": [{"name": c.name, "accurate": bool(c.accuracy and c.accuracy["meets"])} for c in cands]}
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-device-") as tmp:
         np.savez(Path(tmp) / "feed.npz", **feed)
+        np.savez(Path(tmp) / "expected.npz", **expected)
         (Path(tmp) / "race.json").write_text(json.dumps(spec))
-        plan.extras = {"extra/feed.npz": Path(tmp) / "feed.npz", "extra/race.json": Path(tmp) / "race.json"}
+        plan.extras = {f"extra/{f}": Path(tmp) / f for f in ("feed.npz", "expected.npz", "race.json")}
 
         def jobs(dirs: list[str]) -> list[dict[str, Any]]:
             argv = [RACE_COMMAND, "extra/race.json"]
@@ -103,6 +110,12 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
         if r.get("error"):
             c.skipped = f"device {run.device.name} could not load it: {r['error']}"
             continue
+        if c.accuracy is not None:
+            c.accuracy["device_agreement"] = r["agreement"]
+            if r["agreement"]["cosine_drop"] > DEVICE_TOLERANCE:
+                c.accuracy["meets"] = False  # judged here on outputs the device does not reproduce
+                c.notes.append(f"on device {run.device.name} its outputs part from here: cosine drop {r['agreement']['cosine_drop']:.3g} "
+                               f"> {DEVICE_TOLERANCE:g} on the race's feed (max abs {r['agreement']['max_abs']:.3g}): the accuracy judged here does not hold there")
         runners.append(Runner(c.name, _not_here, bool(c.accuracy and c.accuracy["meets"]), latencies=np.asarray(r["latencies_ms"], dtype=float),
                               rounds=np.asarray(r["rounds"], dtype=int), spent_s=r["spent_s"], stages=r["stages"], stopped=r["stopped"]))
     record = final["device"]
@@ -153,20 +166,24 @@ def race_here(spec_path: str | Path, artifacts: Sequence[str]) -> dict[str, Any]
     budgets = tuple(Budget(s, float(ms)) for s, ms in spec["budgets"])
     with np.load(Path(spec_path).parent / spec["feed"]) as f:
         feed = {k: f[k] for k in f.files}
+    with np.load(Path(spec_path).parent / spec["expected"]) as f:
+        expected = {k: f[k] for k in f.files}
     rows: list[dict[str, Any]] = []
     runners: list[Runner] = []
     infos = []
     with contextlib.ExitStack() as stack:
-        for c, art in zip(spec["candidates"], artifacts):
+        for i, (c, art) in enumerate(zip(spec["candidates"], artifacts)):
             try:
                 engine, _manifest = stack.enter_context(open_engine(art))
-                engine.run(feed)  # a candidate this device cannot run fails here, not in the middle of the race
-            except Exception as exc:  # e.g. a precision this device's CPU lacks: that candidate sits out, the race goes on
+                got = list(engine.run(feed).values())  # a candidate this device cannot run fails here, not in the middle of the race
+            except Exception as exc:  # noqa: BLE001 - e.g. a precision this device's CPU lacks: that candidate sits out, the race goes on
                 rows.append({"name": c["name"], "error": str(exc) if isinstance(exc, EdgekitError) else f"{type(exc).__name__}: {str(exc).strip()[:300]}"})
                 continue
             infos.append(dict(engine.info))
-            runners.append(Runner(c["name"], (lambda e=engine: e.run(feed)), bool(c["accurate"])))
-            rows.append({"name": c["name"]})
+            agree = _agreement([expected[f"c{i}_o{j}"] for j in range(len(got))], got)
+            # outputs that differ from those whose accuracy was judged: timed one stage, for the table, as an inaccurate one
+            runners.append(Runner(c["name"], (lambda e=engine: e.run(feed)), bool(c["accurate"]) and agree["cosine_drop"] <= spec["tolerance"]))
+            rows.append({"name": c["name"], "agreement": agree})
         if not runners:
             raise BackendUnavailable("no candidate loads on this machine: " + "; ".join(f"{r['name']}: {r['error']}" for r in rows))
         timing = race(runners, settings, budgets, stat=spec["stat"])
@@ -178,3 +195,21 @@ def race_here(spec_path: str | Path, artifacts: Sequence[str]) -> dict[str, Any]
     env = environment(infos[0])
     env["cpu_features"] = cpu_features()
     return {"kind": "edgekit.optimize-race", "schema": SCHEMA, "candidates": rows, "timing": timing, "environment": env}
+
+
+def _agreement(here: Sequence[np.ndarray], there: Sequence[np.ndarray]) -> dict[str, float]:
+    """How far outputs computed on the device part from the same candidate's outputs here: 1 - worst cosine
+    over the outputs (1 for a different shape or count), and the largest absolute difference."""
+    worst, max_abs = 0.0 if len(here) == len(there) else 1.0, 0.0
+    for a, b in zip(here, there):
+        a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+        if a.shape != b.shape:
+            worst = 1.0
+            continue
+        if a.size:
+            max_abs = max(max_abs, float(np.abs(a - b).max()))
+        if np.array_equal(a, b):
+            continue
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        worst = max(worst, 1.0 - float(a @ b) / norm if norm > 0 else 1.0)
+    return {"cosine_drop": worst, "max_abs": max_abs}

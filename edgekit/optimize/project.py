@@ -49,11 +49,13 @@ def entry_optimize(item: dict[str, Any], base: Path, label: str) -> EntryOptimiz
                          candidates=tuple(table.get("candidates", ())), samples=table.get("samples"))
 
 
-def optimized_artifact(entry: Any, *, executor: Any = None) -> tuple[str, None]:
+def optimized_artifact(entry: Any, *, executor: Any = None, device: str | None = None, config: str | None = None) -> tuple[str, None]:
     """(artifact, target) to bench for a `[[bench]]` entry: the artifact optimize chose, from the cache when the
     model and settings are unchanged, else chosen now (exit 3 naming the entry when no candidate meets its
-    budgets), on `executor` (bench --executor: OptimizeOptions.executor). The target is None: the artifact's
-    recorded one, which carries the winner's options (e.g. INT8 with bf16 for the rest) that the entry's profile would override."""
+    budgets), on `executor` (bench --executor: OptimizeOptions.executor). Without one, with `device` (the entry's,
+    or bench --device) the latency race runs on that device, and the choice is kept per device; `config` is the
+    edgekit.toml that names it. The target is None: the artifact's recorded one, which carries the winner's
+    options (e.g. INT8 with bf16 for the rest) that the entry's profile would override."""
     from edgekit.files import sha256_file
     from edgekit.optimize import OptimizeOptions, optimize_model
     from edgekit.quantize import cache_dir
@@ -64,7 +66,10 @@ def optimized_artifact(entry: Any, *, executor: Any = None) -> tuple[str, None]:
         raise UsageError(f"{entry.name}: model {model} does not exist", hint="fix the entry's model path")
     target_file = Path(entry.target)
     target_text = target_file.read_text() if target_file.suffix == ".toml" and target_file.exists() else entry.target
-    key = hashlib.sha256(json.dumps([sha256_file(model), target_text, dataclasses.asdict(opt), [str(b) for b in entry.budgets]],
+    if executor is not None and executor.name != "local":
+        device = None  # the whole optimize runs on the executor's node, its race there
+    where = [device] if device else []  # (a choice made here keeps its key from before devices)
+    key = hashlib.sha256(json.dumps([sha256_file(model), target_text, dataclasses.asdict(opt), [str(b) for b in entry.budgets]] + where,
                                     sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir().parent / "optimize" / key
     if (folder / "manifest.json").exists():
@@ -72,6 +77,8 @@ def optimized_artifact(entry: Any, *, executor: Any = None) -> tuple[str, None]:
     options = OptimizeOptions(target=entry.target, eval_source=opt.eval_source, max_accuracy_drop=opt.max_accuracy_drop, metric=opt.metric,
                               budgets=tuple(entry.budgets), candidates=opt.candidates, samples=opt.samples,
                               executor=executor if executor is not None and executor.name != "local" else None)
+    if device:
+        options = dataclasses.replace(options, device=device, device_config=config)
     try:
         optimize_model(model, folder, calib=opt.calib, options=options)
     except GateFailed as exc:
