@@ -69,7 +69,7 @@ def test_the_race_runs_on_the_device_and_its_winner_lands_in_out(lab: dict, digi
     assert report["target"] == "onnxruntime@lab"
     env = report["environment"]
     assert env["device"]["python_executable"] == str(lab["python"]) and "throttled" in env["device"]
-    assert env["engine"]["backend"] == "onnxruntime" and report["timing"]["device_session_s"] > 0
+    assert env["engine"]["backend"] == "onnxruntime" and report["timing"]["device_session_s"] > 0 and report["timing"]["device_preflight_s"] > 0
     # every candidate timed there, interleaved: each has latency with its interval, from rounds shared with the others
     rows = {c["name"]: c for c in report["candidates"]}
     assert set(rows) == {"fp32", "int8"} and all(c["built"] for c in rows.values())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,8 @@ class DeviceRun:
     """The device a race runs on, and what its preflight found."""
 
     device: Any  # edgekit.devices.Device
-    edgekit: str | None
-    cpu: str | None
+    edgekit: str | None  # the device's, as its preflight found it
+    preflight_s: float = 0.0
     result: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by race_on_device: the report's `measured_on`
 
 
@@ -53,6 +54,7 @@ def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRu
     from edgekit.devices.remote import _older
     from edgekit.doctor import diagnose_device
 
+    t0 = time.perf_counter()
     device = resolve_device(name, config=config)
     found = diagnose_device(name, config=config)  # reachable? raises exit 4 naming the fix
     py = found.get("python_executable") or device.python
@@ -69,7 +71,7 @@ def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRu
         why = (status or {}).get("reason") or f"its edgekit does not know the {backend} backend"
         raise BackendUnavailable(f"device {device.name} cannot run the target's backend {backend}: {why}",
                                  hint=f"install it there: {py} -m pip install 'edgekit{extra}', or optimize for a target whose backend the device runs (edgekit doctor --device {device.name})")
-    return DeviceRun(device, theirs, (found.get("machine") or {}).get("cpu"))
+    return DeviceRun(device, theirs, time.perf_counter() - t0)
 
 
 def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndarray], settings: BenchSettings,
@@ -77,8 +79,6 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
     """Ship the candidates' artifacts and `feed` to the device, race them there: (runners holding the device's samples
     and rounds, the race's stage log, the device's environment). A candidate the device cannot load is left out,
     with the device's reason on the candidate (`skipped`)."""
-    import time
-
     from edgekit.devices.remote import _Plan, measured_note, ship_and_run
 
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
     for c in cands:
         plan.folder_index(Path(c.folder).resolve())
     # each candidate's outputs here on the feed: the device checks its own against them before racing
-    expected = {f"c{i}_o{j}": v for i, c in enumerate(cands) for j, v in enumerate(c.engine.run(feed).values())}
+    expected = {f"c{i}_o{j}": v for i, c in enumerate(cands) for j, v in enumerate(_engine(c).run(feed).values())}
     spec = {"schema": SCHEMA, "stat": stat, "feed": "feed.npz", "expected": "expected.npz", "tolerance": DEVICE_TOLERANCE,  # files beside the spec
             "settings": dataclasses.asdict(settings), "budgets": [[b.stat, b.ms] for b in budgets],
             "candidates": [{"name": c.name, "accurate": bool(c.accuracy and c.accuracy["meets"])} for c in cands]}
@@ -133,6 +133,11 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
     return runners, timing, env
 
 
+def _engine(c: Any) -> Any:
+    assert c.engine is not None, c.name  # only built candidates are raced
+    return c.engine
+
+
 def _not_here() -> None:
     raise RuntimeError("this candidate was timed on the device")
 
@@ -141,7 +146,7 @@ def annotate(report: dict[str, Any], run: DeviceRun) -> None:
     """The report names the device that measured, as `bench --device` results do."""
     report["target"] = f"{report['target']}@{run.device.name}"
     report["measured_on"] = run.result
-
+    report["timing"]["device_preflight_s"] = run.preflight_s  # the short session before building
 
 # --- the device side: `edgekit optimize-race SPEC --artifact DIR ...` ------------------------------
 
