@@ -135,3 +135,42 @@ def test_a_toml_entry_on_a_device_chooses_there(lab: dict, digits: dict[str, Pat
     chosen = json.loads((Path(r["artifact"]) / "optimize.json").read_text())
     assert chosen["measured_on"]["name"] == "lab" and r["device"]["name"] == "lab"  # chosen on the device it is benched on
     assert r["precision"] == next(c["precision"] for c in chosen["candidates"] if c["name"] == chosen["winner"])
+
+
+def test_the_device_side_race_checks_outputs_and_a_candidate_it_cannot_load_sits_out(mnist_onnx: Path, tmp_path: Path) -> None:
+    """`edgekit optimize-race`, the device side, here in-process: a candidate whose outputs differ from those
+    judged for accuracy cannot win (timed one stage), one that does not load sits out, the others race."""
+    from edgekit.compile import compile_model
+    from edgekit.optimize.device import DEVICE_TOLERANCE, RACE_COMMAND
+
+    name = onnx.load(str(mnist_onnx)).graph.input[0].name
+    digits = zoo.mnist_heldout()[0]
+    feed, other = {name: digits[:1]}, {name: digits[7:8]}  # two real digits
+    arts = []
+    for i in range(3):
+        arts.append(tmp_path / f"a{i}")
+        manifest = compile_model(mnist_onnx, arts[-1], target="onnxruntime", shapes={name: (1, 1, 28, 28)})
+    (arts[2] / manifest["entry"]).write_bytes(b"not an onnx model")  # the device cannot load this one
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(mnist_onnx), providers=["CPUExecutionProvider"])
+    right, wrong = sess.run(None, feed)[0], sess.run(None, other)[0]  # "wrong": what it computes for another digit
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    np.savez(extra / "feed.npz", **feed)
+    np.savez(extra / "expected.npz", c0_o0=right, c1_o0=wrong, c2_o0=right)
+    spec = {"schema": 1, "stat": "floor", "feed": "feed.npz", "expected": "expected.npz", "tolerance": DEVICE_TOLERANCE,
+            "settings": {"warmup_ms": 20.0, "min_iterations": 10, "min_duration_s": 0.6, "max_duration_s": 1.0}, "budgets": [],
+            "candidates": [{"name": n, "accurate": True} for n in ("same", "differs", "broken")]}
+    (extra / "race.json").write_text(json.dumps(spec))
+    args = [RACE_COMMAND, str(extra / "race.json"), "--json", str(tmp_path / "race.out.json")]
+    for a in arts:
+        args += ["--artifact", str(a)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads((tmp_path / "race.out.json").read_text())["candidates"]}
+    assert rows["same"]["agreement"]["cosine_drop"] < 1e-6 and rows["same"]["stopped"] is None
+    assert rows["differs"]["agreement"]["cosine_drop"] > DEVICE_TOLERANCE and rows["differs"]["stopped"].startswith("misses the accuracy budget")
+    assert rows["differs"]["stages"] == 1 and rows["same"]["stages"] >= 2 and len(rows["same"]["latencies_ms"]) == len(rows["same"]["rounds"])
+    assert "latencies_ms" not in rows["broken"] and rows["broken"]["error"]
+    assert "optimize-race" not in CliRunner().invoke(cli, ["--help"]).output  # internal: not offered to users
