@@ -105,6 +105,8 @@ def test_unknown_device_is_exit_2_and_no_edgekit_there_is_exit_4_before_any_buil
     monkeypatch.chdir(tmp_path)
     res, _ = _optimize(tmp_path, digits, "--device", "lav")
     assert res.exit_code == 2 and "has no device 'lav'" in res.output and "did you mean 'lab'" in res.output, res.output
+    res, _ = _optimize(tmp_path, digits, "--device", "lab", "--executor", "ray")
+    assert res.exit_code == 2 and "--device lab and --executor ray: give one" in res.output, res.output
     res, _ = _optimize(tmp_path, digits, "--device", "lab")
     assert res.exit_code == 4 and "no Python at" in res.output and "quantiz" not in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()

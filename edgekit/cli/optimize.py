@@ -66,6 +66,10 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
                               recipe=recipe, samples=samples, min_duration_s=min_duration, max_duration_s=max_duration, stat=stat)
     if device_config is not None and device is None:
         raise UsageError("--config names the device to race on", hint="use it with --device NAME")
+    if device is not None and executor_spec != "local":  # before the executor starts
+        from edgekit.optimize.device import not_with_executor
+
+        raise not_with_executor(device, executor_spec)
     if device is not None:
         options = dataclasses.replace(options, device=device, device_config=device_config)
 

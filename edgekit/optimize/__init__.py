@@ -74,7 +74,9 @@ def check_arguments(out_dir: Path, options: OptimizeOptions) -> float:
     if options.stat not in GATE_STATS:
         raise UsageError(f"unknown statistic {options.stat!r}", hint=f"use one of {', '.join(GATE_STATS)}")
     if options.device and options.executor is not None and options.executor.name != "local":
-        raise UsageError(f"--device {options.device} and --executor {options.executor.name}: give one", hint="--device races the latency on that device from here; --executor runs the whole optimize on a node")
+        from edgekit.optimize.device import not_with_executor
+
+        raise not_with_executor(options.device, options.executor.name)
     return budget_for(options.metric, options.max_accuracy_drop)
 
 

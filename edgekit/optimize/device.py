@@ -46,6 +46,11 @@ class DeviceRun:
     result: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by race_on_device: the report's `measured_on`
 
 
+def not_with_executor(device: str, executor: str) -> UsageError:
+    return UsageError(f"--device {device} and --executor {executor}: give one",
+                      hint="--device races the latency on that device from here; --executor runs the whole optimize on a node")
+
+
 def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRun:
     """The device named `name`, checked in one short session: reachable, with an edgekit that runs the race
     and the target's backend. Raises UsageError (exit 2: an unknown device) or BackendUnavailable (exit 4)."""
