@@ -363,7 +363,7 @@ class Run(object):
             after, ended = snapshot(), time.time()
             throttled, evidence = throttle_verdict(before, after)
             if rc not in (0, 3):
-                raise Failure("bench", message or "edgekit bench exited %d" % rc, exit_code=rc, job=i)
+                raise Failure("bench", message or "edgekit %s exited %d" % (argv[0], rc), exit_code=rc, job=i, command=argv[0])
             with open(os.path.join(self.folder, out)) as f:
                 report = json.load(f)
             reports.append({"report": report, "exit_code": rc, "before": before, "after": after, "throttled": throttled, "throttle_evidence": evidence,

@@ -162,7 +162,7 @@ def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], 
         code = event.get("exit_code")
         if code == 2:
             return UsageError(f"device {name}: {msg}")
-        return BackendUnavailable(f"device {name}: edgekit bench failed there (exit {code}): {msg}", hint="run with -v to see the device's log")
+        return BackendUnavailable(f"device {name}: edgekit {event.get('command', 'bench')} failed there (exit {code}): {msg}", hint="run with -v to see the device's log")
     return BackendUnavailable(f"device {name}: {msg}")
 
 
