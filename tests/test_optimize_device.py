@@ -7,7 +7,6 @@ The model is the suite's MNIST CNN trained on real digits, calibrated and judged
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,19 +15,14 @@ import onnx
 import pytest
 import zoo
 from click.testing import CliRunner
-from test_remote import SSHD, Sshd, _device_table, _keygen, device_python
+from test_remote import Sshd, _device_table, _keygen, device_python, require_sshd
 
 from edgekit.cli import cli
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
-    try:
-        Path("/run/sshd").mkdir(exist_ok=True)
-    except OSError as exc:
-        pytest.skip(f"sshd needs /run/sshd, which cannot be made here ({exc}): mkdir -p /run/sshd as root")
+    require_sshd()
     root = tmp_path_factory.mktemp("optimize-lab")
     key = _keygen(root / "id_user")
     server = Sshd(root / "sshd", key)

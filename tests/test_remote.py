@@ -84,14 +84,19 @@ class Sshd:
         self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def require_sshd() -> None:
+    """Skip the test unless OpenSSH is installed and sshd's privilege separation folder can exist."""
     if not os.path.exists(SSHD) or shutil.which("ssh") is None:
         pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
     try:
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        Path("/run/sshd").mkdir(exist_ok=True)
     except OSError as exc:
         pytest.skip(f"sshd needs /run/sshd, which cannot be made here ({exc}): mkdir -p /run/sshd as root")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    require_sshd()
     root = tmp_path_factory.mktemp("lab")
     user_key = _keygen(root / "id_user")
     servers = [Sshd(root / "sshd-a", user_key), Sshd(root / "sshd-b", user_key)]
