@@ -1,6 +1,6 @@
 """SmoothQuant before all-INT8 quantization of MiniLM-L6: cosine to FP32 on held-out sentences, with and without.
 
-    python bench/smoothquant.py [--alphas 0.3,0.5,0.7] [--targets onnxruntime,openvino] [--splits suite,licenses]
+    python bench/smoothquant.py [--alphas 0.3,0.5,0.7] [--targets onnxruntime,openvino] [--splits suite,licenses] [--no-nncf]
 
 MiniLM-L6 (all-MiniLM-L6-v2 sentence embeddings, exported by `edgekit export zoo:minilm --dynamic-batch`) is
 prepared as `quantize` prepares it, smoothed by `edgekit.quantize.smoothquant.smooth_quant` on the calibration
@@ -10,6 +10,9 @@ sentences (its own ranges), all INT8, the target's recipe. Every INT8 model runs
 original FP32 model on sentences neither saw: per-sentence cosine of the embeddings, worst and mean.
 Splits: "suite" = tests/zoo.py's 13 sentences (8 calibrate, 5 held out, as the test suite), "licenses" =
 sentences of Debian's Apache-2.0 and GPL-3 texts (64 calibrate, the next 64 held out).
+Control row "Mul by 1": the alpha-0.5 model with every inserted Mul by 1 and the original weights (same graph,
+no smoothing): what the inserted Mul alone changes in the QDQ placement. Peer rows "nncf A": NNCF 3.4's SmoothQuant (alpha A for every weighted MatMul; 0.95 is NNCF's default) driven
+standalone on the same prepared float model, then the same edgekit quantization.
 Writes bench/results/smoothquant.json.
 """
 from __future__ import annotations
@@ -46,6 +49,39 @@ def cosines(fp_sess: Any, q_path: Path, held: list[dict[str, np.ndarray]]) -> li
     return out
 
 
+def nncf_smooth_quant(model: Any, feeds: list[dict[str, np.ndarray]], alpha: float) -> Any:
+    """NNCF 3.4's SmoothQuant driven standalone on the float ONNX model (its private graph, statistics aggregator and
+    algorithm classes, as nncf.quantize drives them): every weighted MatMul smoothed, a Multiply inserted per source."""
+    import nncf
+    from nncf.common.factory import StatisticsAggregatorFactory
+    from nncf.onnx.graph.nncf_graph_builder import GraphConverter
+    from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+
+    graph = GraphConverter.create_nncf_graph(model)
+    sq = SmoothQuant(subset_size=len(feeds), alpha_map={"matmul": alpha, "convolution": -1})
+    agg = StatisticsAggregatorFactory.create(model, nncf.Dataset(feeds))
+    agg.register_statistic_points(sq.get_statistic_points(model, graph))
+    agg.collect_statistics(model, graph)
+    return sq.apply(model, graph, agg.statistic_points)
+
+
+def identity_control(smoothed: Any, prepared: Any) -> Any:
+    """The smoothed model with every inserted Mul by 1 and the original weights back: the same graph, no smoothing.
+    It separates what smoothing gains from what the inserted Mul alone changes in the QDQ placement (the other
+    readers of X, e.g. BERT's residual Add, then read the float X instead of X's Q/DQ output)."""
+    from onnx import numpy_helper
+
+    out = type(smoothed)()
+    out.CopyFrom(smoothed)
+    orig = {t.name: t for t in prepared.graph.initializer}
+    for t in out.graph.initializer:
+        if t.name.startswith("edgekit_smooth_inv_scale"):
+            t.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(t)), t.name))
+        elif t.name in orig:
+            t.CopyFrom(orig[t.name])
+    return out
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,6 +97,7 @@ def main() -> None:
     ap.add_argument("--alphas", default="0.3,0.5,0.7")
     ap.add_argument("--targets", default="onnxruntime,openvino")
     ap.add_argument("--splits", default="suite,licenses")
+    ap.add_argument("--no-nncf", dest="nncf", action="store_false", help="skip the NNCF SmoothQuant rows")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EDGEKIT_PROGRESS", "0")
@@ -90,13 +127,20 @@ def main() -> None:
         variants: dict[str, tuple[Path, dict[str, Any] | None]] = {"none": (fp32, None)}
         for alpha in alphas:
             start = time.perf_counter()
-            model, info = smooth_quant(prepared, lambda: calib, alpha=alpha)
+            model, info = smooth_quant(prepared, lambda c=calib: c, alpha=alpha)
             info["seconds"] = round(time.perf_counter() - start, 2)
             path = work / f"smooth-{split}-{alpha}.onnx"
             onnx.save(model, str(path))
             drift = max(float(np.abs(fp_sess.run(None, f)[0] - ort.InferenceSession(str(path)).run(None, f)[0]).max()) for f in held[:8])
             info["float_max_abs_diff"] = drift
             variants[f"alpha {alpha}"] = (path, info)
+            if alpha == 0.5:
+                onnx.save(identity_control(model, prepared), str(work / f"control-{split}.onnx"))
+                variants["Mul by 1"] = (work / f"control-{split}.onnx", None)
+        for alpha in sorted({0.5, 0.95} if args.nncf else set()):  # NNCF's own default for MatMuls is 0.95
+            path = work / f"nncf-{split}-{alpha}.onnx"
+            onnx.save(nncf_smooth_quant(prepared, calib, alpha), str(path))
+            variants[f"nncf {alpha}"] = (path, None)
         for target in args.targets.split(","):
             for name, (path, info) in variants.items():
                 out = work / f"q-{split}-{target}-{name.replace(' ', '')}.onnx"

@@ -155,13 +155,19 @@ def _channel_absmax(model: onnx.ModelProto, tensors: list[str], feeds: Callable[
     aug = onnx.ModelProto()
     aug.CopyFrom(model)
     have = {o.name for o in aug.graph.output}
-    aug.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in have)
+    inputs = {i.name for i in aug.graph.input}
+    run = [t for t in tensors if t not in inputs]  # a MatMul reading a graph input: its values are in the feed
+    aug.graph.output.extend(onnx.ValueInfoProto(name=t) for t in run if t not in have)
     sess = session_from_bytes(aug.SerializeToString())
     out: dict[str, np.ndarray] = {}
     used = 0
     for feed in feeds():
-        for name, value in zip(tensors, sess.run(tensors, feed)):
+        values = dict(zip(run, sess.run(run, feed))) if run else {}
+        for name in tensors:
+            value = values[name] if name in values else feed[name]
             v = np.abs(np.asarray(value, dtype=np.float64))
+            if v.ndim == 0:
+                continue
             m = v.reshape(-1, v.shape[-1]).max(axis=0) if v.size else np.zeros(v.shape[-1])
             out[name] = np.maximum(out[name], m) if name in out else m
         used += 1
