@@ -14,18 +14,23 @@ Where it can help: a site is smoothed only when its activation has outlier chann
 largest channel maximum is at least `min_ratio` (default 5) times the median channel maximum. Per-tensor
 INT8 gives the median channel 255 / ratio levels; at 5x it has lost more than 2 of its 8 bits to a few
 channels, which is the situation SmoothQuant targets (LLM and BERT LayerNorm / GELU outputs measure 5-30x).
-Activations whose channels are mostly silent (median channel maximum 0, e.g. after a ReLU) are left alone.
+Activations whose channels are mostly silent (median channel maximum 0, e.g. after a ReLU) are left alone, and so
+is a site where s would not lower that ratio: when the outlier channels' weight rows are as large as the activations
+(MiniLM's GELU outputs into the FFN down-projection), alpha = 0.5 moves difficulty into the activation, not out.
 
 1/s costs nothing at run time where it folds into the producer of X, when X's only readers are the
 smoothed MatMuls: a LayerNormalization (scale and bias / s), a Mul by a constant, an Add of a constant
-whose other operand folds too (a decomposed LayerNorm's Mul(gamma) -> Add(beta)). Otherwise a Mul by the constant 1/s is inserted before
-the MatMuls (one elementwise op; the QDQ placement quantizes its output, the MatMuls' input, as before).
+whose other operand folds too (a decomposed LayerNorm's Mul(gamma) -> Add(beta)). Otherwise a Mul by the
+constant 1/s is inserted before the MatMuls (one elementwise op; the QDQ placement quantizes its output, the
+MatMuls' input). Then X's other readers (BERT's residual Add) read the float X, no longer X's Q/DQ output: part of
+the gain on MiniLM comes from that alone (bench/smoothquant.py's "Mul by 1" control row).
 
 Why not NNCF's SmoothQuant (nncf/quantization/algorithms/smooth_quant, ONNX backend): it always inserts a
 Multiply (never folds), smooths every weighted MatMul without asking whether its activation has outliers,
-picks the group scale from one member's weights, not all, and is driven through NNCF's private graph,
-statistics aggregator and model transformer; the float model edgekit's own QDQ placement quantizes
-would carry NNCF's node naming and Multiply layout. The transformation itself is a few lines of numpy.
+picks a group's scale from the one member whose scales are flattest rather than from all members' weights, and
+is driven only through NNCF's private graph builder, statistics aggregator and algorithm classes. Driven that way
+on MiniLM-L6 it keeps node names, but all-INT8 after it is worse than after this (bench/smoothquant.py). The
+transformation itself is a few lines of numpy.
 """
 from __future__ import annotations
 
@@ -93,11 +98,11 @@ def _weighted_input(g: _Graph, node: onnx.NodeProto) -> tuple[str, int] | None:
     """(activation tensor, weight input-channel axis) of a MatMul/Gemm X W with a constant 2-D weight, else None."""
     if node.op_type == "MatMul" and len(node.input) == 2:
         w = g.const(node.input[1])
-        if w is not None and w.ndim == 2 and node.input[0] not in g.inits:
+        if w is not None and w.ndim == 2 and w.dtype.kind == "f" and node.input[0] not in g.inits:
             return node.input[0], 0
     if node.op_type == "Gemm" and len(node.input) >= 2 and not _attr(node, "transA", 0):
         w = g.const(node.input[1])
-        if w is not None and w.ndim == 2 and node.input[0] not in g.inits:
+        if w is not None and w.ndim == 2 and w.dtype.kind == "f" and node.input[0] not in g.inits:
             return node.input[0], 1 if _attr(node, "transB", 0) else 0
     return None
 
@@ -123,7 +128,7 @@ def _fold_plan(g: _Graph, tensor: str, readers: list[onnx.NodeProto], channels: 
     p = g.producer.get(tensor)
     if p is None:
         return None
-    if p.op_type == "LayerNormalization" and _attr(p, "axis", -1) == -1:  # (norm(X) * scale + bias) / s; Mean/InvStdDev unchanged
+    if p.op_type == "LayerNormalization" and p.output[0] == tensor and _attr(p, "axis", -1) == -1:  # (norm(X) * scale + bias) / s; Mean/InvStdDev unchanged
         plan = [(p, 1)]
         if len(p.input) > 2 and p.input[2]:
             if _channel_const(g, p.input[2], channels) is None:
