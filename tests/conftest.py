@@ -66,6 +66,16 @@ def mnist_onnx(artifacts: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_onnx(artifacts: Path) -> Path:
+    """all-MiniLM-L6-v2 sentence embeddings (tests/zoo.py) exported once, dynamic batch."""
+    from edgekit.export import ExportOptions, export_model
+
+    out = artifacts / "minilm.onnx"
+    export_model("zoo:minilm", out, options=ExportOptions(dynamic_batch=True))
+    return out
+
+
+@pytest.fixture(scope="session")
 def photos(artifacts: Path) -> Path:
     return zoo.photo_dir(artifacts / "photos")
 

@@ -91,13 +91,6 @@ def test_nothing_meets_the_bar_is_exit_3_with_the_best_model_written(mnist_onnx:
 
 
 @pytest.fixture(scope="module")
-def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
-    export_model("zoo:minilm", out, options=ExportOptions(dynamic_batch=True))
-    return out
-
-
-@pytest.fixture(scope="module")
 def minilm_sentences(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Real sentences as feeds: 8 to calibrate on, 5 held out."""
     root = tmp_path_factory.mktemp("sentences")
