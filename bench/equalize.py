@@ -1,0 +1,167 @@
+"""Cross-layer equalization and bias correction (edgekit.quantize.equalize, #13): all-INT8 vs FP32 with and
+without each transform, per recipe, on held-out real data.
+
+Each transform runs as the quantize check would run it: on the prepared float model, then ranges collected
+again on the calibration data and QDQ placed with the target's recipe (`quantize_with_ranges`); the INT8
+model runs in ONNX Runtime on this CPU and is compared with the original FP32 model.
+
+  python bench/equalize.py [--models efficientnet-lite0,mnist-cnn,dwsep-digits] [--targets onnxruntime,openvino]
+
+Models: EfficientNet-Lite0 (ImageNet weights; calibration: 16 scikit-image photos; held out: foolbox's 20
+ImageNet val images), the MNIST CNN of tests/zoo.py (256 training digits / 1,000 held-out digits) and the
+depthwise-separable digits CNN of tests/zoo.py (ReLU everywhere; 256 training digits / 297 held out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+from _common import IMAGENET_VAL, PHOTOS, RESULTS  # noqa: E402
+
+
+def _cpu() -> str:
+    from edgekit.backends.base import resolve_cpu_features
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    features, _ = resolve_cpu_features(("host",))
+    return f"{name} ({', '.join(features) or 'no INT8 dot-product features'})"
+
+
+def _model(name: str, work: Path) -> tuple[Path, str, list[dict[str, np.ndarray]], np.ndarray | None]:
+    """(fp32 onnx, calibration source, held-out feeds, held-out labels)."""
+    import zoo
+
+    from edgekit.export import ExportOptions, export_model
+    from edgekit.onnxmodel import TensorSpec
+
+    out = work / f"{name}.onnx"
+    if name == "efficientnet-lite0":
+        export_model("edgekit.examples.efficientnet:model", out, options=ExportOptions(dynamic_batch=True))
+        from edgekit.calibration import calibration_set
+
+        spec = TensorSpec("x", ("batch", 3, 224, 224), np.dtype(np.float32))
+        import onnx
+
+        spec = TensorSpec(onnx.load(str(out)).graph.input[0].name, spec.shape, spec.dtype)
+        held = calibration_set(str(IMAGENET_VAL), [spec])
+        return out, str(PHOTOS), list(held.feeds([spec])), np.array(held.labels)
+    if name == "mnist-cnn":
+        export_model("zoo:mnist_cnn", out, options=ExportOptions(dynamic_batch=True))
+        calib, (x, y) = zoo.mnist_calibration(256), zoo.mnist_heldout()
+    else:
+        export_model("zoo:dwsep_digits", out, options=ExportOptions(dynamic_batch=True, exporter="torchscript"))
+        d, labels = zoo.digits()
+        calib, (x, y) = d[:256, None], (d[1500:, None], labels[1500:])
+    import onnx
+
+    inp = onnx.load(str(out)).graph.input[0].name
+    np.savez(work / f"{name}.calib.npz", **{inp: calib})
+    return out, str(work / f"{name}.calib.npz"), [{inp: x[i:i + 1]} for i in range(len(x))], y
+
+
+def _compare(ref: list[np.ndarray], got: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
+    r, g = np.concatenate(ref), np.concatenate(got)
+    cos = (r * g).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1) + 1e-30)
+    out = {"top1_agreement": float((r.argmax(1) == g.argmax(1)).mean()), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min())}
+    if labels is not None:
+        out["top1_accuracy"] = float((g.argmax(1) == labels).mean())
+    return out
+
+
+def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
+    from edgekit.backends import get_backend
+    from edgekit.backends.base import recipe_for_target
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.calibration import calibration_set
+    from edgekit.calibstats import tensor_range
+    from edgekit.config import load_target
+    from edgekit.onnxmodel import input_specs
+    from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
+    from edgekit.quantize.equalize import bias_correct, equalize
+
+    path, calib, held, labels = _model(name, work)
+    model = _prepare(path, [])
+    specs = input_specs(model)
+    cset = calibration_set(calib, specs)
+
+    def outputs(m: Any) -> list[np.ndarray]:
+        sess = session_from_bytes(m.SerializeToString())
+        return [sess.run(None, f)[0].reshape(1, -1) for f in held]
+
+    ref = outputs(model)
+    fp32 = _compare(ref, ref, labels)
+    result: dict[str, Any] = {"fp32_top1_accuracy": fp32.get("top1_accuracy"), "held_out": len(held), "calibration": cset.count, "targets": {}}
+    for tname in targets:
+        target = load_target(tname)
+        recipe = recipe_for_target(get_backend(target.backend), model, target)
+
+        def quantized(m: Any) -> Any:
+            stats, _ = collect_stats(m, cset, limit=None, histograms=recipe.method != "minmax")
+            ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
+            return quantize_with_ranges(_copy(m), ranges, recipe, exclude=[])
+
+        rows: dict[str, Any] = {}
+        t = time.perf_counter()
+        q0 = quantized(model)
+        rows["all-int8"] = {**_compare(ref, outputs(q0), labels), "seconds": time.perf_counter() - t}
+        t = time.perf_counter()
+        eq, eq_info = equalize(model)
+        eq_s = time.perf_counter() - t
+        q_eq = quantized(eq)
+        rows["equalize"] = {**_compare(ref, outputs(q_eq), labels), "seconds": eq_s,
+                            "info": {k: v for k, v in eq_info.items() if k != "pairs"}}
+        t = time.perf_counter()
+        bc, bc_info = bias_correct(model, q0, lambda: cset.feeds(specs))
+        bc_s = time.perf_counter() - t
+        rows["bias-correct"] = {**_compare(ref, outputs(quantized(bc)), labels), "seconds": bc_s,
+                                "info": {k: v for k, v in bc_info.items() if k != "per_site"}}
+        if eq_info["sites"]:
+            both, both_info = bias_correct(eq, q_eq, lambda: cset.feeds(specs))
+            rows["equalize+bias-correct"] = {**_compare(ref, outputs(quantized(both)), labels),
+                                             "info": {k: v for k, v in both_info.items() if k != "per_site"}}
+        result["targets"][tname] = {"recipe": recipe.name if hasattr(recipe, "name") else recipe.to_dict().get("name"), "rows": rows}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="efficientnet-lite0,mnist-cnn,dwsep-digits")
+    ap.add_argument("--targets", default="onnxruntime,openvino")
+    ap.add_argument("--json", default=str(RESULTS / "equalize.json"))
+    args = ap.parse_args()
+    report: dict[str, Any] = {"cpu": _cpu(), "int8_ran_on": "onnxruntime (CPU execution provider)", "models": {}}
+    print(f"CPU: {report['cpu']}")
+    with tempfile.TemporaryDirectory(prefix="edgekit-eq-") as tmp:
+        for name in args.models.split(","):
+            report["models"][name] = r = run(name, args.targets.split(","), Path(tmp))
+            print(f"\n{name}: FP32 top-1 accuracy {r['fp32_top1_accuracy']:.3f} on {r['held_out']} held-out samples, {r['calibration']} calibration samples")
+            print(f"  {'target':12} {'variant':24} {'sites':>5} {'top1 agree':>10} {'cos mean':>9} {'cos worst':>9} {'top1 acc':>8}")
+            for tname, t in r["targets"].items():
+                for variant, row in t["rows"].items():
+                    sites = row.get("info", {}).get("sites", "")
+                    print(f"  {tname:12} {variant:24} {sites!s:>5} {row['top1_agreement']:10.3f} {row['cosine_mean']:9.5f} {row['cosine_worst']:9.4f} {row.get('top1_accuracy', float('nan')):8.3f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
