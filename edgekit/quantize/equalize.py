@@ -407,7 +407,7 @@ class _Site:
 
 
 def _site(g: _Graph, node: onnx.NodeProto, name: str, qnode: onnx.NodeProto, qdq: onnx.ModelProto, skipped: dict[str, int]) -> _Site | None:
-    w = g.const(node.input[1]) if len(node.input) > 1 else None
+    w = g.const(node.input[1], own=False) if len(node.input) > 1 else None  # read only: a shared weight is fine
     if w is None or node.input[0] in g.inits:
         return None
     wq = _dequantized_weight(qdq, qnode.input[1]) if len(qnode.input) > 1 else None
