@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from _common import IMAGENET_VAL, PHOTOS, RESULTS  # noqa: E402
+from _common import IMAGENET_VAL, PHOTOS, RESULTS
 
 
 def _cpu() -> str:
@@ -113,7 +113,7 @@ def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
         target = load_target(tname)
         recipe = recipe_for_target(get_backend(target.backend), model, target)
 
-        def quantized(m: Any) -> Any:
+        def quantized(m: Any, recipe: Any = recipe) -> Any:
             stats, _ = collect_stats(m, cset, limit=None, histograms=recipe.method != "minmax")
             ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
             return quantize_with_ranges(_copy(m), ranges, recipe, exclude=[])

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import zoo
 from onnx import numpy_helper
 
-import zoo
 from edgekit.backends.onnxruntime import session_from_bytes
 from edgekit.quantize.equalize import bias_correct, equalize
 
@@ -39,17 +39,14 @@ def _quantized(model: onnx.ModelProto, calib: np.ndarray, target: str = "onnxrun
     """All-INT8 as quantize's check builds it: ranges from the calibration data, the target's recipe."""
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
-    from edgekit.calibration import from_arrays
     from edgekit.calibstats import tensor_range
     from edgekit.config import load_target
-    from edgekit.onnxmodel import input_specs
     from edgekit.quantize import _copy, collect_stats, quantize_with_ranges
 
     t = load_target(target)
     recipe = recipe_for_target(get_backend(t.backend), model, t)
     stats, _ = collect_stats(model, _ArraySet(model, calib), limit=None, histograms=recipe.method != "minmax")
     ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
-    del from_arrays, input_specs
     return quantize_with_ranges(_copy(model), ranges, recipe, exclude=[])
 
 
@@ -60,7 +57,7 @@ class _ArraySet:
         self.name, self.x = model.graph.input[0].name, x
         self.count = (len(x) + 31) // 32
 
-    def feeds(self, _specs: object = None):  # noqa: ANN201
+    def feeds(self, _specs: object = None):
         return ({self.name: self.x[i:i + 32]} for i in range(0, len(self.x), 32))
 
 
@@ -91,18 +88,20 @@ def test_equalize_mnist_relu_maxpool_flatten_and_gemm(mnist_onnx: Path) -> None:
 def test_equalize_depthwise_separable(dwsep: onnx.ModelProto) -> None:
     assert not any(n.op_type == "BatchNormalization" for n in dwsep.graph.node)
     eq, info = equalize(dwsep)
-    # stem conv -> dw -> pw -> dw -> pw: 4 pairs through ReLU, depthwise as second and as first layer
-    assert info["sites"] == 4, info
+    # stem conv -> dw -> pw -> dw -> pw through ReLU (depthwise as second and as first layer), and the last
+    # pw -> ReLU -> global average pool (ReduceMean) -> flatten -> linear classifier
+    assert info["sites"] == 5, info
+    layers = {n.name: n for n in eq.graph.node}
     groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in dwsep.graph.node if n.op_type == "Conv"}
-    assert [groups[p["second"]] > 1 for p in info["pairs"]] == [True, False, True, False]
+    assert [groups.get(p["second"], 0) > 1 for p in info["pairs"]] == [True, False, True, False, False]
+    assert info["pairs"][-1]["between"] == ["Relu", "GlobalAveragePool", "Flatten"] and layers[info["pairs"][-1]["second"]].op_type == "Gemm"
     _assert_same_function(dwsep, eq, zoo.digits()[0][1500:, None])
     # after the sweeps, each pair's per-channel ranges agree: L1's output channel i == L2's input channel i
     w = _weights(eq)
-    convs = {n.name: n for n in eq.graph.node}
-    for p in info["pairs"]:
-        w1, w2 = w[convs[p["first"]].input[1]], w[convs[p["second"]].input[1]]
+    for p in info["pairs"][:4]:
+        w1, w2 = w[layers[p["first"]].input[1]], w[layers[p["second"]].input[1]]
         r1 = np.abs(w1).reshape(w1.shape[0], -1).max(1)
-        r2 = np.abs(w2).max(axis=(2, 3)).reshape(-1) if groups[p["second"]] > 1 else np.abs(w2).max(axis=(0, 2, 3))
+        r2 = np.abs(w2).max(axis=(1, 2, 3)) if groups[p["second"]] > 1 else np.abs(w2).max(axis=(0, 2, 3))
         np.testing.assert_allclose(r1, r2, rtol=0.02)
     assert info["precision_after"] > info["precision_before"] + 0.1
 
@@ -151,13 +150,17 @@ def test_bias_correct_creates_a_bias_for_depthwise(dwsep: onnx.ModelProto) -> No
     dw = next(n for n in nobias.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
     bias = numpy_helper.to_array(next(t for t in nobias.graph.initializer if t.name == dw.input[2]))
     del dw.input[2]  # the trained network minus one depthwise bias (BN folding gave every Conv one)
+    index = list(nobias.graph.node).index(dw)
+    for n in nobias.graph.node:  # as other tools write them: no node names (the QDQ model is matched by output)
+        n.name = ""
     x = zoo.digits()[0]
     calib = x[:256, None]
     q0 = _quantized(nobias, calib)
     bc, info = bias_correct(nobias, q0, lambda: iter([{nobias.graph.input[0].name: calib}]))
     assert info["sites"] == 6, info  # 5 Conv + Gemm
     assert len(dw.input) == 2 and bias.size
-    new = next(n for n in bc.graph.node if n.name == dw.name)
+    assert not any(n.name for n in bc.graph.node)
+    new = bc.graph.node[index]
     assert new.input[2].startswith("edgekit_bias_")
     created = numpy_helper.to_array(next(t for t in bc.graph.initializer if t.name == new.input[2]))
     assert created.shape == (bias.size,) and np.abs(created).max() > 0

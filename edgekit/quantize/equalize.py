@@ -43,6 +43,7 @@ Feeds = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 _HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "Identity")  # elementwise, f(s*x) = s*f(x) for s > 0
 _POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")  # per channel (axis 1) and homogeneous
+_REDUCE = ("ReduceMean", "ReduceMax")  # over spatial axes only: per channel and homogeneous
 _FLATTEN = ("Flatten", "Reshape")
 # elementwise activations that are NOT positive-homogeneous: a scale cannot pass them
 _NOT_HOMOGENEOUS = ("Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
@@ -228,19 +229,20 @@ class _Second:
             g.set(self.weight, w * np.repeat(s, self.repeat).reshape(shape))
 
 
-def _second(g: _Graph, node: onnx.NodeProto, tensor: str, first: _First, repeat: int) -> _Second | None:
+def _second(g: _Graph, node: onnx.NodeProto, tensor: str, first: _First, repeat: int | None) -> _Second | None:
+    """L2 reading `tensor`; repeat None: channels on axis 1 (N, C, ...), else on the last axis, `repeat` columns each."""
     if not node.input or node.input[0] != tensor or tensor in node.input[1:]:
         return None
     w = g.const(node.input[1]) if len(node.input) > 1 else None
     if w is None:
         return None
     c = first.channels
-    if node.op_type == "Conv" and first.channels_first and repeat == 1:
+    if node.op_type == "Conv" and repeat is None:
         group = int(_attr(node, "group", 1))
         if w.shape[1] * group != c or w.shape[0] % group:
             return None
         return _Second(node.input[1], group=group)
-    if node.op_type in ("Gemm", "MatMul") and w.ndim == 2 and (repeat > 1 or not first.channels_first):
+    if node.op_type in ("Gemm", "MatMul") and w.ndim == 2 and repeat is not None:
         if node.op_type == "Gemm" and _attr(node, "transA", 0):
             return None
         axis = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
@@ -266,13 +268,34 @@ def _flatten_repeat(g: _Graph, node: onnx.NodeProto, channels: int) -> int | Non
     return hw if cols == channels * hw and (rows in (0, -1) or rows == shape_in[0]) else None
 
 
+def _spatial_reduce(g: _Graph, node: onnx.NodeProto) -> bool | None:
+    """A ReduceMean/ReduceMax of (N, C, spatial...) over spatial axes only: whether it keeps dims (None: not one)."""
+    shape = g.shape(node.input[0])
+    if not shape or len(shape) < 3:
+        return None
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        t = g.inits.get(node.input[1])
+        axes = None if t is None else numpy_helper.to_array(t).reshape(-1).tolist()
+    if axes is None:
+        return None  # all axes (or unknown ones): channels would mix
+    axes = {int(a) % len(shape) for a in axes}
+    keep = bool(_attr(node, "keepdims", 1))
+    if not axes or axes & {0, 1}:
+        return None
+    if not keep and axes != set(range(2, len(shape))):
+        return None  # (N, C, some spatial) left: the channel axis is still 1, but no longer followed by our layouts
+    return keep
+
+
 def _pairs(g: _Graph) -> tuple[list[tuple[_First, _Second, onnx.NodeProto, list[str]]], dict[str, int]]:
     pairs, skipped = [], defaultdict(int)
     for node in g.nodes:
         first = _first(g, node)
         if first is None:
             continue
-        tensor, between, repeat = first.out, [], 1
+        tensor, between = first.out, []
+        repeat: int | None = None if first.channels_first else 1  # see _second
         blocked: str | None = None
         while True:
             nxt = g.sole_consumer(tensor)
@@ -289,11 +312,17 @@ def _pairs(g: _Graph) -> tuple[list[tuple[_First, _Second, onnx.NodeProto, list[
                 break
             if nxt.input[0] != tensor:
                 break
-            if op in _HOMOGENEOUS or (op in _POOLS and first.channels_first and repeat == 1):
+            if op in _HOMOGENEOUS or (op in _POOLS and repeat is None):
                 if op == "PRelu" and nxt.input[1] == tensor:
                     break
                 between.append(op)
-            elif op in _FLATTEN and first.channels_first and repeat == 1:
+            elif op in _REDUCE and repeat is None:
+                kept = _spatial_reduce(g, nxt)
+                if kept is None:
+                    break
+                repeat = None if kept else 1  # keepdims=0 leaves (N, C)
+                between.append(op)
+            elif op in _FLATTEN and repeat is None:
                 r = _flatten_repeat(g, nxt, first.channels)
                 if r is None:
                     break
@@ -358,9 +387,9 @@ def equalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
 
 # --- bias correction -------------------------------------------------------------------------------------
 
-def _dequantized_weight(qdq: onnx.ModelProto, tensor: str) -> np.ndarray | None:
-    """W_q as the QDQ model computes it: DequantizeLinear of an integer initializer (or of a QuantizeLinear
-    of a float one), with its scale, zero point and axis."""
+def _dequantized_weight(qdq: onnx.ModelProto, tensor: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W_q as the QDQ model computes it, its step broadcast to W's shape): DequantizeLinear of an integer
+    initializer (or of a QuantizeLinear of a float one), with its scale, zero point and axis."""
     prod = {o: n for n in qdq.graph.node for o in n.output}
     inits = {t.name: t for t in qdq.graph.initializer}
     dq = prod.get(tensor)
@@ -388,7 +417,8 @@ def _dequantized_weight(qdq: onnx.ModelProto, tensor: str) -> np.ndarray | None:
         return None
     axis = _attr(dq, "axis", 1)
     zero = 0 if zp is None else _along(zp.astype(np.float64), q.ndim, axis)
-    return (q.astype(np.float64) - zero) * _along(scale.astype(np.float64), q.ndim, axis)
+    step = _along(scale.astype(np.float64), q.ndim, axis)
+    return (q.astype(np.float64) - zero) * step, np.broadcast_to(step, q.shape)
 
 
 def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -410,9 +440,13 @@ def _site(g: _Graph, node: onnx.NodeProto, name: str, qnode: onnx.NodeProto, qdq
     w = g.const(node.input[1], own=False) if len(node.input) > 1 else None  # read only: a shared weight is fine
     if w is None or node.input[0] in g.inits:
         return None
-    wq = _dequantized_weight(qdq, qnode.input[1]) if len(qnode.input) > 1 else None
-    if wq is None or wq.shape != w.shape:
+    got = _dequantized_weight(qdq, qnode.input[1]) if len(qnode.input) > 1 else None
+    if got is None:
         return None  # this weight is not quantized in the QDQ model (excluded, or kept float by the recipe)
+    wq, step = got
+    if wq.shape != w.shape or np.any(np.abs(wq - w) > 0.5 * step * (1 + 1e-3) + 1e-7 * np.abs(w)):
+        skipped["QDQ weight is not this weight rounded (another model?)"] += 1
+        return None
     dw = wq - w
     x = node.input[0]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -452,13 +486,20 @@ def bias_correct(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Feeds) -> 
     (one pass). Returns (new float model, info)."""
     out = _copy(model)
     g = _Graph(out)
-    qnodes = {n.name: n for n in qdq.graph.node if n.name}
+    layers = [n for n in qdq.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    by_name = {n.name: n for n in layers if n.name}
+    by_output = {n.output[0]: n for n in layers}  # QDQ keeps a layer's output name (for nodes left unnamed)
     skipped: dict[str, int] = defaultdict(int)
     sites: list[_Site] = []
     for node, name in zip(g.nodes, g.names):
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or name not in qnodes:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
-        site = _site(g, node, name, qnodes[name], qdq, skipped)
+        # a named node by its name; an unnamed one by its output (QDQ keeps it unless it is a graph output), else by
+        # the name edgekit.regions.name_nodes gave it (_site checks the weights agree to half a step either way)
+        qnode = by_name.get(node.name) if node.name else by_output.get(node.output[0]) or by_name.get(name)
+        if qnode is None or qnode.op_type != node.op_type:
+            continue
+        site = _site(g, node, name, qnode, qdq, skipped)
         if site is not None:
             sites.append(site)
     info: dict[str, Any] = {"sites": 0, "skipped": dict(skipped)}
