@@ -6,6 +6,7 @@ again on the calibration data and QDQ placed with the target's recipe (`quantize
 model runs in ONNX Runtime on this CPU and is compared with the original FP32 model.
 
   python bench/equalize.py [--models efficientnet-lite0,mnist-cnn,dwsep-digits] [--targets onnxruntime,openvino]
+  python bench/equalize.py --zoo [NAMES]   # generality: bench/zoo_models.py (install line there), ONNX Runtime recipe
 
 Models: EfficientNet-Lite0 (ImageNet weights; calibration: 16 scikit-image photos; held out: foolbox's 20
 ImageNet val images), the MNIST CNN of tests/zoo.py (256 training digits / 1,000 held-out digits) and the
@@ -141,12 +142,120 @@ def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
     return result
 
 
+def _sqnr(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    """Signal-to-quantization-noise ratio (dB) over every float output of every held-out run."""
+    sig = noise = 0.0
+    for rs, gs in zip(ref, got):
+        for r, g in zip(rs, gs):
+            if np.asarray(r).dtype.kind == "f":
+                r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+                sig, noise = sig + float((r64 ** 2).sum()), noise + float(((g64 - r64) ** 2).sum())
+    return 10 * np.log10(sig / noise) if noise > 0 else float("inf")
+
+
+class _Feeds:
+    """A list of feeds as collect_stats reads a CalibrationSet."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.list, self.count = feeds, len(feeds)
+
+    def feeds(self, _specs: Any = None) -> Any:
+        return iter(self.list)
+
+
+def run_zoo(name: str, work: Path) -> dict[str, Any]:
+    """A real model the tests never see: equalize (sites, skipped, float function kept on held-out data) and
+    bias correction (sites, the zoo's task score of all-INT8 vs FP32 with and without), ONNX Runtime's recipe."""
+    import zoo_models as zm
+
+    from edgekit.backends import get_backend
+    from edgekit.backends.base import recipe_for_target
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.calibstats import tensor_range
+    from edgekit.config import load_target
+    from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
+    from edgekit.quantize.equalize import bias_correct, equalize
+
+    zmod = zm.MODELS[name]
+    calib, held = zmod.data()
+    model = _prepare(zmod.path(), [])
+    target = load_target("onnxruntime")
+    recipe = recipe_for_target(get_backend(target.backend), model, target)
+    cset = _Feeds(calib)
+
+    def outputs(m: Any) -> list[list[np.ndarray]]:
+        sess = session_from_bytes(m.SerializeToString())
+        names = [o.name for o in sess.get_outputs()]
+        return [sess.run(names, f) for f in held]
+
+    def quantized(m: Any) -> Any:
+        stats, _ = collect_stats(m, cset, limit=None, histograms=recipe.method != "minmax")
+        ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
+        return quantize_with_ranges(_copy(m), ranges, recipe, exclude=[])
+
+    ref = outputs(model)
+    t = time.perf_counter()
+    eq, eq_info = equalize(model)
+    row: dict[str, Any] = {"kind": zmod.kind, "metric": zmod.metric, "equalize_seconds": time.perf_counter() - t,
+                           "equalize": {k: v for k, v in eq_info.items() if k != "pairs"}}
+    if eq_info["sites"]:
+        got = outputs(eq)
+        row["equalize_float_max_rel_diff"] = max(float(np.abs(g.astype(np.float64) - r).max() / (np.abs(r).max() + 1e-30))
+                                                 for gs, rs in zip(got, ref) for g, r in zip(gs, rs) if np.asarray(r).dtype.kind == "f")
+    q0 = quantized(model)
+    got = outputs(q0)
+    row["score_all_int8"], row["sqnr_all_int8"] = zmod.score(ref, got), _sqnr(ref, got)
+    if eq_info["sites"]:
+        got = outputs(quantized(eq))
+        row["score_equalize"], row["sqnr_equalize"] = zmod.score(ref, got), _sqnr(ref, got)
+    t = time.perf_counter()
+    bc, bc_info = bias_correct(model, q0, cset.feeds)
+    row["bias_correct_seconds"] = time.perf_counter() - t
+    row["bias_correct"] = {k: v for k, v in bc_info.items() if k != "per_site"}
+    if bc_info["sites"]:
+        got = outputs(quantized(bc))
+        row["score_bias_correct"], row["sqnr_bias_correct"] = zmod.score(ref, got), _sqnr(ref, got)
+    return row
+
+
+def main_zoo(names: list[str]) -> None:
+    import zoo_models as zm
+
+    report: dict[str, Any] = {"cpu": _cpu(), "recipe": "onnxruntime", "int8_ran_on": "onnxruntime (CPU execution provider)", "models": {}}
+    print(f"CPU: {report['cpu']}")
+    print("task score (and SQNR of all float outputs, dB) of all-INT8 vs FP32 on held-out data")
+    print(f"{'model':20} {'eq sites':>8} {'skipped':>7} {'float rel diff':>14} {'bc sites':>8} "
+          f"{'all-INT8':>16} {'equalize':>16} {'bias-correct':>16}")
+    with tempfile.TemporaryDirectory(prefix="edgekit-eqzoo-") as tmp:
+        for name in names or [n for n, m in zm.MODELS.items() if m.build is None]:
+            try:
+                r = run_zoo(name, Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - a bench row says what failed and goes on
+                r = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"{name:20} ERROR {r['error'][:150]}")
+                report["models"][name] = r
+                continue
+            report["models"][name] = r
+            skipped = sum(r["equalize"]["skipped"].values())
+            diff = r.get("equalize_float_max_rel_diff")
+            cells = [f"{r[f'score_{k}']:.4f} ({r[f'sqnr_{k}']:4.1f})" if f"score_{k}" in r else "-" for k in ("all_int8", "equalize", "bias_correct")]
+            print(f"{name:20} {r['equalize']['sites']:8d} {skipped:7d} {'' if diff is None else f'{diff:.1e}':>14} {r['bias_correct']['sites']:8d} "
+                  + " ".join(f"{c:>16}" for c in cells))
+    out = RESULTS / "equalize_zoo.json"
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"\nwrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="efficientnet-lite0,mnist-cnn,dwsep-digits")
     ap.add_argument("--targets", default="onnxruntime,openvino")
     ap.add_argument("--json", default=str(RESULTS / "equalize.json"))
+    ap.add_argument("--zoo", nargs="?", const="", default=None, help="bench/zoo_models.py models (comma-separated; default all that ship ONNX)")
     args = ap.parse_args()
+    if args.zoo is not None:
+        main_zoo([n for n in args.zoo.split(",") if n])
+        return
     report: dict[str, Any] = {"cpu": _cpu(), "int8_ran_on": "onnxruntime (CPU execution provider)", "models": {}}
     print(f"CPU: {report['cpu']}")
     with tempfile.TemporaryDirectory(prefix="edgekit-eq-") as tmp:

@@ -21,8 +21,10 @@ pre-processing and PyTorch's export in eval mode do that); a BatchNormalization 
 model quantizes, the expected output error of weight quantization per output channel,
 E[y_q - y]_o = sum_{c,k} (W_q - W)[o,c,k] * E[x_c], with E[x_c] the per-channel mean of the layer's float
 input over the calibration feeds, is subtracted from the float bias (a zero bias is created where a Conv or
-Gemm has none). Zero padding is ignored: border outputs see fewer inputs, so the correction there is
-slightly too large by the padded taps' share (DFQ ignores it too). NNCF's (Fast)BiasCorrection computes the
+Gemm has none). For a Conv the expectation is taken over output positions exactly: Conv is linear, so
+E[y_q - y] = mean over positions of Conv(E_batch[x], W_q - W), which counts the taps that fall on zero padding
+at the borders (DFQ ignores them); when feeds differ in spatial size, the per-channel form above is used
+(padding ignored) and info says for how many convolutions. NNCF's (Fast)BiasCorrection computes the
 same shift but edits its own quantized model (float biases next to its quantizers) through its NNCFGraph and
 statistics machinery, skips layers without a bias, and cannot take the float model edgekit re-quantizes;
 hence this small numpy implementation, which works by node name on edgekit's own QDQ model.
@@ -48,6 +50,7 @@ _FLATTEN = ("Flatten", "Reshape")
 # elementwise activations that are NOT positive-homogeneous: a scale cannot pass them
 _NOT_HOMOGENEOUS = ("Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
                     "Gelu", "Mish", "Erf", "ThresholdedRelu", "Swish")
+_MAP_LIMIT = 1 << 22  # a Conv input's per-position mean is kept up to 4M values per sample (32 MB as float64)
 _MAX_SWEEPS = 50
 _SETTLED = 1e-3  # stop sweeping when no scale moves by more than 0.1%
 
@@ -434,6 +437,7 @@ class _Site:
     def __init__(self, node: onnx.NodeProto, name: str, x: str, dw: np.ndarray, kind: str, bias: str | None, bias_gain: float) -> None:
         # dw: (W_q - W) as [out, in] (summed over the kernel) or [g, out/g, in/g] for a grouped Conv
         self.node, self.name, self.x, self.dw, self.kind, self.bias, self.bias_gain = node, name, x, dw, kind, bias, bias_gain
+        self.conv_dw: np.ndarray | None = None  # a Conv's full (W_q - W), for the exact mean over output positions
 
 
 def _site(g: _Graph, node: onnx.NodeProto, name: str, qnode: onnx.NodeProto, qdq: onnx.ModelProto, skipped: dict[str, int]) -> _Site | None:
@@ -477,7 +481,10 @@ def _site(g: _Graph, node: onnx.NodeProto, name: str, qnode: onnx.NodeProto, qdq
     if bias is not None and g.const(bias) is None:
         skipped["bias shared or not a constant"] += 1
         return None
-    return _Site(node, name, x, d, kind, bias, gain)
+    site = _Site(node, name, x, d, kind, bias, gain)
+    if kind == "conv":
+        site.conv_dw = dw
+    return site
 
 
 def bias_correct(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Feeds) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -508,9 +515,14 @@ def bias_correct(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Feeds) -> 
 
     means = _channel_means(model, sites, feeds)
     corrections = []
+    exact = 0
     for site in sites:
         mean = means[_key(site)]
-        if site.kind == "conv":
+        mean_map = means.get(("map", site.x))
+        if site.kind == "conv" and mean_map is not None:  # the error's mean over output positions, padding included
+            corr = _conv_of_mean(site.node, site.conv_dw, mean_map)
+            exact += 1
+        elif site.kind == "conv":
             groups, _, cin = site.dw.shape
             corr = (site.dw * mean.reshape(groups, 1, cin)).sum(axis=2).reshape(-1)
         else:
@@ -527,7 +539,8 @@ def bias_correct(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Feeds) -> 
     absmax = [float(np.abs(c).max()) for c in corrections]
     known = [r for r in rel if r is not None]
     info.update(
-        sites=len(sites), skipped=dict(skipped), samples=means["__samples__"], padding="ignored (border outputs see fewer inputs)",
+        sites=len(sites), skipped=dict(skipped), feeds=means["__feeds__"],
+        convs_with_padding_exact=exact, convs_with_padding_ignored=sum(s.kind == "conv" for s in sites) - exact,
         correction_abs_mean=float(np.mean([np.abs(c).mean() for c in corrections])), correction_abs_max=max(absmax),
         correction_rel_bias_rms_mean=float(np.mean(known)) if known else None, correction_rel_bias_rms_max=max(known) if known else None,
         per_site={s.name: {"max_abs": a, "rel_bias_rms": r} for s, a, r in zip(sites, absmax, rel)},
@@ -553,11 +566,19 @@ def _channel_means(model: onnx.ModelProto, sites: list[_Site], feeds: Feeds) -> 
     sess = session_from_bytes(aug.SerializeToString())
     sums: dict[tuple[str, int], np.ndarray] = {}
     counts: dict[tuple[str, int], int] = defaultdict(int)
+    maps: dict[str, np.ndarray | None] = {}  # Conv inputs: the sum over the batch per position, while shapes agree
+    batches: dict[str, int] = defaultdict(int)
     samples = 0
     for feed in feeds():
         got = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
         for x, ax in keys:
             v = np.asarray(feed[x] if x in inputs else got[x], dtype=np.float64)
+            if ax == 1 and v.ndim >= 3:
+                m = maps.get(x, 0)
+                if m is not None and v[0].size <= _MAP_LIMIT and (isinstance(m, int) or m.shape == v.shape[1:]):
+                    maps[x], batches[x] = m + v.sum(axis=0), batches[x] + v.shape[0]
+                else:
+                    maps[x] = None  # spatial sizes differ between feeds (or too large): padding is ignored
             v = np.moveaxis(v, ax, 0).reshape(v.shape[ax], -1)
             sums[x, ax] = sums.get((x, ax), 0) + v.sum(axis=1)
             counts[x, ax] += v.shape[1]
@@ -567,8 +588,24 @@ def _channel_means(model: onnx.ModelProto, sites: list[_Site], feeds: Feeds) -> 
 
         raise UsageError("bias correction got no calibration feeds", hint="give at least one calibration sample")
     out: dict[Any, Any] = {k: sums[k] / counts[k] for k in keys}
-    out["__samples__"] = samples
+    out.update({("map", x): m / batches[x] for x, m in maps.items() if m is not None})
+    out["__feeds__"] = samples
     return out
+
+
+def _conv_of_mean(node: onnx.NodeProto, dw: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
+    """mean over output positions of Conv(E[x], W_q - W): the exact expected error per output channel (Conv is
+    linear), with the layer's own pads, strides, dilations and groups; run by ONNX Runtime as a one-node model."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+
+    h = onnx.helper
+    conv = h.make_node("Conv", ["x", "w"], ["y"])
+    conv.attribute.extend(node.attribute)
+    graph = h.make_graph([conv], "edgekit_bias_error", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, *mean_map.shape])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [numpy_helper.from_array(dw.astype(np.float32), "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=7)
+    y = session_from_bytes(model.SerializeToString()).run(None, {"x": mean_map[None].astype(np.float32)})[0]
+    return y[0].reshape(y.shape[1], -1).astype(np.float64).mean(axis=1)
 
 
 def _apply(g: _Graph, model: onnx.ModelProto, site: _Site, corr: np.ndarray) -> None:
