@@ -81,7 +81,8 @@ def _model(name: str, work: Path) -> tuple[Path, str, list[dict[str, np.ndarray]
 def _compare(ref: list[np.ndarray], got: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
     r, g = np.concatenate(ref), np.concatenate(got)
     cos = (r * g).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1) + 1e-30)
-    out = {"top1_agreement": float((r.argmax(1) == g.argmax(1)).mean()), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min())}
+    out = {"top1_agreement": float((r.argmax(1) == g.argmax(1)).mean()), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
+           "sqnr_db": _sqnr([[x] for x in ref], [[x] for x in got])}
     if labels is not None:
         out["top1_accuracy"] = float((g.argmax(1) == labels).mean())
     return out
@@ -262,11 +263,11 @@ def main() -> None:
         for name in args.models.split(","):
             report["models"][name] = r = run(name, args.targets.split(","), Path(tmp))
             print(f"\n{name}: FP32 top-1 accuracy {r['fp32_top1_accuracy']:.3f} on {r['held_out']} held-out samples, {r['calibration']} calibration samples")
-            print(f"  {'target':12} {'variant':24} {'sites':>5} {'top1 agree':>10} {'cos mean':>9} {'cos worst':>9} {'top1 acc':>8}")
+            print(f"  {'target':12} {'variant':24} {'sites':>5} {'top1 agree':>10} {'cos mean':>9} {'cos worst':>9} {'SQNR dB':>7} {'top1 acc':>8}")
             for tname, t in r["targets"].items():
                 for variant, row in t["rows"].items():
                     sites = row.get("info", {}).get("sites", "")
-                    print(f"  {tname:12} {variant:24} {sites!s:>5} {row['top1_agreement']:10.3f} {row['cosine_mean']:9.5f} {row['cosine_worst']:9.4f} {row.get('top1_accuracy', float('nan')):8.3f}")
+                    print(f"  {tname:12} {variant:24} {sites!s:>5} {row['top1_agreement']:10.3f} {row['cosine_mean']:9.5f} {row['cosine_worst']:9.4f} {row['sqnr_db']:7.2f} {row.get('top1_accuracy', float('nan')):8.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"\nwrote {args.json}")

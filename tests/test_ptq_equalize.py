@@ -106,6 +106,20 @@ def test_equalize_depthwise_separable(dwsep: onnx.ModelProto) -> None:
     assert info["precision_after"] > info["precision_before"] + 0.1
 
 
+def test_equalize_clip_as_relu_passes_relu6_does_not(dwsep: onnx.ModelProto) -> None:
+    """Clip(0, inf) is ReLU written another way (positive-homogeneous); Clip(0, 6) is not: its pair is skipped."""
+    model = onnx.ModelProto()
+    model.CopyFrom(dwsep)
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("six", 6.0))])
+    relus[0].op_type, relus[0].input[:] = "Clip", [relus[0].input[0], "zero"]
+    relus[1].op_type, relus[1].input[:] = "Clip", [relus[1].input[0], "zero", "six"]
+    eq, info = equalize(model)
+    assert info["sites"] == 4 and info["skipped"] == {"non-homogeneous Clip": 1}, info
+    assert info["pairs"][0]["between"] == ["Clip"]
+    _assert_same_function(model, eq, zoo.digits()[0][1500:, None])
+
+
 def test_equalize_skips_relu6_and_keeps_it(efficientnet_onnx: Path) -> None:
     from edgekit.examples.efficientnet import RECIPE
 
@@ -126,7 +140,7 @@ def test_bias_correct_mnist(mnist_onnx: Path) -> None:
     snapshot = model.SerializeToString()
     bc, info = bias_correct(model, q0, lambda: ({model.graph.input[0].name: calib[i:i + 32]} for i in range(0, 256, 32)))
     assert model.SerializeToString() == snapshot
-    assert info["sites"] == 4 and info["samples"] == 8, info  # 2 Conv + 2 Gemm, one pass over 8 batches
+    assert info["sites"] == 4 and info["feeds"] == 8, info  # 2 Conv + 2 Gemm, one pass over 8 batches
     assert info["correction_abs_max"] > 0
     # only biases changed
     before, after = _weights(model), _weights(bc)

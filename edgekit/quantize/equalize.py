@@ -11,10 +11,10 @@ layers end with the same per-channel ranges sqrt(r1_i * r2_i). Chains (conv -> d
 until the scales settle, as DFQ does. Layers: Conv (grouped and depthwise: output channel i of group g reads
 only its group's input channels), Gemm, MatMul with a constant 2-D weight (and an Add of a constant bias after
 it); a Flatten/Reshape to 2-D between a Conv and a Gemm/MatMul maps each channel to its H*W columns. Ops that
-pass: Relu, LeakyRelu, PRelu, Identity (positive-homogeneous: f(s*x) = s*f(x) for s > 0) and max/average
-pooling (per channel). Clip (ReLU6), sigmoid-like and other activations are not homogeneous: pairs behind one
-are skipped and counted in info["skipped"], never treated as ReLU (DFQ's ReLU6 -> ReLU swap, which AIMET's CLE
-applies unconditionally, changes the function). BatchNormalization must already be folded (ONNX Runtime's
+pass: Relu, LeakyRelu, PRelu, Identity, Clip(0, inf) (positive-homogeneous: f(s*x) = s*f(x) for s > 0), max and
+average pooling and spatial ReduceMean/ReduceMax (per channel). Clip(0, 6) (ReLU6), sigmoid-like and other
+activations are not homogeneous: pairs behind one are skipped and counted in info["skipped"], never treated as
+ReLU (DFQ's ReLU6 -> ReLU swap, which AIMET's CLE applies unconditionally, changes the function). BatchNormalization must already be folded (ONNX Runtime's
 pre-processing and PyTorch's export in eval mode do that); a BatchNormalization between two layers stops a pair.
 
 `bias_correct` (one calibration pass): for every Conv / Gemm / MatMul(+Add bias) whose constant weight the QDQ
@@ -24,10 +24,16 @@ input over the calibration feeds, is subtracted from the float bias (a zero bias
 Gemm has none). For a Conv the expectation is taken over output positions exactly: Conv is linear, so
 E[y_q - y] = mean over positions of Conv(E_batch[x], W_q - W), which counts the taps that fall on zero padding
 at the borders (DFQ ignores them); when feeds differ in spatial size, the per-channel form above is used
-(padding ignored) and info says for how many convolutions. NNCF's (Fast)BiasCorrection computes the
-same shift but edits its own quantized model (float biases next to its quantizers) through its NNCFGraph and
-statistics machinery, skips layers without a bias, and cannot take the float model edgekit re-quantizes;
-hence this small numpy implementation, which works by node name on edgekit's own QDQ model.
+(padding ignored) and info says for how many convolutions. The correction counts only each layer's own weight
+error with float inputs (DFQ's analytic form; NNCF's FastBiasCorrection alike), not the error its quantized
+inputs bring from upstream.
+
+Why not a library: NNCF's (Fast)BiasCorrection computes the same shift but edits the quantized model NNCF made
+(float bias initializers next to its quantizers) through its NNCFGraph; on ONNX Runtime's QDQ model the bias
+reaches the layer through DequantizeLinear of int32 (QuantizeBias), which NNCF's ONNX backend does not read as
+a bias; it skips layers without a bias and cannot hand back the float model edgekit re-quantizes. AIMET's
+ONNX CLE (aimet-onnx) swaps ReLU6 for ReLU and pulls in torch, bokeh, pandas and a C++ extension. NNCF's
+ChannelAlignment is another algorithm and OpenVINO-only.
 """
 from __future__ import annotations
 
@@ -291,6 +297,18 @@ def _spatial_reduce(g: _Graph, node: onnx.NodeProto) -> bool | None:
     return keep
 
 
+def _clip_homogeneous(g: _Graph, node: onnx.NodeProto) -> bool:
+    """A Clip whose bounds are each 0 or absent/infinite (ReLU written as Clip(0, inf)) commutes with s > 0."""
+    bounds = [_attr(node, "min", None), _attr(node, "max", None)]
+    for k in (1, 2):
+        if len(node.input) > k and node.input[k]:
+            t = g.inits.get(node.input[k])
+            if t is None:
+                return False
+            bounds[k - 1] = float(numpy_helper.to_array(t))
+    return all(b is None or b == 0 or np.isinf(b) for b in bounds)
+
+
 def _pairs(g: _Graph) -> tuple[list[tuple[_First, _Second, onnx.NodeProto, list[str]]], dict[str, int]]:
     pairs, skipped = [], defaultdict(int)
     for node in g.nodes:
@@ -315,7 +333,7 @@ def _pairs(g: _Graph) -> tuple[list[tuple[_First, _Second, onnx.NodeProto, list[
                 break
             if nxt.input[0] != tensor:
                 break
-            if op in _HOMOGENEOUS or (op in _POOLS and repeat is None):
+            if op in _HOMOGENEOUS or (op in _POOLS and repeat is None) or (op == "Clip" and _clip_homogeneous(g, nxt)):
                 if op == "PRelu" and nxt.input[1] == tensor:
                     break
                 between.append(op)
