@@ -165,3 +165,11 @@ def test_long_per_anchor_outputs_are_no_sequences(digits_logits: tuple[np.ndarra
     logits, _ = digits_logits
     anchors = np.tile(logits, (12, 1))[None]  # [1, 1200, 10]
     assert compare_output("det", [anchors], [anchors * 1.001], DEFAULT_BAR)["kind"] == "class scores"
+
+
+def test_an_rnn_state_is_no_sequence() -> None:
+    """An LSTM's [layers, batch, hidden] state has two "steps" at most: judged by cosine, never decoded."""
+    rng = np.random.default_rng(4)
+    state = [np.tanh(rng.normal(0, 3, (2, 1, 64))).astype(np.float32) for _ in range(20)]
+    res = compare_output("state", state, [s * 0.999 for s in state], DEFAULT_BAR)
+    assert res["kind"] != "sequence scores" and "sequence_agreement" not in res

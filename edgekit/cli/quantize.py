@@ -43,20 +43,25 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 @click.option("--no-cache", is_flag=True, help="Ignore and do not write the calibration cache.")
 @click.option("--no-check", is_flag=True,
               help="Skip the check of INT8 against FP32 on held-out data (by default a slice of --calib, or --eval) and its float fallback.")
+@click.option("--no-ptq", is_flag=True,
+              help="Below the bar, go straight to the float fallback (skip SmoothQuant, cross-layer equalization, bias correction and the per-tensor method choice).")
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
               help="Where the sensitivity search of the float fallback runs: here, or one Ray task per node ranked (edgekit[ray]).")
 @json_option
 def command(model: str, output: str, calib: str, target: str, method: str | None, percentile: float, samples: int | None,
             exclude: tuple[str, ...], exclude_file: str | None, max_accuracy_drop: float | None, metric: str, eval_source: str | None, resize: int | None, crop: int | None, mean: str | None,
-            std: str | None, scale: float, layout: str, channels: str, no_cache: bool, no_check: bool, executor_spec: str, json_path: str | None) -> None:
+            std: str | None, scale: float, layout: str, channels: str, no_cache: bool, no_check: bool, no_ptq: bool, executor_spec: str,
+            json_path: str | None) -> None:
     """INT8 post-training quantization to QDQ ONNX, with the target's fastest accurate recipe.
 
     Statistics merge as samples stream through (memory does not grow with the number
     of samples); a cache keyed by model, data and recipe lets a re-run skip the data pass.
 
     Every run checks INT8 against FP32 on data it did not calibrate on (--eval, or a held-out
-    slice of --calib). Below the bar it keeps the most sensitive nodes in float until the bar
-    holds; when nothing meets it, it writes the best model and exits 3.
+    slice of --calib). Below the bar it tries SmoothQuant, cross-layer equalization, bias correction
+    and a per-tensor calibration method (each kept only if the held-out slice improves), then keeps
+    the most sensitive nodes in float until the bar holds; when nothing meets it, it writes the
+    best model and exits 3.
     """
     from edgekit.preprocess import ImageRecipe
     from edgekit.quantize import QuantizeOptions, quantize_model
@@ -75,7 +80,7 @@ def command(model: str, output: str, calib: str, target: str, method: str | None
     with executor_from_spec(executor_spec if (check or drop is not None) else "local") as ex:
         options = QuantizeOptions(target=target, method=method, samples=samples, exclude=exclude, percentile=percentile,
                                   recipe=recipe, eval_source=eval_source, cache=not no_cache, max_accuracy_drop=drop, metric=metric,
-                                  check=check, executor=None if ex.name == "local" else ex)
+                                  check=check, ptq=not no_ptq, executor=None if ex.name == "local" else ex)
         run_and_emit(json_path, lambda: quantize_model(model, output, calib=calib, options=options), _render)
 
 
@@ -107,6 +112,14 @@ def _render_check(c: dict) -> None:  # noqa: ANN001
         default = "min_cosine" in c["bar"]  # with the user's budget, the per-output verdicts would be the default bar's: leave them out
         head = ["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "top-1 agree", "seq kept"] + (["meets bar"] if default else [])
         out(table(head, [r if default else r[:-1] for r in rows]))
+    if c.get("ptq"):
+        out(f"PTQ algorithms (all INT8 was below the bar): {c['ptq']['summary']}")
+        for st in c["ptq"]["steps"]:
+            if st["applied"]:
+                out(f"  {st['algorithm']}: shortfall {st['drop_before']:.4g} -> {st['drop_after']:.4g} ({'kept' if st['kept'] else 'dropped'}; "
+                    f"{st['info']['sites']} site(s), {st['seconds']:.1f} s)")
+            else:
+                out(f"  {st['algorithm']}: not run ({st['why']})")
     hr = c.get("held_out_ranges") or {}
     if hr.get("tensors_beyond_range"):
         out(f"  held-out data left the calibrated range in {hr['tensors_beyond_range']} of {hr['tensors']} tensors "

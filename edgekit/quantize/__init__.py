@@ -49,6 +49,7 @@ class QuantizeOptions:
     max_accuracy_drop: float | None = None  # keep the most sensitive nodes in float until met (instead of the default bar)
     metric: str = "cosine"  # cosine (1 - worst cosine) | top1 (points) | maxabs (first output)
     check: bool = True  # check INT8 against FP32 on held-out data (a slice of the calibration data without --eval)
+    ptq: bool = True  # below the bar, try the PTQ algorithms (edgekit.quantize.ptq) before the float fallback
     executor: Any = None  # an edgekit.executors.Executor for the sensitivity ranking (None: in this process)
 
 
@@ -278,7 +279,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
     if options.check:
         from edgekit.quantize.checkrun import checked_model
 
-        qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled)
+        qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled, calib=cset, method=method)
         if fallback is not None:
             exclude = sorted(set(exclude) | {n for k in fallback["kept_in_float"] for n in k.get("nodes", [k["node"]])})
     else:

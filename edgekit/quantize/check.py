@@ -169,6 +169,7 @@ def looks_like_class_scores(ref: Sequence[np.ndarray]) -> bool:
 
 SEQUENCE_MAX_STEPS = 1024  # longer "sequences" are a detector's anchors or a map's pixels, not steps a decoder reads
 SEQUENCE_MIN_BACKGROUND = 0.25  # CTC's blank, a tagger's "O": the class FP32 gives most steps
+SEQUENCE_MIN_STEPS = 8  # fewer are no decoded sequence (an RNN's [layers, batch, hidden] state is not one)
 
 
 def _step_maps(arrays: Sequence[np.ndarray], scores: bool) -> list[np.ndarray] | None:
@@ -207,16 +208,17 @@ def sequence_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], *, 
         same = total = 0
         for r, g in zip(a, b if b is not None else [None] * len(a)):
             rows = [r] if r.ndim == 1 else list(r if axis == 0 else r.T)
-            if any(len(x) > SEQUENCE_MAX_STEPS for x in rows):
-                return None
+            if any(not SEQUENCE_MIN_STEPS <= len(x) <= SEQUENCE_MAX_STEPS for x in rows):
+                break  # not this layout
             if g is None or g.shape != r.shape:
                 total += len(rows)
                 continue
             grows = [g] if g.ndim == 1 else list(g if axis == 0 else g.T)
             same += sum(_decoded(x, blank) == _decoded(y, blank) for x, y in zip(rows, grows))
             total += len(rows)
-        if total and (worst is None or same / total < worst[0]):
-            worst = (same / total, total)
+        else:
+            if total and (worst is None or same / total < worst[0]):
+                worst = (same / total, total)
     return worst
 
 

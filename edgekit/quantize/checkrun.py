@@ -10,11 +10,11 @@ from typing import Any
 import onnx
 
 from edgekit.backends.base import QuantRecipe
-from edgekit.calibration import calibration_set
+from edgekit.calibration import CalibrationSet, calibration_set
 from edgekit.errors import GateFailed, UsageError
 from edgekit.onnxmodel import input_specs
 from edgekit.progress import status
-from edgekit.quantize.check import DEFAULT_BAR, HeldOut, SliceEvaluator, reference_outputs, summary_line
+from edgekit.quantize.check import DEFAULT_BAR, HeldOut, SliceEvaluator, ranking_drop, reference_outputs, summary_line
 
 INT8_RAN_ON = "onnxruntime on this CPU"
 # The fallback aims a quarter of the way past the default bar (worst cosine 0.9925 for 0.99): met on a few
@@ -32,8 +32,10 @@ def _held_out_data(model: onnx.ModelProto, options: Any, held: HeldOut | None) -
 
 
 def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
-                  options: Any, *, held: HeldOut | None, settled: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
-    """(the model to write, the check's report, the fallback's report or None)."""
+                  options: Any, *, held: HeldOut | None, settled: dict[str, Any], calib: CalibrationSet | None = None,
+                  method: str = "minmax") -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
+    """(the model to write, the check's report, the fallback's report or None). Below the bar, the PTQ
+    algorithms (`ptq.py`, when `calib` is given) are tried first, then the float fallback from the best."""
     from edgekit import sensitivity
     from edgekit.quantize import _copy, quantize_with_ranges
     from edgekit.quantize.fallback import keep_in_float
@@ -58,18 +60,44 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
         "held_out_ranges": beyond, "ranges_settled": settled.get("settled"), "samples_needed": settled.get("samples_needed"),
     }
     fallback = None
-    qmodel, final = full, all_int8
-    if drop_full > budget:
-        qmodel, fallback = keep_in_float(model, ranges, recipe, exclude, evaluator, budget=budget if user else -MARGIN, full=full, drop_full=drop_full,
-                                         metric=options.metric if user else "check bar", executor=getattr(options, "executor", None))
+    plain = (model, ranges)
+    qmodel, final, drop = full, all_int8, drop_full
+    if drop_full > budget and calib is not None and getattr(options, "ptq", True):
+        from edgekit.quantize import ptq
+
+        rank_full = drop_full if user else ranking_drop(all_int8)
+        best, steps = ptq.improve(model, ranges, full, drop_full, rank_full, recipe, exclude, evaluator, calib, method=method,
+                                  samples=options.samples, percentile=options.percentile)
+        check["ptq"] = {"steps": steps, "summary": ptq.summary(steps), "drop": best.drop}
+        if best.qmodel is not full:
+            model, ranges, qmodel, drop = best.model, best.ranges, best.qmodel, best.drop
+            final = evaluator.compare(evaluator.outputs_of(qmodel))
+    if drop > budget:
+        aim = budget if user else -MARGIN
+        executor = getattr(options, "executor", None)
+        start_from = qmodel
+        qmodel, fallback = keep_in_float(model, ranges, recipe, exclude, evaluator, budget=aim, full=start_from, drop_full=drop,
+                                         metric=options.metric if user else "check bar", executor=executor)
+        if not fallback["met"] and model is not plain[0]:
+            # a transform that lowers all-INT8's shortfall can still move the error where no float node recovers it:
+            # the search runs again from the plain model, and the better of the two stands
+            q2, fb2 = keep_in_float(plain[0], plain[1], recipe, exclude, evaluator, budget=aim, full=full, drop_full=drop_full,
+                                    metric=options.metric if user else "check bar", executor=executor)
+            if fb2["met"] or fb2["drop_final"] < fallback["drop_final"]:
+                qmodel, fallback = q2, {**fb2, "after_ptq": {k: fallback[k] for k in ("drop_final", "met", "evaluations")}}
+                check["ptq"]["summary"] += "; the float fallback met the bar only from the plain model: the PTQ result was dropped"
+                check["ptq"]["dropped"] = True
         fallback["trigger"] = "accuracy budget" if user else "default check"
         if fallback["kept_in_float"]:
             final = evaluator.compare(evaluator.outputs_of(qmodel))
-    passed = drop_full <= budget or bool(fallback and fallback["drop_final"] <= budget and fallback["int8_nodes"]["final"] > 0)
+    passed = drop <= budget or bool(fallback and fallback["drop_final"] <= budget and fallback["int8_nodes"]["final"] > 0)
+    kept_ptq = [] if check.get("ptq", {}).get("dropped") else [s["algorithm"] for s in check.get("ptq", {}).get("steps", []) if s["kept"]]
     check.update(outputs=final, passed=passed, evaluations=evaluator.evaluations, seconds=time.perf_counter() - start,
                  outcome="all INT8 meets the bar" if drop_full <= budget else
-                 (f"fixed: {len(fallback['kept_in_float'])} node(s) kept in float" if passed else "refused: no fallback meets the bar"))  # type: ignore[index]
-    check["summary"] = summary_line(check) if not user else f"{options.metric} drop {fallback['drop_final'] if fallback else drop_full:.4g} (budget {budget:g})"
+                 f"fixed by {' + '.join(kept_ptq)}" if drop <= budget else
+                 (f"fixed: {len(fallback['kept_in_float'])} node(s) kept in float" + (f" after {' + '.join(kept_ptq)}" if kept_ptq else "")
+                  if passed else "refused: no fallback meets the bar"))  # type: ignore[index]
+    check["summary"] = summary_line(check) if not user else f"{options.metric} drop {fallback['drop_final'] if fallback else drop:.4g} (budget {budget:g})"
     return qmodel, check, fallback
 
 
