@@ -28,7 +28,7 @@ def _siamese(src: Path, out: Path, rename_b: dict[str, str]) -> Path:
     m = onnx.load(str(src))
     g = m.graph
     inits = {t.name for t in g.initializer}
-    b = lambda x: x if not x or x in inits else rename_b.get(x, x + "_b")  # noqa: E731
+    b = lambda x: x if not x or x in inits else rename_b.get(x, x + "_b")
     for n in list(g.node):
         c = g.node.add()
         c.CopyFrom(n)
@@ -141,11 +141,10 @@ def test_activations_named_like_generated_tensors(mnist_onnx: Path, tmp_path: Pa
 def test_renaming_is_invisible_when_no_name_collides(mnist_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a collision the written model is byte for byte what the quantizer makes on the original names
     (OpenVINO's recipe: regions, hoisting; bench: the same on 12 zoo models x 3 targets)."""
-    import edgekit.quantize.names as names
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
     from edgekit.config import load_target
-    from edgekit.quantize import _copy, _prepare, quantize_with_ranges
+    from edgekit.quantize import _copy, _prepare, names, quantize_with_ranges
 
     model = _prepare(mnist_onnx, [])
     t = load_target("openvino")
