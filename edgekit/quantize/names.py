@@ -95,7 +95,9 @@ def restore_names(model: onnx.ModelProto, mapping: dict[str, str], prefix: str) 
     quantizer derived (`<canonical>_scale`) becomes `<original>_scale` unless that is taken (then `_1`, `_2`...
     is added). Node names the quantizer derived from tensor names get the same treatment."""
     back = {c: o for o, c in mapping.items()}
-    used = set(back.values())
+    present = _tensor_names(model)
+    derived = {n: o for n in sorted(present - set(back)) if (o := _original_of(n, back, prefix)) is not None}
+    used = set(back.values()) | (present - set(back) - set(derived))  # originals, and names the quantizer made from none
     new: dict[str, str] = dict(back)
 
     def free(want: str, taken: set[str]) -> str:
@@ -106,10 +108,8 @@ def restore_names(model: onnx.ModelProto, mapping: dict[str, str], prefix: str) 
         taken.add(name)
         return name
 
-    for name in sorted(_tensor_names(model) - set(back)):
-        orig = _original_of(name, back, prefix)
-        if orig is not None:
-            new[name] = free(orig, used)
+    for name, orig in derived.items():
+        new[name] = free(orig, used)
     _rename_tensors(model, lambda x: new.get(x, x))
     node_used = {n.name for g in _graphs(model.graph) for n in g.node if not n.name.startswith(prefix)}
     for g in _graphs(model.graph):
