@@ -84,17 +84,33 @@ def _macs(model: onnx.ModelProto) -> int:
     return total
 
 
+_RECURRENT = ("LSTM", "GRU", "RNN")
+_SHAPE_ONLY = ("Shape", "Size")  # read a tensor's shape, never its values
+# float constants that are parameters, not weights: a Conv/Gemm bias (folded into the INT8 kernel), Clip's bounds,
+# Pad's fill value, Resize's roi and scales
+_PARAM_SLOTS = {"Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "Clip": (1, 2), "Pad": (2,), "Resize": (1, 2), "Upsample": (1,)}
+
+
 def quantized_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(compute nodes fed by DequantizeLinear, compute nodes left in float)."""
+    """(nodes that run in INT8, compute and recurrent nodes left in float).
+
+    A node runs in INT8 when a DequantizeLinear feeds it and every float constant it reads (a weight; a
+    bias or a Clip bound excepted) is dequantized too: an LSTM/GRU whose input happens to be dequantized for
+    another consumer still multiplies float W and R, and a Shape reads no values at all."""
     producers = {o: n for n in model.graph.node for o in n.output}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    consts = {t.name for t in model.graph.initializer if t.data_type in floats}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"
+               and any(a.name == "value" and a.t.data_type in floats for a in n.attribute)}
     q, f = [], []
     for node in model.graph.node:
         if node.op_type in _QDQ_OPS:
             continue
         fed = any((p := producers.get(i)) is not None and p.op_type == "DequantizeLinear" for i in node.input)
-        if fed:
+        float_weight = any(i in consts for k, i in enumerate(node.input) if k not in _PARAM_SLOTS.get(node.op_type, ()))
+        if fed and not float_weight and node.op_type not in _SHAPE_ONLY:
             q.append(node.name or node.output[0])
-        elif node.op_type in _COMPUTE:
+        elif node.op_type in _COMPUTE or node.op_type in _RECURRENT:
             f.append(node.name or node.output[0])
     return q, f
 

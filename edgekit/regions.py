@@ -287,14 +287,17 @@ def _hoist_one(model: onnx.ModelProto, g: _Graph, q: onnx.NodeProto) -> bool:
         return False
     dq = dqs[0]
     deq = dq.output[0]
-    # x -> Q -> DQ -> shape -> (former DQ consumers)
+    # x -> Q -> DQ -> shape -> (former DQ consumers): the shape op keeps writing `deq`, so its consumers and a
+    # graph output of that name still get the shaped tensor; the DQ writes a new name
+    taken = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input} | {o for n in g.nodes for o in n.output}
+    inner, k = deq + "_unshaped", 0
+    while inner in taken:
+        k += 1
+        inner = f"{deq}_unshaped{k}"
     q.input[0] = x
-    shape.input[0] = deq
-    shape.output[0] = deq + "_shaped"
-    for c in g.consumers[deq]:
-        for i, name in enumerate(c.input):
-            if name == deq:
-                c.input[i] = shape.output[0]
+    dq.output[0] = inner
+    shape.input[0] = inner
+    shape.output[0] = deq
     return True
 
 

@@ -1,6 +1,7 @@
 """Cross-layer equalization and bias correction (edgekit.quantize.equalize) on real trained models and real data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,7 @@ def test_equalize_mnist_relu_maxpool_flatten_and_gemm(mnist_onnx: Path) -> None:
     assert model.SerializeToString() == snapshot  # the input is never changed
     # conv -> Relu -> MaxPool -> conv, conv -> Relu -> MaxPool -> flatten -> linear, linear -> Relu -> linear
     assert info["sites"] == 3, info
+    json.dumps(info)  # the report carries it as is
     assert [p["between"][-1] for p in info["pairs"]] == ["MaxPool", "Reshape", "Relu"]
     assert info["precision_after"] > info["precision_before"]
     _assert_same_function(model, eq, zoo.mnist_heldout()[0][:200])
@@ -141,7 +143,8 @@ def test_bias_correct_mnist(mnist_onnx: Path) -> None:
     bc, info = bias_correct(model, q0, lambda: ({model.graph.input[0].name: calib[i:i + 32]} for i in range(0, 256, 32)))
     assert model.SerializeToString() == snapshot
     assert info["sites"] == 4 and info["feeds"] == 8, info  # 2 Conv + 2 Gemm, one pass over 8 batches
-    assert info["correction_abs_max"] > 0
+    assert info["correction_abs_max"] > 0 and info["convs_with_padding_exact"] == 2
+    json.dumps(info)
     # only biases changed
     before, after = _weights(model), _weights(bc)
     biases = {n.input[2] for n in bc.graph.node if n.op_type in ("Conv", "Gemm")}

@@ -193,8 +193,13 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     from onnxruntime.quantization.quant_utils import QuantType
     from onnxruntime.quantization.registry import QDQRegistry
 
+    from edgekit.quantize.names import canonical_names, check_quantized, restore_names, skeleton
     from edgekit.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan, unfold_reshaped_gemms
 
+    # names the quantizer's generated ones cannot land on (edgekit.quantize.names); the originals come back right after it
+    fp32 = skeleton(model)  # the quantizer edits `model`; the check of its result may need the original's shapes
+    mapping, prefix = canonical_names(model)
+    ranges = {mapping[k]: v for k, v in ranges.items() if k in mapping}
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     data = TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()})
     extra: dict[str, Any] = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True, **dict(recipe.extra)}
@@ -220,15 +225,18 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     for t in tensors:  # activations the plan quantizes above shape-only ops (see edgekit.regions)
         quantizer.quantize_activation_tensor(t)
     quantizer.quantize_model()
+    restore_names(quantizer.model.model, mapping, prefix)
     if recipe.hoist_shape_ops:
         hoist_qdq_over_shape_ops(quantizer.model.model)
     quantizer.model.topological_sort()  # the QDQ pass appends nodes; ONNX requires topological order
+    out = quantizer.model.model
     if recipe.qdq_pass:  # the backend's own placement rule (e.g. TensorRT's residual-Add fusion)
         import importlib
 
         module, _, func = recipe.qdq_pass.partition(":")
-        return getattr(importlib.import_module(module), func)(quantizer.model.model)
-    return quantizer.model.model
+        out = getattr(importlib.import_module(module), func)(out)
+    check_quantized(out, fp32, "ONNX Runtime's QDQ quantizer")
+    return out
 
 
 def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, options: QuantizeOptions = QuantizeOptions()) -> QuantizeReport:
