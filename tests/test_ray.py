@@ -216,16 +216,9 @@ def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def ssh_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A real sshd on 127.0.0.1 (test_remote's, throwaway keys) and a device Python without torch."""
-    import shutil
+    from test_remote import Sshd, _keygen, device_python, require_sshd
 
-    from test_remote import SSHD, Sshd, _keygen, device_python
-
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH is not installed: apt-get install openssh-server openssh-client")
-    try:
-        Path("/run/sshd").mkdir(exist_ok=True)
-    except OSError as exc:
-        pytest.skip(f"sshd needs /run/sshd, which cannot be made here ({exc})")
+    require_sshd()
     root = tmp_path_factory.mktemp("ray-ssh")
     key = _keygen(root / "id_user")
     server = Sshd(root / "sshd", key)
