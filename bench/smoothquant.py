@@ -1,6 +1,7 @@
 """SmoothQuant before all-INT8 quantization of MiniLM-L6: cosine to FP32 on held-out sentences, with and without.
 
     python bench/smoothquant.py [--alphas 0.3,0.5,0.7] [--targets onnxruntime,openvino] [--splits suite,licenses] [--no-nncf]
+    python bench/smoothquant.py --fallback --alphas 0.5    # quantize with its default check: MatMuls the fallback keeps in float
 
 MiniLM-L6 (all-MiniLM-L6-v2 sentence embeddings, exported by `edgekit export zoo:minilm --dynamic-batch`) is
 prepared as `quantize` prepares it, smoothed by `edgekit.quantize.smoothquant.smooth_quant` on the calibration
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import save_feeds, write_results
 
 
@@ -82,6 +82,30 @@ def identity_control(smoothed: Any, prepared: Any) -> Any:
     return out
 
 
+def int8_speed(work: Path, split: str, feed: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """What the inserted Muls cost at run time: the first split's ONNX Runtime INT8 models (no smoothing, alpha 0.5,
+    Mul by 1), one sentence, timed interleaved (edgekit.bench.timer); each one's floor (fastest 5%) over no smoothing's."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.bench.stats import floor_ms
+    from edgekit.bench.timer import measure_interleaved
+    from edgekit.config import BenchSettings
+
+    paths = {name: work / f"q-{split}-onnxruntime-{tag}.onnx" for name, tag in (("none", "none"), ("alpha 0.5", "alpha0.5"), ("Mul by 1", "Mulby1"))}
+    if not all(p.exists() for p in paths.values()):
+        return None
+    sessions = {name: session_from_bytes(p.read_bytes(), threads=1) for name, p in paths.items()}
+    timed = measure_interleaved([lambda s=s: s.run(None, feed) for s in sessions.values()],
+                                BenchSettings(warmup_ms=200, min_iterations=50, min_duration_s=6), min_rounds=30)
+    floor = {name: floor_ms(x.latencies_ms) for name, x in zip(sessions, timed)}
+    median = {name: float(np.median(x.latencies_ms)) for name, x in zip(sessions, timed)}
+    out = {"models": {n: str(p.name) for n, p in paths.items()}, "threads": 1, "floor_ms": floor, "median_ms": median,
+           "floor_ratio_to_none": {n: floor[n] / floor["none"] for n in floor},
+           "median_ratio_to_none": {n: median[n] / median["none"] for n in median}, "note": "2 shared cores, loaded machine: ratios, not ms"}
+    print("INT8 on ONNX Runtime (1 thread), floor ms (ratio to no smoothing; median's ratio): "
+          + ", ".join(f"{n} {floor[n]:.1f} ({out['floor_ratio_to_none'][n]:.2f}x; {out['median_ratio_to_none'][n]:.2f}x)" for n in floor), flush=True)
+    return out
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -92,12 +116,54 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def fallback_rows(fp32: Path, prepared: Any, work: Path, targets: list[str], alpha: float) -> list[dict[str, Any]]:
+    """A plain `quantize` (the default check on: 3 of the suite's 8 calibration sentences held out, the fallback keeps
+    MatMuls in float until the bar is met) of the float model with and without smoothing (on the 5 sentences
+    quantize calibrates on), judged on the suite's 5 sentences that neither saw."""
+    import onnx
+    import onnxruntime as ort
+    import zoo
+
+    from edgekit.errors import GateFailed
+    from edgekit.quantize import QuantizeOptions, quantize_model
+    from edgekit.quantize.check import holdout_indices
+    from edgekit.quantize.smoothquant import smooth_quant
+
+    calib, held = zoo.minilm_feeds(zoo.MINILM_SENTENCES[:8]), zoo.minilm_feeds(zoo.MINILM_SENTENCES[8:])
+    folder = save_feeds(calib, work / "fallback-calib")
+    checked = set(holdout_indices(len(calib), samples=None))
+    model, info = smooth_quant(prepared, lambda: [f for i, f in enumerate(calib) if i not in checked], alpha=alpha)
+    onnx.save(model, str(work / "fallback-smoothed.onnx"))
+    fp_sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    rows = []
+    for target in targets:
+        for name, path in (("none", fp32), (f"alpha {alpha}", work / "fallback-smoothed.onnx")):
+            out = work / f"fallback-{target}-{name.replace(' ', '')}.onnx"
+            try:
+                rep = quantize_model(path, out, calib=str(folder), options=QuantizeOptions(target=target, cache=False)).to_dict()
+                exit_code = 0
+            except GateFailed as exc:
+                res = exc.result
+                rep, exit_code = (res.to_dict() if hasattr(res, "to_dict") else {}), 3
+            fb, check = rep.get("fallback"), rep.get("check") or {}
+            cs = cosines(fp_sess, out, held) if out.exists() else [float("nan")]
+            row = {"target": target, "smoothing": name, "exit": exit_code, "all_int8_passed": check.get("all_int8", {}).get("passed"),
+                   "kept_in_float": [k["node"] for k in fb["kept_in_float"]] if fb else [], "evaluations": fb["evaluations"] if fb else 0,
+                   "cosine_worst": min(cs), "cosine_mean": float(np.mean(cs)), "sites": info["sites"] if name != "none" else None}
+            rows.append(row)
+            print(f"quantize (check on) {target:12s} {name:10s} exit {exit_code}  MatMuls kept in float {len(row['kept_in_float'])}"
+                  f"  unseen sentences: worst {row['cosine_worst']:.4f} mean {row['cosine_mean']:.4f}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--alphas", default="0.3,0.5,0.7")
     ap.add_argument("--targets", default="onnxruntime,openvino")
     ap.add_argument("--splits", default="suite,licenses")
     ap.add_argument("--no-nncf", dest="nncf", action="store_false", help="skip the NNCF SmoothQuant rows")
+    ap.add_argument("--fallback", action="store_true", help="only: plain quantize (check and fallback on) with and without "
+                    "smoothing at the first alpha; writes bench/results/smoothquant_fallback.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EDGEKIT_PROGRESS", "0")
@@ -116,9 +182,15 @@ def main() -> None:
     export_model("zoo:minilm", fp32, options=ExportOptions(dynamic_batch=True))
     prepared = _prepare(fp32, [])
     fp_sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    alphas = [float(a) for a in args.alphas.split(",")]
+    cpu = {"name": cpu_name(), "int8_features": list(host_cpu_features()), "cores": os.cpu_count()}
+    if args.fallback:
+        rows = fallback_rows(fp32, prepared, work, args.targets.split(","), alphas[0])
+        print(f"\nCPU: {cpu['name']} ({cpu['cores']} cores; INT8 features {cpu['int8_features']})")
+        print(f"wrote {write_results('smoothquant_fallback', {'model': 'MiniLM-L6', 'cpu': cpu, 'rows': rows})}")
+        return
     lic = license_sentences()
     splits = {"suite": (zoo.MINILM_SENTENCES[:8], zoo.MINILM_SENTENCES[8:]), "licenses": (lic[:64], lic[64:128])}
-    alphas = [float(a) for a in args.alphas.split(",")]
     rows: list[dict[str, Any]] = []
     for split in args.splits.split(","):
         calib_s, held_s = splits[split]
@@ -155,10 +227,10 @@ def main() -> None:
                 print(f"{split:9s} {target:12s} {name:10s} worst {row['cosine_worst']:.4f} mean {row['cosine_mean']:.4f}"
                       + (f"  sites {row['sites']} ({row['matmuls']} MatMuls; folded {row['folded']}, Mul inserted {row['inserted']})" if info else ""),
                       flush=True)
-    cpu = {"name": cpu_name(), "int8_features": list(host_cpu_features()), "cores": os.cpu_count()}
+    speed = int8_speed(work, args.splits.split(",")[0], zoo.minilm_feeds(zoo.MINILM_SENTENCES[:1])[0])
     print(f"\nCPU: {cpu['name']} ({cpu['cores']} cores; INT8 features {cpu['int8_features']}); INT8 models evaluated with ONNX Runtime {ort.__version__}")
     path = write_results("smoothquant", {"model": "MiniLM-L6 (all-MiniLM-L6-v2, edgekit export zoo:minilm --dynamic-batch)", "cpu": cpu,
-                                         "evaluated_with": f"onnxruntime {ort.__version__}", "rows": rows})
+                                         "evaluated_with": f"onnxruntime {ort.__version__}", "rows": rows, "int8_speed": speed})
     print(f"wrote {path}")
 
 

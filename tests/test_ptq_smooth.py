@@ -97,7 +97,9 @@ def test_minilm_smoothing_keeps_the_function_flattens_outliers_and_quantizes_bet
     recipe = recipe_for_target(get_backend("onnxruntime"), minilm_prepared, load_target("onnxruntime"))
     reference = [r[0] for r in before]  # FP32 embeddings of the held-out sentences
     plain, smooth = (_worst_cosine(reference, _all_int8(m, folder, recipe), held) for m in (minilm_prepared, smoothed))
-    assert smooth > plain + 0.005, (plain, smooth)  # measured 0.948 -> 0.963 (bench/smoothquant.py)
+    # measured 0.948 -> 0.963; about half of it the inserted Muls alone give (the residual Adds then read the float
+    # LayerNorm outputs, not their Q/DQ): 0.956 with Muls by 1 (bench/smoothquant.py, "Mul by 1")
+    assert smooth > plain + 0.005, (plain, smooth)
 
 
 def _ffn_block(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
