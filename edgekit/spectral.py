@@ -85,8 +85,7 @@ def _power_step(g: _Graph, n: onnx.NodeProto, dyn: list[str], filtered: set[str]
     """None when `n` is no step of a magnitude / log; else (combined power?, filterbanks since the square)."""
     op = n.op_type
     if _squares(n, consts):
-        src = dyn[0]
-        return power[src] if src in power else ((False, 0) if src in filtered else None)
+        return power.get(dyn[0], (False, 0) if dyn[0] in filtered else None)
     if op in ("Abs", "ReduceL2", "ReduceSumSquare"):
         return (True, 0) if dyn[0] in filtered else None
     if op in _MOVE_OPS:
