@@ -4,7 +4,8 @@
 attention blocks gets both treatments): attention (MatMul-Softmax-MatMul with the projections
 that feed and read it), layer norms (the op or its ReduceMean/Sub/Pow/Sqrt/Div decomposition),
 GELU (the op or its Erf form), conv stems (the first convolution on a graph input), RNN cells
-(LSTM/GRU/RNN/Scan/Loop) and embedding tables (Gather from a float table).
+(LSTM/GRU/RNN/Scan/Loop), embedding tables (Gather from a float table) and in-graph signal front-ends
+(STFT / constant-Q / mel filters on a graph input, then a magnitude and/or a log: edgekit.spectral).
 
 `quantization_plan` turns regions + a recipe's per-region policies into what ONNX Runtime's
 QDQ quantizer is told: the nodes its op quantizers handle, and activation tensors marked
@@ -34,7 +35,7 @@ _RNN_OPS = ("LSTM", "GRU", "RNN", "Scan", "Loop")
 _CONV_OPS = ("Conv", "ConvTranspose")
 _WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
-KINDS = ("attention", "layernorm", "gelu", "conv-stem", "rnn", "embedding")
+KINDS = ("attention", "layernorm", "gelu", "conv-stem", "rnn", "embedding", "spectral")
 POLICIES = ("int8", "int8-s8", "float", "weights", "attention")  # what a region may get (see quantization_plan)
 
 
@@ -118,6 +119,8 @@ class _Graph:
 
 def find_regions(model: onnx.ModelProto) -> list[Region]:
     """Every region of the kinds in KINDS, in graph order. A node belongs to at most one region."""
+    from edgekit.spectral import spectral_front_ends
+
     g = _Graph(model)
     found: list[Region] = []
     taken: set[str] = set()
@@ -128,6 +131,8 @@ def find_regions(model: onnx.ModelProto) -> list[Region]:
             taken.update(names)
             found.append(Region(kind, tuple(names), **kw))
 
+    for front_end in spectral_front_ends(model, g):  # first: its filters on the input are no conv stem
+        add("spectral", front_end)
     for n in g.nodes:
         if n.op_type == "Softmax":
             _attention(g, n, add)

@@ -76,6 +76,16 @@ def minilm_onnx(artifacts: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def silero_vad_onnx(artifacts: Path) -> Path:
+    """silero-vad (STFT conv + magnitude, convs, LSTM; tests/zoo.py) exported once, dynamic batch."""
+    from edgekit.export import ExportOptions, export_model
+
+    out = artifacts / "silero_vad.onnx"
+    export_model("zoo:silero_vad", out, options=ExportOptions(dynamic_batch=True))
+    return out
+
+
+@pytest.fixture(scope="session")
 def photos(artifacts: Path) -> Path:
     return zoo.photo_dir(artifacts / "photos")
 

@@ -134,3 +134,70 @@ def test_quantize_reports_regions_and_keeps_layernorm_softmax_in_float(tmp_path:
         if n.op_type in ("LayerNormalization", "Softmax", "LSTM"):
             assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in n.input), n.name
     assert sum(n.op_type == "Conv" and producer[n.input[1]].op_type == "DequantizeLinear" for n in q.graph.node) == 2
+
+
+def test_silero_vad_stft_front_end_is_one_spectral_region_kept_float_by_both_cpu_recipes(silero_vad_onnx: Path) -> None:
+    """silero-vad's STFT: a Conv with constant DFT kernels on the padded audio, real^2 + imag^2, Sqrt. INT8 there
+    loses the near-silent frames; both CPU recipes keep it float while the learned convs after it quantize."""
+    from edgekit.backends import get_backend
+    from edgekit.backends.base import CNN_OPS
+
+    model = onnx.load(str(silero_vad_onnx))
+    regions = find_regions(model)
+    nodes = {n.name: n for n in model.graph.node}
+    spectral = [r for r in regions if r.kind == "spectral"]
+    assert len(spectral) == 1 and "conv-stem" not in [r.kind for r in regions]  # its Conv is a filterbank, no stem
+    front = spectral[0]
+    assert [nodes[n].op_type for n in front.nodes] == ["Pad", "Unsqueeze", "Conv", "Slice", "Pow", "Slice", "Pow", "Add", "Sqrt"]
+    assert nodes[front.nodes[0]].input[0] == "audio"
+    after = [n for n in model.graph.node if n.op_type == "Conv" and nodes[front.nodes[-1]].output[0] in n.input]
+    assert len(after) == 1 and after[0].name not in front.nodes  # the learned conv reading the magnitude is the network's
+    for backend in ("onnxruntime", "openvino"):
+        recipe = get_backend(backend).quant_recipe(model)
+        assert dict(recipe.region_policies)["spectral"] == "float" and dict(recipe.regions)["spectral"] == 1, backend
+        planned, _ = quantization_plan(model, regions, dict(recipe.region_policies), set(CNN_OPS))
+        assert not set(planned) & set(front.nodes) and after[0].name in planned, backend
+
+
+@pytest.mark.parametrize("cnn", ["mnist_onnx", "efficientnet_onnx"])
+def test_a_cnn_first_conv_is_a_stem_not_a_spectral_front_end(cnn: str, request: pytest.FixtureRequest) -> None:
+    """A conv stem is followed by BatchNorm/ReLU, never by a magnitude or a log."""
+    model = onnx.load(str(request.getfixturevalue(cnn)))
+    kinds = [r.kind for r in find_regions(model)]
+    assert "spectral" not in kinds and kinds.count("conv-stem") == 1
+
+
+class LogMelAndNormalizedProjection(nn.Module):
+    """Audio framed by a Reshape, a DFT as one MatMul (real | imag), power, a mel MatMul, clamp, log, then a learned
+    head; beside it a projection of a second input L2-normalized (x / max(||x||, eps)): a norm, no front-end."""
+
+    def __init__(self, frame: int = 64, bins: int = 33, mels: int = 8) -> None:
+        super().__init__()
+        t = torch.arange(frame)[:, None] * torch.arange(bins)[None] * 2 * torch.pi / frame
+        self.register_buffer("dft", torch.cat([torch.cos(t), -torch.sin(t)], 1))
+        self.register_buffer("mel", torch.rand(bins, mels))
+        self.frame, self.bins = frame, bins
+        self.head, self.proj = nn.Linear(mels, 4), nn.Linear(16, 16)
+
+    def forward(self, audio: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = audio.reshape(audio.shape[0], -1, self.frame) @ self.dft
+        power = spec[..., :self.bins] ** 2 + spec[..., self.bins:] ** 2
+        logmel = torch.log(torch.clamp(power @ self.mel, min=1e-6))
+        return torch.relu(self.head(logmel)), nn.functional.normalize(self.proj(feats), dim=-1)
+
+
+def test_matmul_log_mel_front_end_ends_at_its_log_and_a_normalized_projection_is_none(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "logmel.onnx"
+    torch.onnx.export(LogMelAndNormalizedProjection().eval(), (torch.rand(1, 640), torch.rand(1, 16)), str(path), opset_version=17,
+                      dynamo=False, input_names=["audio", "feats"])
+    model = onnx.load(str(path))
+    nodes = {n.name: n for n in model.graph.node}
+    spectral = [r for r in find_regions(model) if r.kind == "spectral"]
+    assert len(spectral) == 1
+    ops = [nodes[n].op_type for n in spectral[0].nodes]
+    assert ops.count("MatMul") == 2 and ops[-1] == "Log" and {"Pow", "Add", "Clip"} <= set(ops)  # DFT, mel filterbank
+    head = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and nodes[spectral[0].nodes[-1]].output[0] in n.input]
+    assert head and head[0].name not in spectral[0].nodes  # the learned head after the log is the network's
+    assert all(nodes[n].op_type not in ("ReduceL2", "Div") for n in spectral[0].nodes)
+    assert "feats" not in {i for n in spectral[0].nodes for i in nodes[n].input}

@@ -19,8 +19,9 @@ from edgekit.backends.base import (
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
-# the region policies (edgekit.regions) of both OpenVINO recipes
-_OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8-s8"}
+# the region policies (edgekit.regions) of both OpenVINO recipes (a signal front-end stays float: see onnxruntime.py)
+_OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8-s8",
+                       "spectral": "float"}
 # edgekit precision -> OpenVINO inference precision (int8 comes from the QDQ nodes; the rest runs f32)
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 KNOWN_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
