@@ -248,3 +248,22 @@ def test_bad_calibration_data_is_exit_2_naming_sample_and_input(make, needle: st
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_ptq_algorithms_run_below_the_bar_and_say_which_helped(tmp_path: Path) -> None:
+    """The outlier-channel CNN misses the default bar all INT8: the PTQ algorithms run first (each judged on the
+    held-out slice), SmoothQuant moves the outlier into fc1's weights and is kept, and the float fallback then
+    needs fewer nodes than without it (`--no-ptq`)."""
+    model, calib, _held, _ = zoo.outlier_mnist(tmp_path, calib=64, held=1)
+    res, _, report = _quantize(tmp_path, model, "--calib", str(calib))
+    assert res.exit_code == 0, res.output
+    steps = {s["algorithm"]: s for s in report["check"]["ptq"]["steps"]}
+    assert {"smoothquant", "cross-layer equalization", "bias correction", "per-tensor calibration method"} <= set(steps)
+    sq = steps["smoothquant"]
+    assert sq["applied"] and sq["kept"] and sq["drop_after"] < sq["drop_before"]
+    assert all(s["drop_after"] < s["drop_before"] or (s["drop_after"] <= s["drop_before"] and s["rank_after"] < s["rank_before"])
+               for s in steps.values() if s["kept"])  # kept only where the slice improved
+    assert "smoothquant" in report["check"]["outcome"] and "PTQ algorithms" in res.output
+    res2, _, plain = _quantize(tmp_path, model, "--calib", str(calib), "--no-ptq", name="plain.onnx")
+    assert res2.exit_code == 0 and "ptq" not in plain["check"]
+    assert len(report["fallback"]["kept_in_float"]) < len(plain["fallback"]["kept_in_float"])
