@@ -227,9 +227,9 @@ def expected_sequence_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndar
 
     A few held-out sequences that all decode the same say little (3 of 3 is as likely from a model that
     misreads one line in four), and a fallback that searches on them fits them. The steps say more:
-    each step's FP32 margin (top-1 minus runner-up, in logits or log-probabilities) and, pooled over all
-    held-out steps, how much INT8 moves a margin; a step flips when the move exceeds its margin. The
-    expected agreement multiplies the steps' keep probabilities per sequence."""
+    each step's FP32 margin (top-1 minus runner-up, in logits or log-probabilities) and, pooled over the
+    held-out steps of comparable margin, how much INT8 moves a margin; a step flips when the move exceeds
+    its margin. The expected agreement multiplies the steps' keep probabilities per sequence."""
     def logits(x: np.ndarray) -> np.ndarray:
         rows = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
         if rows.min() >= 0 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
@@ -246,17 +246,37 @@ def expected_sequence_agreement(ref: Sequence[np.ndarray], got: Sequence[np.ndar
         margins.append(m)
         moves.append((b[idx, top] - b[idx, second]) - m)
         per_feed.append(len(m))
-    pool = np.sort(np.concatenate(moves))
-    if not len(pool):
+    all_m, all_moves = np.concatenate(margins), np.concatenate(moves)
+    if not len(all_m):
         return 1.0
+    flips = _flip_probabilities(all_m, all_moves)
     feeds = len(per_feed)
     per_seq = max(1, round(sequences / feeds)) if feeds else 1
-    expected = 0.0
-    for m in margins:  # P(keep) per step: the share of observed moves that would not push it past its margin
-        flip = np.searchsorted(pool, -m, side="left") / len(pool)
-        keep = float(np.exp(np.log1p(-np.minimum(flip, 1 - 1e-12)).sum() / per_seq))
+    expected, at = 0.0, 0
+    for n in per_feed:  # P(keep) per step: the share of comparable steps' moves that would not push it past its margin
+        keep = float(np.exp(np.log1p(-np.minimum(flips[at:at + n], 1 - 1e-12)).sum() / per_seq))
         expected += keep * per_seq
+        at += n
     return expected / (feeds * per_seq)
+
+
+def _flip_probabilities(margins: np.ndarray, moves: np.ndarray, *, octaves: int = 2, min_pool: int = 32) -> np.ndarray:
+    """Per step, the share of moves seen on steps of comparable margin (within 2**octaves of it) that exceed
+    its margin. INT8 moves a large logit more than a small one (and a softmax output's log of a near-zero
+    runner-up a lot), so a confident blank's moves say little about a contested character's."""
+    level = np.floor(np.log2(np.maximum(margins, 1e-6))).astype(np.int64)
+    out = np.empty(len(margins))
+    for k in np.unique(level):
+        width = octaves
+        while True:
+            pool = moves[np.abs(level - k) <= width]
+            if len(pool) >= min_pool or len(pool) == len(moves):
+                break
+            width += 1
+        pool = np.sort(pool)
+        here = level == k
+        out[here] = np.searchsorted(pool, -margins[here], side="left") / len(pool)
+    return out
 
 
 def compare_ids(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], bar: CheckBar) -> dict[str, Any] | None:
