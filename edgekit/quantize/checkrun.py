@@ -75,8 +75,7 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     if drop > budget:
         aim = budget if user else -MARGIN
         executor = getattr(options, "executor", None)
-        start_from = qmodel
-        qmodel, fallback = keep_in_float(model, ranges, recipe, exclude, evaluator, budget=aim, full=start_from, drop_full=drop,
+        qmodel, fallback = keep_in_float(model, ranges, recipe, exclude, evaluator, budget=aim, full=qmodel, drop_full=drop,
                                          metric=options.metric if user else "check bar", executor=executor)
         if not fallback["met"] and model is not plain[0]:
             # a transform that lowers all-INT8's shortfall can still move the error where no float node recovers it:
@@ -85,7 +84,8 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
                                     metric=options.metric if user else "check bar", executor=executor)
             if fb2["met"] or fb2["drop_final"] < fallback["drop_final"]:
                 qmodel, fallback = q2, {**fb2, "after_ptq": {k: fallback[k] for k in ("drop_final", "met", "evaluations")}}
-                check["ptq"]["summary"] += "; the float fallback met the bar only from the plain model: the PTQ result was dropped"
+                check["ptq"]["summary"] += ("; the float fallback met the bar only from the plain model" if fb2["met"] else
+                                            "; the float fallback came closer from the plain model") + ": the PTQ result was dropped"
                 check["ptq"]["dropped"] = True
         fallback["trigger"] = "accuracy budget" if user else "default check"
         if fallback["kept_in_float"]:
