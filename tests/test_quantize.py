@@ -125,19 +125,22 @@ def test_minilm_default_recipe(target: str, minilm_onnx: Path, minilm_sentences:
         assert speed["slower"] and "INT8 runs slower than FP32 on openvino here" in res.output and "no VNNI" in res.output, speed
 
 
+@pytest.mark.requires_openvino
 def test_minilm_plain_quantize_keeps_cosine_099_on_unseen_sentences(minilm_onnx: Path, minilm_sentences: tuple[Path, Path],
                                                                     tmp_path: Path) -> None:
-    """`edgekit quantize MODEL -o OUT --calib DATA`, nothing else: all INT8 falls below the bar on the held-out
-    slice (worst cosine ~0.95), the fallback keeps a few MatMuls in float, and sentences the run never saw
-    (neither calibrated nor checked on) keep cosine >= 0.99."""
+    """`edgekit quantize MODEL -o OUT --calib DATA --target openvino`, nothing else: all INT8 falls below the bar on
+    the held-out slice, the PTQ algorithms run (SmoothQuant moves LayerNorm outliers into the projections), a
+    float fallback keeps what is still needed, and sentences the run never saw (neither calibrated nor checked
+    on) keep cosine >= 0.99. (ONNX Runtime's recipe, which also needs a few MatMuls in float: bench/quantize_check.py.)"""
     calib, held = minilm_sentences
-    res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib))
+    res, out, report = _quantize(tmp_path, minilm_onnx, "--calib", str(calib), "--target", "openvino")
     assert res.exit_code == 0, res.output
-    c, fb = report["check"], report["fallback"]
+    c = report["check"]
     assert c["samples"] == 3 and report["calibration"]["samples_used"] == 5 and "3 of 8 calibration samples held out" in res.output
     assert not c["all_int8"]["passed"] and c["passed"] and c["outcome"].startswith("fixed")
-    assert fb["trigger"] == "default check" and fb["evaluations"] <= fb["worst_case_evaluations"]
-    assert 0 < len(fb["kept_in_float"]) <= 12 and all(k["op_type"] == "MatMul" and k["node"] in res.output for k in fb["kept_in_float"])
+    assert any(s["algorithm"].startswith("smoothquant") and s["kept"] for s in c["ptq"]["steps"]), c["ptq"]
+    fb = report["fallback"]
+    assert fb is None or (fb["evaluations"] <= fb["worst_case_evaluations"] and len(fb["kept_in_float"]) <= 12)
     assert all(o["passed"] and o["cosine_worst"] >= 0.99 for o in c["outputs"])
     fp, q = ort.InferenceSession(str(minilm_onnx)), ort.InferenceSession(str(out))
     for f in sorted(held.glob("*.npz")):
