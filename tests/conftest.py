@@ -45,44 +45,36 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("artifacts")
 
 
+def _exported(artifacts: Path, source: str, name: str) -> Path:
+    from edgekit.export import ExportOptions, export_model
+
+    out = artifacts / name
+    export_model(source, out, options=ExportOptions(dynamic_batch=True))
+    return out
+
+
 @pytest.fixture(scope="session")
 def efficientnet_onnx(artifacts: Path) -> Path:
     """EfficientNet-Lite0 (ImageNet weights) exported once, dynamic batch."""
-    from edgekit.export import ExportOptions, export_model
-
-    out = artifacts / "efficientnet.onnx"
-    export_model("edgekit.examples.efficientnet:model", out, options=ExportOptions(dynamic_batch=True))
-    return out
+    return _exported(artifacts, "edgekit.examples.efficientnet:model", "efficientnet.onnx")
 
 
 @pytest.fixture(scope="session")
 def mnist_onnx(artifacts: Path) -> Path:
     """The small CNN trained on real MNIST digits (tests/zoo.py), exported once, dynamic batch."""
-    from edgekit.export import ExportOptions, export_model
-
-    out = artifacts / "mnist.onnx"
-    export_model("zoo:mnist_cnn", out, options=ExportOptions(dynamic_batch=True))
-    return out
+    return _exported(artifacts, "zoo:mnist_cnn", "mnist.onnx")
 
 
 @pytest.fixture(scope="session")
 def minilm_onnx(artifacts: Path) -> Path:
     """all-MiniLM-L6-v2 sentence embeddings (tests/zoo.py) exported once, dynamic batch."""
-    from edgekit.export import ExportOptions, export_model
-
-    out = artifacts / "minilm.onnx"
-    export_model("zoo:minilm", out, options=ExportOptions(dynamic_batch=True))
-    return out
+    return _exported(artifacts, "zoo:minilm", "minilm.onnx")
 
 
 @pytest.fixture(scope="session")
 def silero_vad_onnx(artifacts: Path) -> Path:
     """silero-vad (STFT conv + magnitude, convs, LSTM; tests/zoo.py) exported once, dynamic batch."""
-    from edgekit.export import ExportOptions, export_model
-
-    out = artifacts / "silero_vad.onnx"
-    export_model("zoo:silero_vad", out, options=ExportOptions(dynamic_batch=True))
-    return out
+    return _exported(artifacts, "zoo:silero_vad", "silero_vad.onnx")
 
 
 @pytest.fixture(scope="session")

@@ -69,9 +69,8 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
         best, steps = ptq.improve(model, ranges, full, drop_full, rank_full, recipe, exclude, evaluator, calib, method=method,
                                   samples=options.samples, percentile=options.percentile)
         check["ptq"] = {"steps": steps, "summary": ptq.summary(steps), "drop": best.drop}
-        if best.qmodel is not full:
-            model, ranges, qmodel, drop = best.model, best.ranges, best.qmodel, best.drop
-            final = evaluator.compare(evaluator.outputs_of(qmodel))
+        if best.qmodel is not full:  # scored on the slice inside improve(): its comparison is the final one
+            model, ranges, qmodel, drop, final = best.model, best.ranges, best.qmodel, best.drop, best.outputs
     if drop > budget:
         aim = budget if user else -MARGIN
         executor = getattr(options, "executor", None)

@@ -47,18 +47,20 @@ class Candidate:
     drop: float  # shortfall against the bar (or the user metric's drop)
     rank: float  # continuous score (edgekit.quantize.check.ranking_drop)
     stats: dict[str, RunningStats] | None = None  # calibration statistics of `model`, when collected here
+    outputs: list[dict[str, Any]] | None = None  # the check's per-output comparison of `qmodel` (None: the all-INT8 one)
 
     def better_than(self, other: Candidate) -> bool:
         return self.drop < other.drop - 1e-9 or (self.drop <= other.drop and self.rank < other.rank - 1e-4)
 
 
-def _score(evaluator: SliceEvaluator, qmodel: onnx.ModelProto) -> tuple[float, float]:
+def _score(evaluator: SliceEvaluator, qmodel: onnx.ModelProto) -> tuple[float, float, list[dict[str, Any]]]:
+    """(shortfall or the user metric's drop, the ranking score, the per-output comparison) from one run of the slice."""
     got = evaluator.outputs_of(qmodel)
+    outs = evaluator.compare(got)
     if evaluator.bar is None:  # the user's metric
         d = evaluator.drop_of(got)
-        return d, d
-    outs = evaluator.compare(got)
-    return max((o["shortfall"] for o in outs), default=0.0), ranking_drop(outs)
+        return d, d, outs
+    return max((o["shortfall"] for o in outs), default=0.0), ranking_drop(outs), outs
 
 
 def _qsim(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
@@ -120,7 +122,8 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
 
     def candidate(m: onnx.ModelProto, r: Ranges, stats: dict[str, RunningStats] | None) -> Candidate:
         q = quantize_with_ranges(_copy(m), r, recipe, exclude=exclude)
-        return Candidate(m, r, q, *_score(evaluator, q), stats=stats)
+        drop, rank, outs = _score(evaluator, q)
+        return Candidate(m, r, q, drop, rank, stats=stats, outputs=outs)
 
     best = base = Candidate(model, ranges, full, drop_full, rank_full)
     steps: list[dict[str, Any]] = []
