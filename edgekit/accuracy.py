@@ -79,7 +79,7 @@ def int8_speedup(fp32: Path, int8: Path, target: Target, feed: dict[str, np.ndar
     import dataclasses
 
     from edgekit.backends.base import cpu_has_vnni
-    from edgekit.bench.stats import floor_ms, paired_regression_test
+    from edgekit.bench.stats import PairedSide, floor_ms, paired_regression_test
     from edgekit.bench.timer import measure_interleaved
     from edgekit.compile import open_engine
 
@@ -87,7 +87,7 @@ def int8_speedup(fp32: Path, int8: Path, target: Target, feed: dict[str, np.ndar
     with open_engine(fp32, target=target, precision="fp32") as (ref, _), open_engine(int8, target=target, precision="int8") as (q, _):
         f32, i8 = measure_interleaved([lambda: ref.run(feed), lambda: q.run(feed)], settings)
     assert f32.rounds is not None and i8.rounds is not None
-    t = paired_regression_test(i8.latencies_ms, i8.rounds, f32.latencies_ms, f32.rounds, max_regression=0.0)
+    t = paired_regression_test(PairedSide(i8.latencies_ms, i8.rounds), PairedSide(f32.latencies_ms, f32.rounds), max_regression=0.0)
     out = {"backend": target.backend, "fp32_floor_ms": floor_ms(f32.latencies_ms), "int8_floor_ms": floor_ms(i8.latencies_ms),
            "speedup": 1 / t["ratio"], "speedup_ci": [1 / t["ci_high"], 1 / t["ci_low"]], "slower": bool(t["regressed"])}
     if out["slower"]:

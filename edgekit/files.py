@@ -160,3 +160,16 @@ def tar_problem(exc: BaseException) -> str:
     if "could not be opened successfully" in text:
         return "not a tar file, or cut short before its first member"
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def shown(path: str | Path | None) -> str:
+    """A path for a message: relative to the working folder when under it, never a runner's absolute path."""
+    if path is None:
+        return "?"
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path("…", p.parent.name, p.name))

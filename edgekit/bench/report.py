@@ -19,10 +19,23 @@ def baseline_summary(r: dict[str, Any]) -> str | None:
     """`baseline (paired) floor x1.012 [0.98, 1.04] (p=0.41) ok`, `baseline new: no baseline yet`, or None."""
     b = r.get("baseline")
     if b:
-        return f"baseline ({b.get('mode', 'recorded')}) {b['stat']} x{b['ratio']:.3f}{_ci(b)} ({format_p(b['p_value'])}) {'FAIL' if b['regressed'] else 'ok'}"
+        return f"baseline ({b.get('mode', 'recorded')}) {b['stat']} x{b['ratio']:.3f}{_ci(b)} ({format_p(b['p_value'])}) {gate_word(b)}"
     if r.get("baseline_status"):
         return f"baseline {r['baseline_status']}"
     return None
+
+
+def gate_failed(b: dict[str, Any]) -> bool:
+    """Whether the baseline gate fails the run: a regression, or an undecided gate under --strict-undecided
+    (reports older than the undecided verdict carry only `regressed`)."""
+    return bool(b.get("failed", b["regressed"]))
+
+
+def gate_word(b: dict[str, Any]) -> str:
+    verdict = b.get("verdict", "regressed" if b["regressed"] else "pass")
+    if verdict == "undecided":
+        return "UNDECIDED (fails: --strict-undecided)" if gate_failed(b) else "undecided"
+    return "FAIL" if gate_failed(b) else "ok"
 
 
 def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -75,7 +88,7 @@ def junit(results: Sequence[dict[str, Any]], path: str | Path, *, error: str | N
                  for b in r["budgets"]]
         if r.get("baseline"):
             b = r["baseline"]
-            gates.append(("baseline", not b["regressed"], f"{b.get('mode', 'recorded')}: {b['stat']} ratio {b['ratio']:.4f}{_ci(b)} (median ratio {b['median_ratio']:.4f}), {b['test']} {format_p(b['p_value'])}, max regression {100 * b['max_regression']:g}%"))
+            gates.append(("baseline", not gate_failed(b), f"{b.get('mode', 'recorded')}: {gate_word(b)}, {b['stat']} ratio {b['ratio']:.4f}{_ci(b)} (median ratio {b['median_ratio']:.4f}), {b['test']} {format_p(b['p_value'])}, max regression {100 * b['max_regression']:g}%"))
         elif r.get("baseline_status"):
             gates.append(("baseline", True, r["baseline_status"]))
         if not gates:

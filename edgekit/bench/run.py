@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import time
@@ -13,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.stats import bootstrap, paired_regression_test, regression_test, summary
-from edgekit.bench.timer import measure, measure_interleaved
+from edgekit.bench.baseline import artifact_sha256, baseline_identity, model_changed_error, resolve_baseline
+from edgekit.bench.stats import PairedSide, bootstrap, paired_regression_test, regression_test, summary
+from edgekit.bench.timer import Samples, measure, measure_interleaved
 from edgekit.config import BenchSettings, Budget, Target, load_target
 from edgekit.errors import UsageError
-from edgekit.files import artifact_digest
+from edgekit.files import shown
 from edgekit.progress import interactive
 
 
@@ -43,6 +43,7 @@ class BenchOptions:
     warmup_ms: float | None = None
     min_iterations: int | None = None
     name: str | None = None
+    strict_undecided: bool = False  # a budget or baseline gate still undecided after max_duration_s fails (exit 3) instead of a note
 
 
 def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
@@ -99,19 +100,6 @@ def budget_plan(target: Target, options: BenchOptions) -> list[tuple[Budget, str
     return list(chosen.values())
 
 
-def shown(path: str | Path | None) -> str:
-    """A path for a message: relative to the working folder when under it, never a runner's absolute path."""
-    if path is None:
-        return "?"
-    p = Path(path)
-    if not p.is_absolute():
-        return str(p)
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(Path("…", p.parent.name, p.name))
-
-
 def _check_options(options: BenchOptions) -> None:
     from edgekit.bench.stats import GATE_STATS
 
@@ -164,43 +152,11 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
             over = {**overrides, **{k: tuple(v) for k, v in settings.shapes.items()}, **options.shapes}
             ident["inputs"] = {s.name: list(concrete_shape(s, batch=settings.batch, overrides=over)) for s in specs}
     if options.baseline and (Path(options.baseline).exists() or options.baseline_missing == "error"):
-        recorded, base_artifact, _ = _resolve_baseline(options.baseline, options.paired)
-        base = _baseline_identity(recorded, base_artifact)
+        recorded, base_artifact, _ = resolve_baseline(options.baseline, options.paired)
+        base = baseline_identity(recorded, base_artifact)
         changed = mismatch(ident, base)
         if changed and options.model_change == "error":
-            raise _model_changed(options.baseline, base, ident, changed)
-    return ident
-
-
-def _model_changed(baseline: str, base: dict[str, Any], current: dict[str, Any], changed: list[str]) -> UsageError:
-    from edgekit.bench.identity import describe
-
-    return UsageError(f"baseline {shown(baseline)} was measured on another model ({' and '.join(changed)} differ): "
-                      f"{describe(base, changed)}; this run: {describe(current, changed)}",
-                      hint="for a deliberate change pass --allow-model-change (this run is reported as a new baseline; record it with "
-                           "--update-baselines); otherwise give this model's baseline (check the CI cache key)")
-
-
-def _baseline_identity(recorded: dict[str, Any] | None, base_artifact: Path | None) -> dict[str, Any]:
-    """What the baseline measured: the report's identity (older reports: their inputs, target and
-    precision, and the graph from their artifact's manifest when it is at hand), or a baseline artifact's."""
-    from edgekit.bench.identity import manifest_graph, onnx_facts
-    from edgekit.compile import read_artifact
-
-    ident: dict[str, Any] = {}
-    if recorded is not None:
-        ident = dict(recorded.get("identity") or {"model": Path(str(recorded.get("artifact", "?"))).name, "inputs": recorded.get("inputs"),
-                                                  "target": recorded.get("target"), "precision": recorded.get("precision")})
-    if base_artifact is not None and ident.get("graph") is None:
-        found = read_artifact(base_artifact)
-        if found is not None:
-            source = found[1].get("source") or {}
-            ident.setdefault("model", Path(source["path"]).name if source.get("path") else base_artifact.name)
-            ident["graph"] = manifest_graph(found[1])
-            ident.setdefault("precision", found[1].get("precision"))
-        elif base_artifact.suffix == ".onnx":
-            ident.setdefault("model", base_artifact.name)
-            ident["graph"] = onnx_facts(base_artifact)[0]
+            raise model_changed_error(options.baseline, base, ident, changed)
     return ident
 
 
@@ -243,8 +199,8 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         status = "new: no baseline yet"
         new_note = f"no baseline at {shown(options.baseline)} yet: this run passes on its budgets; record it with --update-baselines"
     else:
-        recorded, base_artifact, base_note = _resolve_baseline(options.baseline, options.paired) if options.baseline else (None, None, None)
-    digest = _digest(artifact) if artifact.exists() else None
+        recorded, base_artifact, base_note = resolve_baseline(options.baseline, options.paired) if options.baseline else (None, None, None)
+    digest = artifact_sha256(artifact) if artifact.exists() else None
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         engine, manifest = stack.enter_context(open_engine(artifact, target=tgt))
@@ -258,7 +214,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         source = manifest.get("source") or {}
         identity = {"model": Path(source["path"]).name if source.get("path") else artifact.name, "graph": manifest_graph(manifest),
                     "inputs": {k: list(v.shape) for k, v in feed.items()}, "target": tgt.name, "precision": manifest.get("precision") or engine.info.get("precision")}
-        base_identity = _baseline_identity(recorded, base_artifact) if (recorded is not None or base_artifact is not None) else None
+        base_identity = baseline_identity(recorded, base_artifact) if (recorded is not None or base_artifact is not None) else None
         show = interactive()
 
         def tick(frac: float) -> None:
@@ -269,7 +225,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
                 sys.stderr.flush()
 
         run = lambda: engine.run(feed)  # noqa: E731
-        base_samples = None
+        base_samples: Samples | None = None
         if base_artifact is not None:
             try:
                 base_engine, _ = stack.enter_context(open_engine(base_artifact, target=tgt))
@@ -284,7 +240,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
             changed = mismatch(identity, base_identity)
             if changed and options.model_change == "error":
                 assert options.baseline is not None
-                raise _model_changed(options.baseline, base_identity, identity, changed)
+                raise model_changed_error(options.baseline, base_identity, identity, changed)
             if changed and options.model_change == "new":
                 from edgekit.bench.identity import describe
 
@@ -294,19 +250,43 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
                 recorded = base_artifact = base_note = None
         if base_artifact is not None:
             samples, base_samples = measure_interleaved([run, lambda: base_engine.run(base_feed)], settings, progress=tick)
-            paired_current, paired_rounds = samples.latencies_ms, samples.rounds  # before any longer measuring for a budget
         else:
             samples = measure(run, settings, progress=tick)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+        def gate() -> dict[str, Any] | None:
+            if base_samples is not None:
+                return paired_gate(samples, base_samples, options, settings)
+            if recorded is not None:
+                return regression_test(samples.latencies_ms, np.asarray(recorded["samples_ms"]), max_regression=options.max_regression,
+                                       stat=options.gate_stat, confidence=settings.confidence)
+            return None
+
         decisions = _decide_all(samples.latencies_ms, plan, settings.confidence)
+        base_result = gate()
         from edgekit.backends.base import cpu_feature_notes
 
         cpu_missing, cpu_notes = cpu_feature_notes((manifest.get("source") or {}).get("manifest"))
         notes: list[str] = ([f"baseline: {new_note}"] if new_note else []) + cpu_notes
-        # an interval that straddles a budget: measure longer (up to the cap) before deciding
-        while any(v == "undecided" for v, _ in decisions) and samples.wall_s < settings.max_duration_s:
-            more = min(max(settings.min_duration_s, 1.0), settings.max_duration_s - samples.wall_s)
-            samples.extend(measure(run, settings, min_duration_s=more, warm=False, progress=tick))
+        # an interval that straddles a budget, or a gate that cannot tell: measure longer (up to the cap), then decide;
+        # with a baseline artifact both builds go on interleaved, so the gate stays paired
+        def measured_s() -> float:  # both builds' timed seconds when paired: --max-duration caps the whole measurement
+            return samples.wall_s + (base_samples.wall_s if base_samples is not None else 0.0)
+
+        while (any(v == "undecided" for v, _ in decisions) or (base_result or {}).get("verdict") == "undecided") \
+                and measured_s() < settings.max_duration_s:
+            more = min(max(settings.min_duration_s, 1.0), settings.max_duration_s - measured_s())
+            more = more / 2 if base_samples is not None else more
+            if base_samples is not None:
+                assert samples.rounds is not None
+                cur_more, base_more = measure_interleaved([run, lambda: base_engine.run(base_feed)], settings, first_round=int(samples.rounds.max()) + 1,
+                                                          warm=False, min_duration_s=more, progress=tick)
+                samples.extend(cur_more)
+                base_samples.extend(base_more)
+            else:
+                samples.extend(measure(run, settings, min_duration_s=more, warm=False, progress=tick))
             decisions = _decide_all(samples.latencies_ms, plan, settings.confidence)
+            base_result = gate()
         if show:
             import sys
 
@@ -322,30 +302,33 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         if verdict == "undecided":
             point = "pass" if d["value"] <= d["limit_ms"] else "fail"
             d["reason"] = (f"the {int(100 * settings.confidence)}% interval [{d['ci_low']:.3f}, {d['ci_high']:.3f}] ms still straddles "
-                           f"{d['limit_ms']:g} ms after {samples.wall_s:.1f} s (cap {settings.max_duration_s:g} s): decided on the point estimate")
+                           f"{d['limit_ms']:g} ms after {measured_s():.1f} s (cap {settings.max_duration_s:g} s): "
+                           + ("undecided, which fails with --strict-undecided" if options.strict_undecided else "decided on the point estimate"))
             notes.append(f"{d['budget']}: {d['reason']}")
-            verdict = point
+            verdict = "undecided" if options.strict_undecided else point
         else:
             d["reason"] = (f"the {int(100 * settings.confidence)}% interval [{d['ci_low']:.3f}, {d['ci_high']:.3f}] ms lies "
                            f"{'under' if verdict == 'pass' else 'above'} {d['limit_ms']:g} ms")
         d["verdict"] = verdict
         budget_results.append(d)
-    base_result = None
-    if base_samples is not None:
-        assert paired_rounds is not None and base_samples.rounds is not None
-        base_result = paired_regression_test(paired_current, paired_rounds, base_samples.latencies_ms, base_samples.rounds,
-                                             max_regression=options.max_regression, stat=options.gate_stat, confidence=settings.confidence)
-        base_result.update(baseline_artifact=str(base_artifact), baseline_samples_ms=base_samples.latencies_ms.round(6).tolist(),
-                           baseline_sample_rounds=base_samples.rounds.tolist(), sample_rounds=paired_rounds.tolist())
-    elif recorded is not None:
-        base_result = regression_test(lat, np.asarray(recorded["samples_ms"]), max_regression=options.max_regression, stat=options.gate_stat)
     if base_result is not None:
         base_result["baseline"] = options.baseline
         base_result["baseline_p50_ms"] = float(np.median(base_samples.latencies_ms if base_samples is not None else recorded["samples_ms"]))
+        base_result["load_average"] = [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]  # 1-minute, at the start and end
+        base_result["cpu_share"] = samples.cpu_share  # CPU seconds the process got per timed second (threads x busy)
+        if base_samples is not None:
+            assert base_samples.rounds is not None and samples.rounds is not None
+            base_result.update(baseline_artifact=str(base_artifact), baseline_samples_ms=base_samples.latencies_ms.round(6).tolist(),
+                               baseline_sample_rounds=base_samples.rounds.tolist(), sample_rounds=samples.rounds.tolist())
         if base_note:
             base_result["note"] = base_note
             notes.append(f"baseline: {base_note}")
-    passed = all(b["verdict"] == "pass" for b in budget_results) and not (base_result and base_result["regressed"])
+        if base_result["verdict"] == "undecided":
+            notes.append(f"baseline: {undecided_reason(base_result, measured_s(), settings.max_duration_s)}"
+                         + ("; --strict-undecided: this fails the run" if options.strict_undecided else "; not a failure (--strict-undecided makes it one)"))
+    if base_result is not None:  # what the run's verdict takes from the gate
+        base_result["failed"] = base_result["verdict"] == "regressed" or (options.strict_undecided and base_result["verdict"] == "undecided")
+    passed = all(b["verdict"] == "pass" for b in budget_results) and not (base_result and base_result["failed"])
     return {
         "kind": "edgekit.bench", "schema": 1,
         "name": options.name or artifact.name,
@@ -362,103 +345,24 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
     }
 
 
-def _resolve_baseline(path: str, paired: bool | None) -> tuple[dict[str, Any] | None, Path | None, str | None]:
-    """(recorded report, artifact to re-measure interleaved, a note on what was chosen and why).
+def paired_gate(current: Samples, baseline: Samples, options: BenchOptions, settings: BenchSettings) -> dict[str, Any]:
+    """The paired gate over everything measured so far, wall clock and the process's CPU time."""
+    def side(x: Samples) -> PairedSide:
+        assert x.rounds is not None
+        return PairedSide(x.latencies_ms, x.rounds, x.block_cpu_ms, x.block_rounds)
 
-    A report whose artifact is still where it was, byte for byte, is re-measured beside the current
-    build (unless `paired` is False): a recorded run met other neighbours than this one, and on a
-    shared runner that alone moves latency by more than a typical regression threshold."""
-    p = Path(path)
-    if p.exists() and not _is_report(p):
-        if paired is False:
-            raise UsageError(f"--unpaired needs a recorded report, and {shown(p)} is an artifact", hint="give a --json report as --baseline, or drop --unpaired")
-        return None, p, None
-    data = _load_baseline(path)
-    if paired is False:
-        return data, None, "compared with the recorded samples (--unpaired): drift between runs on this machine counts as a change"
-    where = [p.parent / data["baseline_artifact"]] if data.get("baseline_artifact") else []  # the copy recorded beside it
-    where += [Path(x) for x in (data.get("artifact_path"), data.get("artifact")) if x]
-    found = next((w for w in where if w.exists()), None)
-    why = None
-    if not data.get("artifact_sha256"):
-        why = "the report records no artifact digest"
-    elif found is None:
-        why = f"its artifact {shown(data.get('artifact'))} is not here"
-    elif _digest(found) != data["artifact_sha256"]:
-        why = f"its artifact {shown(found)} has changed since"
-    if why is None:
-        assert found is not None
-        return data, found, f"re-measured the baseline's artifact {shown(found)} interleaved with this one (paired)"
-    if paired:
-        raise UsageError(f"baseline {shown(p)}: cannot pair, {why}", hint="give the baseline artifact itself as --baseline, or drop --paired")
-    return data, None, (f"compared with the samples recorded on {data.get('created', '?')} ({why}): drift between runs on a shared "
-                        "machine counts as a change; give the baseline artifact for a paired comparison")
+    return paired_regression_test(side(current), side(baseline), max_regression=options.max_regression, stat=options.gate_stat,
+                                  confidence=settings.confidence)
 
 
-def save_baseline_report(result: dict[str, Any], path: str | Path) -> None:
-    """Record `result` as the baseline at `path`, with a copy of its artifact beside it (`NAME.artifact`),
-    so that later runs re-measure this build interleaved with theirs (paired) wherever the folder of
-    baselines is restored (a CI cache), not only on the machine that recorded it."""
-    import shutil
-
-    from edgekit.compile import read_artifact
-    from edgekit.files import atomic_dir, write_json
-
-    path = Path(path)
-    src = Path(result["artifact_path"])
-    found = read_artifact(src) if src.exists() else None
-    src = found[0] if found else src
-    copy = path.with_name(path.stem + ".artifact")
-    report = dict(result, baseline_status="recorded")
-    keep = src.exists() and not (src.is_file() and src.suffix == ".onnx" and _has_external_data(src))  # weights in other files: the report alone
-    if keep:
-        with atomic_dir(copy) as tmp:
-            if src.is_dir():
-                shutil.copytree(src, tmp, dirs_exist_ok=True)
-            else:
-                shutil.copy2(src, tmp / src.name)
-        report["baseline_artifact"] = copy.name if src.is_dir() else f"{copy.name}/{src.name}"
-    elif copy.is_dir():
-        shutil.rmtree(copy)  # an earlier baseline's build
-    write_json(path, report)
-    result["baseline_status"] = "recorded"
-    result["notes"].append(f"baseline recorded: {shown(path)}" + (f" (and its artifact, {shown(copy)})" if keep else " (no copy of its artifact: its weights are in other files)"))
-
-
-def _has_external_data(model: Path) -> bool:
-    import onnx
-
-    proto = onnx.load(str(model), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-
-
-def _digest(artifact: Path) -> str:
-    """The artifact's identity: a whole compile folder even when one of its files is named."""
-    from edgekit.compile import read_artifact
-
-    found = read_artifact(artifact)
-    return artifact_digest(found[0] if found else artifact)
-
-
-def _is_report(p: Path) -> bool:
-    if not p.is_file() or p.suffix.lower() != ".json":
-        return False
-    try:
-        return json.loads(p.read_text()).get("kind") != "edgekit.artifact"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return True  # _load_baseline says what is wrong with it
-
-
-def _load_baseline(path: str) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"baseline {p}: no such file", hint="record one with --save-baseline PATH") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"baseline {p} is not valid JSON ({exc})", hint="record it again with --save-baseline") from exc
-    if isinstance(data, dict) and "results" in data and len(data["results"]) == 1:
-        data = data["results"][0]
-    if not isinstance(data, dict) or "samples_ms" not in data or len(data["samples_ms"]) < 5:
-        raise UsageError(f"baseline {p} has no latency samples", hint="use a report written by `edgekit bench --json` or --save-baseline")
-    return data
+def undecided_reason(gate: dict[str, Any], wall_s: float, cap_s: float) -> str:
+    """Why the gate could not decide, in one line a CI maintainer can act on."""
+    limit = 1 + gate["max_regression"]
+    text = (f"undecided: the {gate['stat']} ratio is x{gate['ratio']:.3f} with a {int(100 * gate['confidence'])}% interval "
+            f"[{gate['ci_low']:.3f}, {gate['ci_high']:.3f}] that holds both 1 and the threshold x{limit:.2f}")
+    cpu = gate.get("cpu")
+    if cpu:
+        text += f" (CPU time per run x{cpu['ratio']:.3f} [{cpu['ci_low']:.3f}, {cpu['ci_high']:.3f}]: {cpu['verdict']})"
+    load = gate.get("load_average") or [None]
+    return (text + f", after {wall_s:.1f} s of {cap_s:g} s" + (f" at load {load[0]:.1f}" if load[0] is not None else "")
+            + "; the machine is too noisy to tell: re-run on a quieter runner, raise --max-duration, or pin the bench to a dedicated core")

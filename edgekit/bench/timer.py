@@ -21,12 +21,29 @@ class Samples:
     warmup_runs: int
     wall_s: float
     rounds: np.ndarray | None = None  # interleaved measurement: the round of each sample
+    cpu_s: float = 0.0  # CPU time the whole process got while the timed runs ran (all its threads)
+    # interleaved measurement, one entry per block: its round, and the process's CPU ms per run in it
+    block_rounds: np.ndarray | None = None
+    block_cpu_ms: np.ndarray | None = None
 
     def extend(self, more: Samples) -> None:
-        if self.rounds is not None:  # runs measured on their own belong to no interleaved round: -1
-            self.rounds = np.concatenate([self.rounds, np.full(len(more.latencies_ms), -1)])
+        """Append a later measurement of the same build: interleaved rounds keep their numbers (the
+        later one's continue them), runs measured on their own belong to no round (-1)."""
+        if self.rounds is not None:
+            self.rounds = np.concatenate([self.rounds, more.rounds if more.rounds is not None else np.full(len(more.latencies_ms), -1)])
+        if self.block_rounds is not None and more.block_rounds is not None and more.block_cpu_ms is not None:
+            assert self.block_cpu_ms is not None
+            self.block_rounds = np.concatenate([self.block_rounds, more.block_rounds])
+            self.block_cpu_ms = np.concatenate([self.block_cpu_ms, more.block_cpu_ms])
         self.latencies_ms = np.concatenate([self.latencies_ms, more.latencies_ms])
         self.wall_s += more.wall_s
+        self.cpu_s += more.cpu_s
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU seconds the process got per second of timed wall clock: about the runtime's thread count on
+        a quiet machine, less when neighbours took the cores (then wall time says more about them)."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def warm_up(run: Callable[[], object], warmup_ms: float) -> tuple[float, int]:
@@ -49,6 +66,7 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
     duration = settings.min_duration_s if min_duration_s is None else min_duration_s
     times: list[float] = []
     clock = time.perf_counter
+    cpu0 = time.process_time()
     start = prev = clock()
     deadline = start + duration
     next_tick = start + 0.25
@@ -60,11 +78,12 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
         if progress is not None and now >= next_tick:
             progress(min(1.0, (now - start) / max(duration, 1e-9)))
             next_tick = now + 0.25
-    return Samples(np.asarray(times) * 1e3, first_ms, warmups, prev - start)
+    return Samples(np.asarray(times) * 1e3, first_ms, warmups, prev - start, cpu_s=time.process_time() - cpu0)
 
 
 def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSettings, *, min_rounds: int = 10,
-                        block_s: float = 0.1, settle_s: float = 0.01, seed: int = 0, progress: Callable[[float], None] | None = None) -> list[Samples]:
+                        block_s: float = 0.1, settle_s: float = 0.01, seed: int = 0, first_round: int = 0, warm: bool = True,
+                        min_duration_s: float | None = None, progress: Callable[[float], None] | None = None) -> list[Samples]:
     """Randomized multiple interleaved trials (Abedi & Brecht, ICPE 2017): short blocks of each `run`
     in a fresh random order every round, until each has its minimum iterations and duration and there
     are `min_rounds` rounds. A shared machine's slow phases last seconds, so every candidate meets the
@@ -73,17 +92,25 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
     A block is at least `block_s` seconds and 3 timed runs, after untimed runs for `settle_s` (at least
     one) while the caches the other model evicted refill and its thread pool stops spinning (measured:
     a tiny model's first ~5 runs after a switch are 30% slower, later ones as fast as alone), so each
-    build's figures, budgets included, are those of the build measured alone."""
-    rng = np.random.default_rng(seed)
-    warm = [warm_up(r, settings.warmup_ms) for r in runs]
+    build's figures, budgets included, are those of the build measured alone.
+
+    Each block also records the CPU time the process got (`time.process_time`, all threads), read once
+    at each end of the block, so the timed loop is unchanged: a neighbour that takes the core away
+    inflates wall time but not CPU time. A later call with `first_round` past the last round and
+    `warm=False` continues the same measurement (the gate's "measure longer")."""
+    rng = np.random.default_rng(seed + first_round)
+    warmed = [warm_up(r, settings.warmup_ms) if warm else (0.0, 0) for r in runs]
+    duration = settings.min_duration_s if min_duration_s is None else min_duration_s
     times: list[list[float]] = [[] for _ in runs]
     rounds: list[list[int]] = [[] for _ in runs]
+    blocks: list[list[tuple[int, float]]] = [[] for _ in runs]
     spent = [0.0] * len(runs)
-    clock = time.perf_counter
+    cpu = [0.0] * len(runs)
+    clock, cpu_clock = time.perf_counter, time.process_time
     start = clock()
     next_tick = start + 0.25
     r = 0
-    while r < min_rounds or min(spent) < settings.min_duration_s or min(len(t) for t in times) < settings.min_iterations:
+    while r < min_rounds or min(spent) < duration or min(len(t) for t in times) < settings.min_iterations:
         for i in rng.permutation(len(runs)):
             run, ts, rs = runs[i], times[i], rounds[i]
             block_start = clock()
@@ -91,6 +118,7 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
             while clock() - block_start < settle_s:
                 run()
             n = 0
+            cpu_start = cpu_clock()
             prev = timed_start = clock()
             end = block_start + block_s
             while n < 3 or prev < end:
@@ -99,11 +127,16 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
                 ts.append(now - prev)
                 prev = now
                 n += 1
-            rs.extend([r] * n)
+            block_cpu = cpu_clock() - cpu_start
+            rs.extend([first_round + r] * n)
+            blocks[i].append((first_round + r, 1e3 * block_cpu / n))
             spent[i] += prev - timed_start
+            cpu[i] += block_cpu
         r += 1
         now = clock()
         if progress is not None and now >= next_tick:
-            progress(min(1.0, min(min(spent) / max(settings.min_duration_s, 1e-9), r / min_rounds)))
+            progress(min(1.0, min(min(spent) / max(duration, 1e-9), r / max(min_rounds, 1))))
             next_tick = now + 0.25
-    return [Samples(np.asarray(ts) * 1e3, f, w, s, np.asarray(rs)) for ts, rs, (f, w), s in zip(times, rounds, warm, spent)]
+    return [Samples(np.asarray(ts) * 1e3, f, w, s, np.asarray(rs), cpu_s=c,
+                    block_rounds=np.asarray([b[0] for b in bl], dtype=int), block_cpu_ms=np.asarray([b[1] for b in bl]))
+            for ts, rs, (f, w), s, c, bl in zip(times, rounds, warmed, spent, cpu, blocks)]

@@ -20,7 +20,8 @@ from edgekit.config import STATS
               "The baseline's artifact, when still there unchanged, is re-measured interleaved with this one (paired: drift cancels).")
 @click.option("--paired/--unpaired", default=None, help="Require the interleaved re-measurement of the baseline's artifact, or compare with its recorded samples only "
               "(default: paired when the artifact is there).")
-@click.option("--max-regression", default="10%", show_default=True, help="Slowdown (of --gate-stat) beyond which, if significant, the baseline gate fails.")
+@click.option("--max-regression", default="10%", show_default=True, help="Slowdown (of --gate-stat) the baseline gate allows: it fails when the ratio's whole confidence interval lies above it, "
+              "passes when the interval lies within it, and measures longer (then says undecided) while the interval holds it.")
 @click.option("--gate-stat", type=click.Choice(["floor", "p50", "mean"]), default="floor", show_default=True,
               help="What the baseline gate compares: floor = mean of the fastest 5% of runs, at least 3 (robust to noisy neighbours), p50, or mean.")
 @click.option("--save-baseline", default=None, type=click.Path(dir_okay=False), help="Write this run as a baseline (with the artifact's path and SHA-256, so later runs re-measure it paired while it is there).")
@@ -35,12 +36,14 @@ from edgekit.config import STATS
 @click.option("--batch", type=int, default=None, help="Batch size for generated feeds.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:SHAPE", help="Shape of a dynamic input, e.g. input_ids:1x128.")
 @click.option("--min-duration", type=float, default=None, help="Seconds to measure at least (default: the target's, 3).")
-@click.option("--max-duration", type=float, default=None, help="Cap when a budget's interval straddles the budget (default 30).")
+@click.option("--max-duration", type=float, default=None, help="Cap on measuring longer while a budget's interval straddles the budget, or the baseline gate cannot decide (default 30).")
 @click.option("--min-iterations", type=int, default=None, help="Iterations to measure at least (default 10).")
 @click.option("--warmup", type=float, default=None, help="Warm-up in milliseconds (default 200).")
 @click.option("--junit", default=None, type=click.Path(dir_okay=False), help="Write JUnit XML: one testcase per model x target x budget.")
 @click.option("--markdown", default=None, type=click.Path(dir_okay=False), help="Write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a latency histogram and CDF as PNG.")
+@click.option("--strict-undecided", is_flag=True, help="Exit 3 when the baseline gate, or a budget, is still undecided after --max-duration "
+              "(a machine too noisy to tell); without it that is a note and the budget is decided on its point estimate.")
 @click.option("--strict", is_flag=True, help="Exit 3 when this machine's CPU lacks features the model's INT8 recipe assumed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None, help="Write the results, with all samples, as JSON ('-' for stdout).")
 @click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[://HEAD:PORT]",
@@ -49,14 +52,18 @@ from edgekit.config import STATS
 def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], baseline: str | None, paired: bool | None, max_regression: str, gate_stat: str,
             save_baseline: str | None, bundle_artifact: str | None, update_baselines: bool, allow_model_change: bool, device: str | None, config: str | None, data: str | None, batch: int | None, shapes: tuple[str, ...],
             min_duration: float | None, max_duration: float | None, min_iterations: int | None, warmup: float | None,
-            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, executor_spec: str, strict: bool = False) -> None:
+            junit: str | None, markdown: str | None, plot: str | None, json_path: str | None, executor_spec: str, strict: bool = False,
+            strict_undecided: bool = False) -> None:
     """Latency statistics with confidence intervals; exit 3 when a budget or the baseline gate fails.
 
     ARTIFACT is a compile output folder, a file in one, an .onnx file (compiled for
     the target on the fly), or a bundle (the artifact edgekit.load would choose, with
     the budgets it was packed with). A budget passes when its confidence interval lies under
     it and fails when it lies above; in between, edgekit measures longer (up to
-    --max-duration) and says how it decided.
+    --max-duration) and says how it decided. The baseline gate fails on a slowdown
+    beyond --max-regression that is significant, passes when the ratio's interval is
+    within it, and otherwise measures longer, then says "undecided" (exit 3 with
+    --strict-undecided).
 
     Budgets: --budget beats the project entry's, which beats the target profile's, per
     statistic. --junit and --markdown (appended to, a section per run) are written on
@@ -66,7 +73,8 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
 
     from edgekit.bench import report
     from edgekit.bench.project import load_project, naming, parse_percent
-    from edgekit.bench.run import BenchOptions, bench_artifact, check_bench, save_baseline_report
+    from edgekit.bench.baseline import save_baseline_report
+    from edgekit.bench.run import BenchOptions, bench_artifact, check_bench
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
     from edgekit.feeds import parse_shape_option
@@ -96,7 +104,8 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
             raise UsageError("--max-regression does not apply to a project file's entries",
                              hint='set max_regression = "10%" in its [defaults] or in an entry')
         common = dict(shapes=dict(parse_shape_option(s) for s in shapes), min_duration_s=min_duration, max_duration_s=max_duration,
-                      min_iterations=min_iterations, warmup_ms=warmup, paired=paired, model_change="new" if allow_model_change else "error")
+                      min_iterations=min_iterations, warmup_ms=warmup, paired=paired, model_change="new" if allow_model_change else "error",
+                      strict_undecided=strict_undecided)
         extra = tuple(Budget.parse(b) for b in budgets)
         jobs = []
         devices: list[str | None] = []  # parallel to jobs: where each is measured (None: here)
@@ -176,7 +185,8 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     if not run["passed"]:
         failed = [f"{r['name']}@{r['target']}: " + ", ".join(
             [f"{b['budget']} ({b['stat']}={b['value']:.3f}ms)" for b in r["budgets"] if b["verdict"] != "pass"]
-            + ([f"baseline regression: {r['baseline']['stat']} x{r['baseline']['ratio']:.3f} ({report.format_p(r['baseline']['p_value'])})"] if r.get("baseline") and r["baseline"]["regressed"] else []))
+            + ([f"baseline {'regression' if r['baseline']['regressed'] else 'undecided (--strict-undecided)'}: {r['baseline']['stat']} "
+                f"x{r['baseline']['ratio']:.3f} ({report.format_p(r['baseline']['p_value'])})"] if r.get("baseline") and report.gate_failed(r["baseline"]) else []))
             for r in results if not r["passed"]]
         raise GateFailed("latency gate failed: " + "; ".join(failed))
 

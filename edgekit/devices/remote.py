@@ -59,7 +59,7 @@ class _Plan:
 
 
 def _plan(jobs: list[DeviceJob]) -> _Plan:
-    from edgekit.bench.run import _resolve_baseline
+    from edgekit.bench.baseline import resolve_baseline
 
     from edgekit.bench.run import budget_plan
     from edgekit.compile import _target_for, read_artifact
@@ -85,11 +85,13 @@ def _plan(jobs: list[DeviceJob]) -> _Plan:
         args += ["--max-regression", f"{100 * o.max_regression:g}%", "--gate-stat", o.gate_stat]
         if o.model_change == "new":
             args.append("--allow-model-change")
+        if o.strict_undecided:
+            args.append("--strict-undecided")
         base_folder = None
         if o.baseline and not Path(o.baseline).exists() and o.baseline_missing == "new":
             pass  # a project entry's first run: no baseline yet, the report says it is new
         elif o.baseline:
-            recorded, base_artifact, _note = _resolve_baseline(o.baseline, o.paired)
+            recorded, base_artifact, _note = resolve_baseline(o.baseline, o.paired)
             if base_artifact is not None:
                 base_folder = _compiled(base_artifact, "the baseline")
                 args += ["--baseline", "@BASELINE@"]
@@ -249,7 +251,7 @@ def ship_and_run(device: Device, plan: _Plan, header_jobs: Callable[[list[str]],
 
 
 def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any]]:
-    from edgekit.bench.run import _digest
+    from edgekit.bench.baseline import artifact_sha256
 
     plan = _plan(jobs)
 
@@ -268,7 +270,7 @@ def _bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, An
         r = got["report"]["results"][0] if "results" in got["report"] else got["report"]  # the device's `bench --json` run
         remote_artifact = r.get("artifact_path")
         r["name"] = job.options.name or Path(job.artifact).name
-        r["artifact"], r["artifact_path"], r["artifact_sha256"] = job.artifact, str(Path(job.artifact).resolve()), _digest(Path(job.artifact))
+        r["artifact"], r["artifact_path"], r["artifact_sha256"] = job.artifact, str(Path(job.artifact).resolve()), artifact_sha256(Path(job.artifact))
         r["target"] = f"{r['target']}@{device.name}"
         if r.get("baseline"):
             r["baseline"]["baseline"] = job.options.baseline

@@ -172,9 +172,9 @@ def add_source(tar: tarfile.TarFile, role: str, path: Path) -> str:
 def _ship_baseline(tar: tarfile.TarFile, path: Path) -> None:
     """A baseline report with what pairing needs: the artifact copy beside it (NAME.artifact), or the
     artifact it recorded when that is still here; or a baseline that is an artifact itself."""
-    from edgekit.bench.run import _is_report
+    from edgekit.bench.baseline import is_report
 
-    if not _is_report(path):
+    if not is_report(path):
         tar.add(path, arcname=f"baseline/{path.name}")
         return
     try:
@@ -213,7 +213,7 @@ def _relocations(root: Path, unit: _Shipped) -> list[tuple[str, str]]:
 def relocations(root: Path, places: Mapping[str, str], originals: Mapping[str, str]) -> list[tuple[str, str]]:
     """(the node's path text, this machine's), most specific first: paths as given, resolved, and as messages
     show them (`shown` on the node: a path outside its working folder reads `…/PARENT/NAME`)."""
-    from edgekit.bench.run import shown
+    from edgekit.files import shown
 
     pairs = []
     for role, rel in places.items():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.stats import GATE_MEASURES, bootstrap, paired_regression_test, summary
+from edgekit.bench.stats import GATE_MEASURES, PairedSide, bootstrap, paired_regression_test, summary
 from edgekit.bench.timer import measure_interleaved
 from edgekit.config import BenchSettings, Budget
 from edgekit.progress import interactive
@@ -53,7 +53,7 @@ def paired_ratio(a: Runner, b: Runner, *, stat: str, confidence: float) -> dict[
     """stat(a) / stat(b) over the rounds both ran in, with the round-block bootstrap interval."""
     common = np.intersect1d(a.rounds, b.rounds)
     ma, mb = np.isin(a.rounds, common), np.isin(b.rounds, common)
-    return paired_regression_test(a.latencies[ma], a.rounds[ma], b.latencies[mb], b.rounds[mb], max_regression=0.0,
+    return paired_regression_test(PairedSide(a.latencies[ma], a.rounds[ma]), PairedSide(b.latencies[mb], b.rounds[mb]), max_regression=0.0,
                                   stat=stat, confidence=confidence, resamples=1000)
 
 
