@@ -18,7 +18,7 @@ IMAGENET_VAL = HERE.parent / "edgekit" / "examples" / "calibration" / "imagenet-
 
 
 def image_feeds(manifest: Path, name: str, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    from edgekit.calibration import calibration_set
+    from edgekit.data.calibration import calibration_set
     from edgekit.onnxmodel import TensorSpec
 
     spec = TensorSpec(name, ("batch", 3, 224, 224), np.dtype(np.float32))

@@ -56,7 +56,7 @@ def _model(name: str, work: Path) -> tuple[Path, str, list[dict[str, np.ndarray]
     out = work / f"{name}.onnx"
     if name == "efficientnet-lite0":
         export_model("edgekit.examples.efficientnet:model", out, options=ExportOptions(dynamic_batch=True))
-        from edgekit.calibration import calibration_set
+        from edgekit.data.calibration import calibration_set
 
         spec = TensorSpec("x", ("batch", 3, 224, 224), np.dtype(np.float32))
         import onnx
@@ -92,8 +92,8 @@ def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
     from edgekit.backends.onnxruntime import session_from_bytes
-    from edgekit.calibration import calibration_set
-    from edgekit.calibstats import tensor_range
+    from edgekit.data.calibration import calibration_set
+    from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
     from edgekit.onnxmodel import input_specs
     from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
@@ -172,7 +172,7 @@ def run_zoo(name: str, work: Path) -> dict[str, Any]:
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
     from edgekit.backends.onnxruntime import session_from_bytes
-    from edgekit.calibstats import tensor_range
+    from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
     from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
     from edgekit.quantize.equalize import bias_correct, equalize

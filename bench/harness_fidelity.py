@@ -47,7 +47,7 @@ def loop_overhead(art: Path, target: object, seconds: float) -> dict[str, float]
 
     from edgekit.bench.timer import measure_interleaved
     from edgekit.compile import open_engine
-    from edgekit.feeds import generated_feed
+    from edgekit.data.feeds import generated_feed
 
     with open_engine(art, target=target) as (engine, _):
         feed = generated_feed(engine.inputs, batch=1)

@@ -67,7 +67,7 @@ def prepare(name: str, work: Path) -> dict[str, Any]:
 
     out = work / f"{name}.onnx"
     if name == "efficientnet-lite0":
-        from edgekit.calibration import calibration_set
+        from edgekit.data.calibration import calibration_set
         from edgekit.onnxmodel import TensorSpec
 
         export_model("edgekit.examples.efficientnet:model", out, options=ExportOptions())

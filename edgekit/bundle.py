@@ -338,7 +338,7 @@ def _preprocessing_check(m: dict[str, Any]) -> dict[str, Any]:
     if not recipe:
         return {"needed": False, "ok": True, "reason": ""}
     from edgekit import deps
-    from edgekit.preprocess import ImageRecipe, preprocessing_versions, resize_fingerprint
+    from edgekit.data.preprocess import ImageRecipe, preprocessing_versions, resize_fingerprint
 
     built = m.get("preprocessing_versions") or {}
     out: dict[str, Any] = {"needed": True, "ok": False, "built": built, "here": preprocessing_versions(), "reason": ""}

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.calibration import calibration_set
+from edgekit.data.calibration import calibration_set
 from edgekit.compile import open_engine
 from edgekit.errors import GateFailed, UsageError
-from edgekit.metrics import OutputAgreement
+from edgekit.data.metrics import OutputAgreement
 from edgekit.onnxmodel import load_onnx
 
 

@@ -10,8 +10,9 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
+from typing import Any
 
-from edgekit.errors import BackendUnavailable
+from edgekit.errors import BackendUnavailable, UsageError
 
 # module name -> (pip extra, what it is for)
 _EXTRAS: dict[str, tuple[str, str]] = {
@@ -95,3 +96,21 @@ def ray() -> ModuleType:
 
 def onnxruntime() -> ModuleType:
     return _load("onnxruntime")
+
+
+def import_callable(source: str) -> Any:
+    """The object a `pkg.module:callable` string names (a user's model, calibration iterable or metric);
+    UsageError when the module or the attribute is missing."""
+    mod_name, _, attr = source.partition(":")
+    if not mod_name or not attr:
+        raise UsageError(f"bad source {source!r}", hint="write it as pkg.module:callable")
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"cannot import module {mod_name!r} ({exc.msg})", hint="check the name and that its folder is on PYTHONPATH") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"module {mod_name!r} has no attribute {attr!r}", hint="check the callable's name")
+        obj = getattr(obj, part)
+    return obj

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import io
 import inspect as pyinspect
 import logging
@@ -24,9 +23,9 @@ import numpy as np
 import onnx
 
 from edgekit import deps
+from edgekit.data.feeds import generated_feed
+from edgekit.data.metrics import agreement
 from edgekit.errors import GateFailed, UsageError
-from edgekit.feeds import generated_feed
-from edgekit.metrics import agreement
 from edgekit.onnxmodel import check_model, input_specs, load_onnx, opset_of, output_specs, save_onnx
 from edgekit.progress import status
 
@@ -46,7 +45,7 @@ class InputSpec:
         parts = text.split(":")
         if len(parts) not in (2, 3) or not parts[0]:
             raise UsageError(f"bad --input {text!r}", hint="write it as NAME:1x3x224x224 or NAME:1x128:int64")
-        from edgekit.feeds import parse_shape
+        from edgekit.data.feeds import parse_shape
 
         dtype = parts[2] if len(parts) == 3 else "float32"
         if dtype not in _DTYPES:
@@ -81,22 +80,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
-
-
-def _import_callable(source: str) -> Any:
-    mod_name, _, attr = source.partition(":")
-    if not mod_name or not attr:
-        raise UsageError(f"bad source {source!r}", hint="write it as pkg.module:callable")
-    try:
-        module = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"cannot import module {mod_name!r} ({exc.msg})", hint="check the name and that its folder is on PYTHONPATH") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"module {mod_name!r} has no attribute {attr!r}", hint="check the callable's name")
-        obj = getattr(obj, part)
-    return obj
 
 
 def _as_example_tuple(example: Any, torch: Any) -> tuple[Any, ...] | dict[str, Any]:
@@ -143,7 +126,7 @@ def _module_from_source(source: str, options: ExportOptions) -> tuple[Any, Any, 
             return torch.jit.load(str(path), map_location="cpu").eval(), None, "torchscript"
         except Exception as exc:
             raise UsageError(f"{path} cannot be loaded as TorchScript ({exc})") from exc
-    obj = _import_callable(source)
+    obj = deps.import_callable(source)
     result = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
     example = None
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module):

@@ -27,7 +27,7 @@ from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signa
 from edgekit.compile import MANIFEST, _target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
-from edgekit.preprocess import ImageInput, ImageRecipe
+from edgekit.data.preprocess import ImageInput, ImageRecipe
 
 log = logging.getLogger("edgekit.loader")
 

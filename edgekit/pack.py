@@ -165,7 +165,7 @@ def _normal_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def _preprocessing_record(recipe: dict[str, Any]) -> dict[str, Any]:
     """Versions of the preprocessing libraries, and a fingerprint of how this Pillow resizes (checked by verify)."""
     from edgekit import deps
-    from edgekit.preprocess import ImageRecipe, preprocessing_versions, resize_fingerprint
+    from edgekit.data.preprocess import ImageRecipe, preprocessing_versions, resize_fingerprint
 
     record: dict[str, Any] = {"preprocessing_versions": preprocessing_versions()}
     if deps.available("PIL"):

@@ -71,7 +71,7 @@ def test_samples_needed_grows_with_the_last_move() -> None:
     assert samples_needed(flat) == 20 and samples_needed([1.0, 2.0]) is None
     small, big = samples_needed([1.0] * 19 + [1.1]), samples_needed([1.0] * 19 + [1.4])
     assert 20 < small < big
-    from edgekit.calibstats import RunningStats
+    from edgekit.quantize.calibstats import RunningStats
 
     st = RunningStats(histogram=False)
     for v in [1.0] * 12 + [1.3]:

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import zoo
-from edgekit.calibration import calibration_set
+from edgekit.data.calibration import calibration_set
 from edgekit.export import ExportOptions, export_model
 from edgekit.onnxmodel import TensorSpec
 from edgekit.quantize import QuantizeOptions, quantize_model

@@ -80,7 +80,7 @@ def test_user_profiles_come_before_the_built_in_ones(tmp_path: Path, monkeypatch
 
 def test_built_in_calibration_manifests_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--calib imagenet-photos` and `edgekit:imagenet-photos` from any folder; a path the user has wins."""
-    from edgekit.calibration import calibration_set
+    from edgekit.data.calibration import calibration_set
     from edgekit.config import PACKAGED_MANIFESTS
     from edgekit.errors import UsageError
     from edgekit.onnxmodel import TensorSpec

@@ -40,7 +40,7 @@ def _quantized(model: onnx.ModelProto, calib: np.ndarray, target: str = "onnxrun
     """All-INT8 as quantize's check builds it: ranges from the calibration data, the target's recipe."""
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
-    from edgekit.calibstats import tensor_range
+    from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
     from edgekit.quantize import _copy, collect_stats, quantize_with_ranges
 

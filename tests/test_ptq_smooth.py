@@ -13,13 +13,13 @@ import zoo
 from edgekit.backends import get_backend
 from edgekit.backends.base import QuantRecipe, recipe_for_target
 from edgekit.backends.onnxruntime import session_from_bytes
-from edgekit.calibration import calibration_set
-from edgekit.calibstats import tensor_range
+from edgekit.data.calibration import calibration_set
+from edgekit.quantize.calibstats import tensor_range
 from edgekit.config import load_target
 from edgekit.onnxmodel import input_specs
 from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
 from edgekit.quantize.smoothquant import outlier_ratio, smooth_quant
-from edgekit.regions import name_nodes
+from edgekit.quantize.regions import name_nodes
 
 CALIB, HELD = zoo.MINILM_SENTENCES[:8], zoo.MINILM_SENTENCES[8:]
 

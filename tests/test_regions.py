@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.regions import find_regions, quantization_plan
+from edgekit.quantize.regions import find_regions, quantization_plan
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

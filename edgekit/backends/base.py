@@ -119,7 +119,7 @@ class QuantRecipe:
     op_types: tuple[str, ...] | None = None  # outside regions: None = ONNX Runtime's full QDQ registry
     extra: tuple[tuple[str, object], ...] = ()  # ONNX Runtime QDQ quantizer extra options
     why: str = ""
-    # per region kind (edgekit.regions.KINDS) -> policy (edgekit.regions.POLICIES); () = no regions, op_types everywhere
+    # per region kind (edgekit.quantize.regions.KINDS) -> policy (edgekit.quantize.regions.POLICIES); () = no regions, op_types everywhere
     region_policies: tuple[tuple[str, str], ...] = ()
     hoist_shape_ops: bool = False  # move per-tensor Q/DQ above Reshape/Transpose to the producer (OpenVINO fuses it there)
     regions: tuple[tuple[str, int], ...] = ()  # what was found: kind -> count (the report lists them in full)
@@ -223,7 +223,7 @@ def region_recipe(model: Any, policies: dict[str, str]) -> tuple[tuple[tuple[str
     """(recipe.region_policies, recipe.regions) for a model: the policies of the kinds it has, and the counts."""
     from collections import Counter
 
-    from edgekit.regions import find_regions
+    from edgekit.quantize.regions import find_regions
 
     counts = Counter(r.kind for r in find_regions(model))
     return tuple(sorted(policies.items())), tuple(sorted(counts.items()))

@@ -19,7 +19,7 @@ from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
 _LEVELS = ("disable", "basic", "extended", "all")
-# region policies (edgekit.regions): ONNX Runtime's CPU kernels gain from INT8 MatMuls with constant weights;
+# region policies (edgekit.quantize.regions): ONNX Runtime's CPU kernels gain from INT8 MatMuls with constant weights;
 # Q x K^T and P x V in INT8 cost accuracy and run no faster here; a signal front-end (STFT/CQT/mel, then a
 # magnitude/log) loses a 16-bit audio range in 8 bits and its log amplifies the error: float
 _ORT_REGION_POLICIES = {"attention": "weights", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8",

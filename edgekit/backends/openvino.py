@@ -19,7 +19,7 @@ from edgekit.backends.base import (
 from edgekit.errors import BackendUnavailable, UsageError
 from edgekit.onnxmodel import TensorSpec, is_qdq, load_onnx
 
-# the region policies (edgekit.regions) of both OpenVINO recipes (a signal front-end stays float: see onnxruntime.py)
+# the region policies (edgekit.quantize.regions) of both OpenVINO recipes (a signal front-end stays float: see onnxruntime.py)
 _OV_REGION_POLICIES = {"attention": "attention", "layernorm": "float", "gelu": "float", "rnn": "float", "embedding": "float", "conv-stem": "int8-s8",
                        "spectral": "float"}
 # edgekit precision -> OpenVINO inference precision (int8 comes from the QDQ nodes; the rest runs f32)
@@ -183,7 +183,7 @@ class OpenVinoBackend:
         }
 
     def quant_recipe(self, model: Any, *, cpu_features: tuple[str, ...] = ()) -> QuantRecipe:
-        # Placement after NNCF's for OpenVINO (see edgekit.regions): OpenVINO fuses a FakeQuantize into the
+        # Placement after NNCF's for OpenVINO (see edgekit.quantize.regions): OpenVINO fuses a FakeQuantize into the
         # FullyConnected/Convolution that produces its input, and tokenizes attention into one fused kernel
         # that QDQ on Softmax, on P x V or after a Transpose breaks (42 extra eltwise layers on MiniLM-L6).
         policies, regions = region_recipe(model, _OV_REGION_POLICIES)

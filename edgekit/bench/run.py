@@ -72,10 +72,10 @@ def _settings(target: Target, options: BenchOptions) -> BenchSettings:
 
 
 def _feed(engine: Any, settings: BenchSettings, options: BenchOptions) -> dict[str, np.ndarray]:
-    from edgekit.feeds import generated_feed
+    from edgekit.data.feeds import generated_feed
 
     if options.data:
-        from edgekit.calibration import calibration_set
+        from edgekit.data.calibration import calibration_set
 
         return next(iter(calibration_set(options.data, engine.inputs).feeds(engine.inputs)))  # checked as it is read
     shapes = {**{k: tuple(v) for k, v in settings.shapes.items()}, **options.shapes}
@@ -147,7 +147,7 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
         budget_plan(tgt, options)
         settings = _settings(tgt, options)
         if specs is not None and not options.data:
-            from edgekit.feeds import concrete_shape
+            from edgekit.data.feeds import concrete_shape
 
             over = {**overrides, **{k: tuple(v) for k, v in settings.shapes.items()}, **options.shapes}
             ident["inputs"] = {s.name: list(concrete_shape(s, batch=settings.batch, overrides=over)) for s in specs}

@@ -77,7 +77,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     from edgekit.bench.run import BenchOptions, bench_artifact, check_bench
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
-    from edgekit.feeds import parse_shape_option
+    from edgekit.data.feeds import parse_shape_option
     from edgekit.files import write_json
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -23,7 +23,7 @@ def command(model: str, target: str, output: str, precision: str | None, shapes:
     (explicit INT8 from QDQ; needs TensorRT and an NVIDIA GPU).
     """
     from edgekit.compile import compile_model
-    from edgekit.feeds import parse_shape_option
+    from edgekit.data.feeds import parse_shape_option
 
     shape_map = dict(parse_shape_option(s) for s in shapes)
     manifest = run_and_emit(json_path, lambda: compile_model(model, output, target=target, precision=precision, shapes=shape_map), lambda m: _render(m, output))

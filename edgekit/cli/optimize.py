@@ -53,7 +53,7 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
     from edgekit.errors import GateFailed, UsageError
     from edgekit.executors import executor_from_spec, parse_spec
     from edgekit.optimize import OptimizeOptions, optimize_model
-    from edgekit.preprocess import ImageRecipe
+    from edgekit.data.preprocess import ImageRecipe
 
     parse_spec(executor_spec)
     if samples is not None and samples < 1:

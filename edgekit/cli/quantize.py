@@ -63,7 +63,7 @@ def command(model: str, output: str, calib: str, target: str, method: str | None
     the most sensitive nodes in float until the bar holds; when nothing meets it, it writes the
     best model and exits 3.
     """
-    from edgekit.preprocess import ImageRecipe
+    from edgekit.data.preprocess import ImageRecipe
     from edgekit.quantize import QuantizeOptions, quantize_model
 
     image_opts = any(v is not None for v in (resize, crop, mean, std))
@@ -135,7 +135,7 @@ def _render(r) -> None:  # noqa: ANN001
         f" (cache {r.cache}); ranges {describe(r.settled, r.calibration['samples_used'])}")
     out(f"size {human_bytes(r.size_before)} -> {human_bytes(r.size_after)}, {r.seconds:.1f} s")
     if r.regions:
-        from edgekit.regions import region_line
+        from edgekit.quantize.regions import region_line
 
         out(f"regions: {region_line(r.regions)}")
     for n in r.notes:

@@ -11,7 +11,7 @@ from typing import Any
 
 from edgekit import deps
 from edgekit.errors import BackendUnavailable
-from edgekit.preprocess import ImageRecipe
+from edgekit.data.preprocess import ImageRecipe
 
 # The preprocessing the weights were trained with (never call set_swish(): it swaps
 # ReLU6 for Swish and ruins the accuracy).

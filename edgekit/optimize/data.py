@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.calibration import calibration_set
+from edgekit.data.calibration import calibration_set
 from edgekit.errors import UsageError
-from edgekit.metrics import OutputAgreement
+from edgekit.data.metrics import OutputAgreement
 from edgekit.onnxmodel import TensorSpec
-from edgekit.preprocess import ImageRecipe
+from edgekit.data.preprocess import ImageRecipe
 
 METRICS = ("cosine", "top1", "maxabs")
 DEFAULT_DROP = {"cosine": 0.01, "top1": 1.0}  # worst cosine >= 0.99; at most one point of top-1
@@ -124,9 +124,9 @@ def drop(metric: str, reference: list[list[np.ndarray]], got: list[list[np.ndarr
     outputs, else per sample), top-1 points lost (against labels when there are, else disagreement), or
     the largest absolute error of the first output."""
     if ":" in metric:
-        from edgekit.export import _import_callable
+        from edgekit.deps import import_callable
 
-        value = _import_callable(metric)(reference, got, labels)
+        value = import_callable(metric)(reference, got, labels)
         try:
             return float(value)
         except (TypeError, ValueError):

@@ -1,8 +1,12 @@
-"""`quantize`: INT8 post-training quantization to QDQ ONNX, with the target's recipe.
+"""`quantize`: INT8 post-training quantization to QDQ ONNX, with the target's recipe; `quantize_model` is
+the front door.
 
-Statistics stream through `calibstats` (bounded memory), ranges go to ONNX Runtime's
-QDQ quantizer (a well-kept library places the nodes); a calibration cache keyed by
-model + data + recipe lets a re-run skip the data pass.
+The package owns every part of it: streamed calibration statistics (`calibstats`, bounded memory), regions
+and their policies (`regions`, signal front-ends in `spectral`), the PTQ algorithms (`ptq`, `equalize`,
+`smoothquant`, `settle`), the self-check on held-out data (`check`, `checkrun`), the per-node ranking
+(`sensitivity`), the float fallback (`fallback`) and the accuracy report on user data (`accuracy`).
+Ranges go to ONNX Runtime's QDQ quantizer (a well-kept library places the nodes); a calibration cache
+keyed by model + data + recipe lets a re-run skip the data pass. Data sources come from `edgekit.data`.
 """
 from __future__ import annotations
 
@@ -21,17 +25,17 @@ import onnx
 
 from edgekit.backends import get_backend
 from edgekit.backends.base import QuantRecipe, recipe_for_target
-from edgekit.calibration import CalibrationSet, calibration_set
-from edgekit.calibstats import METHODS, VERSION, RunningStats, tensor_range
+from edgekit.data.calibration import CalibrationSet, calibration_set
+from edgekit.quantize.calibstats import METHODS, VERSION, RunningStats, tensor_range
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
 from edgekit.errors import UsageError
 from edgekit.files import private_cwd, sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
-from edgekit.preprocess import ImageRecipe
+from edgekit.data.preprocess import ImageRecipe
 from edgekit.progress import status, track
-from edgekit.regions import region_report
+from edgekit.quantize.regions import region_report
 
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
@@ -72,7 +76,7 @@ class QuantizeReport:
     accuracy: dict[str, Any] | None = None
     fallback: dict[str, Any] | None = None
     check: dict[str, Any] | None = None
-    regions: list[dict[str, Any]] | None = None  # edgekit.regions: each region found and its recipe's policy for it
+    regions: list[dict[str, Any]] | None = None  # edgekit.quantize.regions: each region found and its recipe's policy for it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,14 +191,14 @@ def _exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
 
 def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, *, exclude: Sequence[str]) -> onnx.ModelProto:
     """Place QDQ nodes with ONNX Runtime's QDQ quantizer from precomputed ranges, region by region
-    (edgekit.regions: which nodes its op quantizers handle, which tensors are marked directly)."""
+    (edgekit.quantize.regions: which nodes its op quantizers handle, which tensors are marked directly)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import QuantType
     from onnxruntime.quantization.registry import QDQRegistry
 
     from edgekit.quantize.names import canonical_names, check_quantized, restore_names, skeleton
-    from edgekit.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan, unfold_reshaped_gemms
+    from edgekit.quantize.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan, unfold_reshaped_gemms
 
     # names the quantizer's generated ones cannot land on (edgekit.quantize.names); the originals come back right after it
     fp32 = skeleton(model)  # the quantizer edits `model`; the check of its result may need the original's shapes
@@ -222,7 +226,7 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
         model, recipe.per_channel, recipe.reduce_range, qtype[recipe.weight_type], qtype[recipe.activation_type], data,
         nodes, list(exclude), op_types, extra,
     )
-    for t in tensors:  # activations the plan quantizes above shape-only ops (see edgekit.regions)
+    for t in tensors:  # activations the plan quantizes above shape-only ops (see edgekit.quantize.regions)
         quantizer.quantize_activation_tensor(t)
     quantizer.quantize_model()
     restore_names(quantizer.model.model, mapping, prefix)
@@ -318,7 +322,7 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         check=check, regions=region_report(model, dict(recipe.region_policies)),
     )
     if options.eval_source:
-        from edgekit.accuracy import evaluate
+        from edgekit.quantize.accuracy import evaluate
 
         report.accuracy = evaluate(model_path, output, options.eval_source, recipe=options.recipe, target=target)
         if report.accuracy.get("speed", {}).get("note"):

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.calibration import CalibrationSet
-from edgekit.feeds import Feed
+from edgekit.data.calibration import CalibrationSet
+from edgekit.data.feeds import Feed
 
 HOLDOUT_FRACTION = 0.15
 HOLDOUT_MIN = 3
@@ -114,7 +114,7 @@ class HeldOut:
 
     def feeds(self, specs: Sequence[Any]) -> list[Feed]:
         """The held-out feeds, checked; read again from the source only if calibration stopped before them."""
-        from edgekit.feeds import check_feed
+        from edgekit.data.feeds import check_feed
 
         if len(self._kept) < len(self.indices):
             held = set(self.indices)
@@ -406,7 +406,7 @@ class SliceEvaluator:
 
     def drop_of(self, got: list[list[np.ndarray]]) -> float:
         if self.bar is None:
-            from edgekit.sensitivity import Evaluator
+            from edgekit.quantize.sensitivity import Evaluator
 
             return Evaluator(self.feeds, self.reference, self.metric, self.labels).drop_of(got)
         return max((o["shortfall"] for o in self.compare(got)), default=0.0)

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from edgekit.backends.base import QuantRecipe
-from edgekit.calibration import CalibrationSet, calibration_set
+from edgekit.data.calibration import CalibrationSet, calibration_set
 from edgekit.errors import GateFailed, UsageError
 from edgekit.onnxmodel import input_specs
 from edgekit.progress import status
@@ -36,7 +36,7 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
                   method: str = "minmax") -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
     """(the model to write, the check's report, the fallback's report or None). Below the bar, the PTQ
     algorithms (`ptq.py`, when `calib` is given) are tried first, then the float fallback from the best."""
-    from edgekit import sensitivity
+    from edgekit.quantize import sensitivity
     from edgekit.quantize import _copy, quantize_with_ranges
     from edgekit.quantize.fallback import keep_in_float
 

@@ -52,7 +52,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     `executor` (edgekit.executors): where the per-unit sensitivity ranking runs (None: here)."""
     from onnxruntime.quantization.registry import QDQRegistry
 
-    from edgekit import sensitivity
+    from edgekit.quantize import sensitivity
     from edgekit.quantize import _copy, _fallback_speed, quantize_with_ranges
 
     op_types = set(recipe.op_types or QDQRegistry.keys())

@@ -29,9 +29,9 @@ import numpy as np
 import onnx
 
 from edgekit.backends.base import QuantRecipe
-from edgekit.calibration import CalibrationSet
-from edgekit.calibstats import METHODS, RunningStats, tensor_range
-from edgekit.feeds import Feed
+from edgekit.data.calibration import CalibrationSet
+from edgekit.quantize.calibstats import METHODS, RunningStats, tensor_range
+from edgekit.data.feeds import Feed
 from edgekit.onnxmodel import input_specs
 from edgekit.progress import status
 from edgekit.quantize.check import SliceEvaluator, ranking_drop

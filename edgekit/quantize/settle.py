@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgekit.calibstats import RunningStats
+from edgekit.quantize.calibstats import RunningStats
 
 SETTLED = 0.05  # the range moved less than 5% over the last 10% of the samples
 LIMIT = 1_000_000

@@ -5,7 +5,7 @@ attention blocks gets both treatments): attention (MatMul-Softmax-MatMul with th
 that feed and read it), layer norms (the op or its ReduceMean/Sub/Pow/Sqrt/Div decomposition),
 GELU (the op or its Erf form), conv stems (the first convolution on a graph input), RNN cells
 (LSTM/GRU/RNN/Scan/Loop), embedding tables (Gather from a float table) and in-graph signal front-ends
-(STFT / constant-Q / mel filters on a graph input, then a magnitude and/or a log: edgekit.spectral).
+(STFT / constant-Q / mel filters on a graph input, then a magnitude and/or a log: edgekit.quantize.spectral).
 
 `quantization_plan` turns regions + a recipe's per-region policies into what ONNX Runtime's
 QDQ quantizer is told: the nodes its op quantizers handle, and activation tensors marked
@@ -119,7 +119,7 @@ class _Graph:
 
 def find_regions(model: onnx.ModelProto) -> list[Region]:
     """Every region of the kinds in KINDS, in graph order. A node belongs to at most one region."""
-    from edgekit.spectral import spectral_front_ends
+    from edgekit.quantize.spectral import spectral_front_ends
 
     g = _Graph(model)
     found: list[Region] = []

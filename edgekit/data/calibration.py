@@ -20,9 +20,9 @@ import numpy as np
 
 from edgekit.config import packaged_manifest, packaged_manifest_names, read_toml
 from edgekit.errors import UsageError
-from edgekit.feeds import Feed, check_feed
+from edgekit.data.feeds import Feed, check_feed
 from edgekit.onnxmodel import TensorSpec
-from edgekit.preprocess import ImageRecipe, image_files
+from edgekit.data.preprocess import ImageRecipe, image_files
 
 
 @dataclasses.dataclass
@@ -158,9 +158,9 @@ def from_images(folder: Path, recipe: ImageRecipe, specs: Sequence[TensorSpec], 
 
 
 def from_callable(source: str, specs: Sequence[TensorSpec]) -> CalibrationSet:
-    from edgekit.export import _import_callable
+    from edgekit.deps import import_callable
 
-    obj = _import_callable(source)
+    obj = import_callable(source)
     items = obj() if callable(obj) else obj
     samples: list[Feed] = []
     for i, item in enumerate(items):

@@ -1,4 +1,4 @@
-"""In-graph signal front-ends (the `spectral` region kind of edgekit.regions).
+"""In-graph signal front-ends (the `spectral` region kind of edgekit.quantize.regions).
 
 An STFT, constant-Q or mel front-end built from ordinary ops: filters with constant kernels (Conv,
 MatMul/Gemm, or the STFT/DFT ops) applied to a graph input through data-movement and scaling ops
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from edgekit.regions import SHAPE_OPS
+from edgekit.quantize.regions import SHAPE_OPS
 
 if TYPE_CHECKING:
-    from edgekit.regions import _Graph
+    from edgekit.quantize.regions import _Graph
 
 # ops that move or reshape data: linear in their first input (the others are shapes, pads, indices, axes)
 _MOVE_OPS = SHAPE_OPS + ("Slice", "Pad", "Split", "Expand", "Tile", "Cast", "Gather")

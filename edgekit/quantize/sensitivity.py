@@ -15,7 +15,7 @@ import onnx
 
 from edgekit.executors import Executor
 from edgekit.inspection import quantized_nodes
-from edgekit.metrics import OutputAgreement
+from edgekit.data.metrics import OutputAgreement
 from edgekit.progress import track
 
 METRICS = ("cosine", "top1", "maxabs")
@@ -41,9 +41,9 @@ class Evaluator:
         """The drop of a candidate's outputs on `feeds` (in the order of `reference`)."""
         if ":" in self.metric:  # a user metric, pkg.module:callable(reference, candidate, labels) -> drop
             from edgekit.errors import UsageError
-            from edgekit.export import _import_callable
+            from edgekit.deps import import_callable
 
-            value = _import_callable(self.metric)(self.reference, got, self.labels)
+            value = import_callable(self.metric)(self.reference, got, self.labels)
             try:
                 return float(value)
             except (TypeError, ValueError):

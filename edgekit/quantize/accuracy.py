@@ -16,11 +16,11 @@ import numpy as np
 
 from edgekit.backends import get_backend
 from edgekit.backends.onnxruntime import session_from_path
-from edgekit.calibration import calibration_set
+from edgekit.data.calibration import calibration_set
 from edgekit.config import Target
-from edgekit.metrics import OutputAgreement
+from edgekit.data.metrics import OutputAgreement
 from edgekit.onnxmodel import input_specs, load_onnx
-from edgekit.preprocess import ImageRecipe
+from edgekit.data.preprocess import ImageRecipe
 
 
 @contextlib.contextmanager
