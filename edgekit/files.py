@@ -134,26 +134,6 @@ def artifact_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def private_cwd(prefix: str = "edgekit-") -> Iterator[Path]:
-    """Run a library call that writes beside itself in a private temporary folder, removed on any exit.
-
-    Some library calls write files under fixed names relative to the working directory (ONNX
-    Runtime's symbolic shape inference saves `sym_shape_infer_temp.onnx` and a `<uuid>.data` there
-    when it gives up); two runs in one folder would share them and the user's folder keeps them.
-    Paths given to the call must be absolute. The working directory is process-wide: edgekit
-    calls this from one thread at a time.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    old = os.getcwd()
-    os.chdir(tmp)
-    try:
-        yield tmp
-    finally:
-        os.chdir(old)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def tar_problem(exc: BaseException) -> str:
     """One line for what `tarfile` found wrong (its open error lists every compression it tried, one per line)."""
     text = str(exc).strip()

@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from edgekit.quantize.calibstats import METHODS, VERSION, RunningStats, tensor_r
 from edgekit.compile import tool_versions
 from edgekit.config import load_target
 from edgekit.errors import UsageError
-from edgekit.files import private_cwd, sha256_file, write_json
+from edgekit.files import sha256_file, write_json
 from edgekit.inspection import quantized_nodes
 from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, opset_of, save_onnx
 from edgekit.data.preprocess import ImageRecipe
@@ -89,7 +90,6 @@ def cache_dir() -> Path:
 
 def _prepare(model_path: Path, notes: list[str]) -> onnx.ModelProto:
     """Load, upgrade to opset 13+ (per-channel QDQ needs it), run ONNX Runtime's pre-processing."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model = load_onnx(model_path)
     if is_qdq(model):
@@ -102,21 +102,50 @@ def _prepare(model_path: Path, notes: list[str]) -> onnx.ModelProto:
             model = version_converter.convert_version(model, 13)
         except Exception as exc:
             raise UsageError(f"cannot upgrade the model from opset {opset_of(model)} to 13 ({exc})", hint="re-export with --opset 13 or later") from exc
-    # ONNX Runtime's symbolic shape pass writes temporary files into the working directory when
-    # it gives up: run it in a private folder so nothing lands in the user's (and runs don't share)
-    with private_cwd(prefix="edgekit-q-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp_name:
+        tmp = Path(tmp_name)
         src = save_onnx(model, tmp / "in.onnx")
         dst = tmp / "pre.onnx"
-        try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        except Exception as exc:  # symbolic shape inference fails on some graphs; the plain path still works
-            notes.append(f"ONNX Runtime pre-processing skipped the symbolic shape pass ({type(exc).__name__})")
-            try:
-                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-            except Exception:
-                notes.append("ONNX Runtime pre-processing failed; quantizing the model as given")
-                return onnx.shape_inference.infer_shapes(model)
+        outcome = _pre_process_in_subprocess(src, dst, cwd=tmp)
+        if outcome == "plain":
+            notes.append("ONNX Runtime pre-processing skipped the symbolic shape pass (it failed on this graph)")
+        elif outcome == "failed":
+            notes.append("ONNX Runtime pre-processing failed; quantizing the model as given")
+            return onnx.shape_inference.infer_shapes(model)
         return onnx.load(str(dst))
+
+
+# ONNX Runtime's symbolic shape pass saves `sym_shape_infer_temp.onnx` (and a `<uuid>.data`) into the
+# working directory when it gives up. The working directory belongs to the whole process, so changing it
+# would break the relative paths of every other thread (a service quantizing two models at once): the pass
+# runs in a child process whose working directory is a private temporary folder instead (~0.9 s of imports).
+_PRE_PROCESS = """
+import sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+src, dst = sys.argv[1], sys.argv[2]
+try:
+    quant_pre_process(src, dst, skip_symbolic_shape=False)
+    print("symbolic")
+except Exception:
+    try:
+        quant_pre_process(src, dst, skip_symbolic_shape=True)
+        print("plain")
+    except Exception:
+        print("failed")
+"""
+
+
+def _pre_process_in_subprocess(src: Path, dst: Path, *, cwd: Path) -> str:
+    """`symbolic`, `plain` (the symbolic shape pass failed, the rest ran) or `failed`, as ONNX Runtime's
+    pre-processing went in a child process working in `cwd`."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": os.environ.get("ORT_DISABLE_TELEMETRY", "1")}
+    res = subprocess.run([sys.executable, "-c", _PRE_PROCESS, str(src), str(dst)], cwd=cwd, env=env, capture_output=True, text=True)
+    lines = res.stdout.strip().splitlines()
+    outcome = lines[-1] if res.returncode == 0 and lines else "failed"
+    return outcome if outcome in ("symbolic", "plain") and dst.exists() else "failed"
 
 
 def _activation_tensors(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
