@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
-import time
 
 import _common
+import cpuload
 import numpy as np
 import zoo
 
@@ -42,7 +40,7 @@ def main() -> None:
     from edgekit.doctor import cpu_name
 
     print(f"CPU: {cpu_name()}; INT8 features: {', '.join(host_cpu_features()) or 'none'}")
-    hogs = _busy_loops(os.cpu_count() or 1, seconds=3600) if args.load else []
+    hogs = cpuload.start(seconds=3600) if args.load else []
     tmp = _common.tmpdir("edgekit-gate-")
     src = tmp / "efficientnet.onnx"
     export_model("edgekit.examples.efficientnet:model", src, options=ExportOptions())
@@ -58,7 +56,7 @@ def main() -> None:
             for name, art in (("A/A", a), ("A/B", b)):
                 for mode, paired in (("paired", True), ("recorded", False)):
                     r = bench_artifact(art, target=target, options=BenchOptions(baseline=str(base), paired=paired, model_change="compare", **opts))["baseline"]
-                    got.setdefault((mode, name), []).append({**{k: r.get(k) for k in ("ratio", "ci_low", "ci_high", "p_value", "verdict", "mode", "load_average", "cpu_share")},
+                    got.setdefault((mode, name), []).append({**{k: r.get(k) for k in ("ratio", "ci_low", "ci_high", "p_value", "verdict", "mode", "load_average", "cpu_share", "others_cores")},
                                                              "cpu_ratio": (r.get("cpu") or {}).get("ratio")})
                     print(f"\r{threads} thread(s): run {i + 1}/{args.runs}", end="", flush=True)
         print("\r", end="")
@@ -73,9 +71,7 @@ def main() -> None:
                    }
             rows.append(row)
             out.append({**row, "aa": aa, "ab": ab})
-    for h in hogs:
-        h.terminate()
-        h.join()
+    cpuload.stop(hogs)
     print(f"gate: regressed when the ratio's 95% interval lies above x{1 + args.max_regression:g}, pass when under, else undecided; "
           f"{args.runs} runs each, {args.seconds:g}-{args.max_seconds:g} s per run" + (", every core busy" if args.load else ""))
     print(f"{'threads':>7} {'mode':>9} {'A/A regressed':>13} {'A/A undecided':>13} {'A/B regressed':>13} {'A/B undecided':>13} {'A/B passed':>10} "
@@ -88,21 +84,6 @@ def main() -> None:
     print("wrote", _common.write_results("baseline_gate" + ("-load" if args.load else ""),
                                          {"cpu": cpu_name(), "cpu_int8": host_cpu_features(), "seconds": args.seconds,
                                           "max_seconds": args.max_seconds, "max_regression": args.max_regression, "load": args.load, "rows": out}))
-
-
-def _spin(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    x = 0
-    while time.monotonic() < end:
-        x += 1
-
-
-def _busy_loops(n: int, *, seconds: float) -> list[multiprocessing.Process]:
-    """n processes that each keep a core busy for at most `seconds` (bounded even if this script dies)."""
-    procs = [multiprocessing.Process(target=_spin, args=(seconds,), daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
-    return procs
 
 
 if __name__ == "__main__":

@@ -28,6 +28,32 @@ def _tensorrt_reason() -> str | None:
     return None if st.available else f"TensorRT cannot run here: {st.reason}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-load", action="store_true",
+                     help="keep every core busy with a bounded busy loop while the suite runs (tests/cpuload.py): "
+                          "the suite must stay green on a busy machine")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--cpu-load", default=False):
+        import cpuload
+
+        config._edgekit_cpu_load = cpuload.start()  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    procs = getattr(config, "_edgekit_cpu_load", None)
+    if procs:
+        import cpuload
+
+        cpuload.stop(procs)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    procs = getattr(config, "_edgekit_cpu_load", None)
+    return f"cpu load: {len(procs)} busy loop(s), pids {' '.join(str(p.pid) for p in procs)}" if procs else "cpu load: none added"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     probes = {"requires_openvino": _openvino_reason, "requires_tensorrt": _tensorrt_reason}
     cache: dict[str, str | None] = {}

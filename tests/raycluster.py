@@ -53,7 +53,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _wait_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: list[Path]) -> None:
     code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(x['Alive'] for x in ray.nodes()))"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a busy machine starts Ray slowly
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             break
@@ -65,7 +65,7 @@ def _wait_nodes(address: str, n: int, procs: list[subprocess.Popen], logs: list[
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a busy machine starts Ray slowly
     while time.monotonic() < deadline and proc.poll() is None:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:

@@ -115,6 +115,45 @@ def test_the_gate_decides_on_intervals_and_says_undecided(tmp_path: Path) -> Non
     assert busier["wall_verdict"] == "pass" and busier["verdict"] == "undecided"
 
 
+def test_a_recorded_gate_does_not_decide_on_a_busy_machine() -> None:
+    """Against recorded samples the machine's load is in the ratio: a "regressed" measured busy, or a
+    "pass" against a baseline recorded busy, becomes undecided with the reason; the other two stand."""
+    from edgekit.bench.run import recorded_busy
+
+    def gate(verdict: str, now: float | None, then: float | None) -> dict:
+        g = {"verdict": verdict, "regressed": verdict == "regressed", "ratio": 1.4 if verdict == "regressed" else 1.0}
+        recorded_busy(g, now, then)
+        return g
+
+    assert gate("regressed", 1.6, 0.0)["verdict"] == "undecided"
+    assert "other work used 1.6 core(s)" in gate("regressed", 1.6, 0.0)["busy_reason"]
+    assert gate("pass", 0.0, 1.2)["verdict"] == "undecided"
+    assert gate("regressed", 0.1, 1.2)["verdict"] == "regressed"  # quiet now, slower than a busy baseline: slower still
+    assert gate("pass", 1.6, 0.1)["verdict"] == "pass"  # busy now and still within the threshold of a quiet baseline
+    assert gate("regressed", None, None)["verdict"] == "regressed"  # unknown load (not Linux, an old report): the statistics stand
+
+
+def test_other_work_on_the_cores_is_measured() -> None:
+    """A busy child process beside a measurement shows as at least half a core of other work (more when
+    the machine is busier still: the test only sleeps, so all CPU time on the cores is someone else's)."""
+    import subprocess
+    import sys
+    import time
+
+    from edgekit.bench.timer import OtherLoad
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)
+        span = OtherLoad()
+        time.sleep(1.5)
+        others_s, span_s = span.done()
+    finally:
+        child.kill()
+        child.wait()
+    assert others_s is not None and others_s / span_s >= 0.5, (others_s, span_s)
+
+
 def test_baseline_pairs_only_with_its_own_artifact(mnist_onnx: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -236,13 +236,19 @@ def test_quickstart_job_runs_from_the_wheel(quickstart_job: dict, wheel_venv: Pa
     budgets = {b["budget"]: b for b in bench["results"][0]["budgets"]}
     assert set(budgets) == {"p99<=50ms"} and budgets["p99<=50ms"]["source"] == "command line", budgets  # replaces the profile's p99
     if quickstart_job["bench_rc"] == 3:
-        # exit 3 is edgekit doing its job: p99 over budget. Fail here unless other work crowds this machine's cores
-        # (more runnable processes than the bench's own threads plus one, averaged over the last minute).
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        missed = [f"{b['budget']} ({b['stat']}={b['value']:.1f}ms)" for b in budgets.values() if b["verdict"] != "pass"]
-        assert not bench["passed"] and missed and load > cores + 1, f"the Quickstart missed {missed} on a quiet machine (load {load:.1f})"
-        pytest.skip(f"Quickstart ran from the wheel, but its latency budget {missed} failed with this machine loaded "
-                    f"(load {load:.1f} on {cores} cores)")
+        # exit 3 is edgekit doing its job when p99 is over budget because other work crowds the cores: then the
+        # miss must be founded on what it measured (the interval above the budget, or the point estimate after
+        # measuring to the cap) and the report must say how busy the machine was. On a quiet machine (the run's
+        # own reading of the other work on its cores) a miss is a defect.
+        result = bench["results"][0]
+        missed = [b for b in budgets.values() if b["verdict"] != "pass"]
+        said = [f"{b['budget']} ({b['stat']}={b['value']:.1f}ms)" for b in missed]
+        assert not bench["passed"] and missed, budgets
+        others = result["others_cores"]
+        assert others is not None and others >= 0.5, f"the Quickstart missed {said} on a quiet machine (other work: {others} cores)"
+        for b in missed:
+            assert b["ci_low"] > b["limit_ms"] or "decided on the point estimate" in b["reason"], b
+        return
     assert bench["passed"] and quickstart_job["bench_rc"] is None
 
 

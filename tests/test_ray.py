@@ -195,17 +195,17 @@ def test_ctrl_c_cancels_every_task(cluster: str, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", "--config", str(tmp_path / "edgekit.toml"), "--executor", cluster,
                              "--min-duration", "60", "--max-duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a busy machine starts Ray workers slowly; a pass takes seconds
         while not _units_running("bench") and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert _units_running("bench"), "no bench unit started"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, out
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while _units_running("bench") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _units_running("bench"), "bench units kept running after Ctrl-C"

@@ -60,7 +60,7 @@ class Sshd:
             "MaxStartups 50", "LogLevel ERROR", ""]))
         with open(root / "sshd.log", "wb") as log:
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: a busy machine; a pass takes milliseconds
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -316,7 +316,7 @@ def test_a_cut_connection_stops_the_device_run_and_a_later_run_cleans_what_a_har
     for hard in (False, True):
         run = subprocess.Popen([sys.executable, "-m", "edgekit", "bench", str(int8_ov), "--device", "lab", "--min-duration", "60", "--json", "out.json"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous for a busy machine: the device's bench starts in seconds
         while not _bench_running(server):
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.1)
@@ -330,7 +330,7 @@ def test_a_cut_connection_stops_the_device_run_and_a_later_run_cleans_what_a_har
                 pass
         _out, err = run.communicate(timeout=60)
         assert run.returncode == 4 and "connection was lost" in err and len(err.strip().splitlines()) == 1, (hard, run.returncode, err)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while ((not hard and list(work.iterdir())) or _bench_running(server)) and time.monotonic() < deadline:
             time.sleep(0.2)  # soft: the device notices the end of its input, stops the bench, removes its folder
         left = [p.name for p in work.iterdir()]

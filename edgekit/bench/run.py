@@ -316,6 +316,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         base_result["baseline_p50_ms"] = float(np.median(base_samples.latencies_ms if base_samples is not None else recorded["samples_ms"]))
         base_result["load_average"] = [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]  # 1-minute, at the start and end
         base_result["cpu_share"] = samples.cpu_share  # CPU seconds the process got per timed second (threads x busy)
+        base_result["others_cores"] = samples.others_cores  # other work beside the measurement, in cores (None: unknown)
         if base_samples is not None:
             assert base_samples.rounds is not None and samples.rounds is not None
             base_result.update(baseline_artifact=str(base_artifact), baseline_samples_ms=base_samples.latencies_ms.round(6).tolist(),
@@ -323,8 +324,10 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         if base_note:
             base_result["note"] = base_note
             notes.append(f"baseline: {base_note}")
+        if base_samples is None and recorded is not None:
+            recorded_busy(base_result, samples.others_cores, recorded.get("others_cores"))
         if base_result["verdict"] == "undecided":
-            notes.append(f"baseline: {undecided_reason(base_result, measured_s(), settings.max_duration_s)}"
+            notes.append(f"baseline: {base_result.get('busy_reason') or undecided_reason(base_result, measured_s(), settings.max_duration_s)}"
                          + ("; --strict-undecided: this fails the run" if options.strict_undecided else "; not a failure (--strict-undecided makes it one)"))
     if base_result is not None:  # what the run's verdict takes from the gate
         base_result["failed"] = base_result["verdict"] == "regressed" or (options.strict_undecided and base_result["verdict"] == "undecided")
@@ -340,6 +343,7 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
         "duration_s": samples.wall_s, "throughput_per_s": settings.batch * len(lat) / max(samples.wall_s, 1e-9),
         "latency_ms": summary(lat, confidence=settings.confidence),
         "budgets": budget_results, "baseline": base_result, "baseline_status": status, "identity": identity, "notes": notes,
+        "others_cores": samples.others_cores, "cpu_share": samples.cpu_share,
         "cpu_features_missing": cpu_missing, "passed": passed, "wall_s": time.perf_counter() - wall0,
         "environment": environment(info), "samples_ms": lat.round(6).tolist(),
     }
@@ -353,6 +357,25 @@ def paired_gate(current: Samples, baseline: Samples, options: BenchOptions, sett
 
     return paired_regression_test(side(current), side(baseline), max_regression=options.max_regression, stat=options.gate_stat,
                                   confidence=settings.confidence)
+
+
+BUSY_CORES = 0.5  # other work on at least half a core beside a measurement: a recorded comparison cannot be trusted
+
+
+def recorded_busy(gate: dict[str, Any], now: float | None, then: float | None) -> None:
+    """Against recorded samples, the machine's load is part of the ratio. A run measured while other work
+    took the cores (`now` >= BUSY_CORES) is slow for that reason too, so its "regressed" cannot be told
+    from the load; a baseline recorded busy was slow, so a "pass" against it means nothing. Either becomes
+    undecided, with the reason; the paired gate, which meets the load on both sides, is the fix."""
+    verdict = gate["verdict"]
+    busy_now, busy_then = now is not None and now >= BUSY_CORES, then is not None and then >= BUSY_CORES
+    if (verdict == "regressed" and busy_now) or (verdict == "pass" and busy_then):
+        when = (f"this run was measured while other work used {now:.1f} core(s)" if verdict == "regressed"
+                else f"the baseline was recorded while other work used {then:.1f} core(s)")
+        gate.update(verdict="undecided", regressed=False, statistical_verdict=verdict,
+                    busy_reason=(f"undecided: {when}, and against a recorded baseline that cannot be told from a change "
+                                 f"(x{gate['ratio']:.3f}): measure paired (the baseline's artifact beside this one, the default "
+                                 "while it is still there) or on a quiet runner"))
 
 
 def undecided_reason(gate: dict[str, Any], wall_s: float, cap_s: float) -> str:

@@ -6,8 +6,10 @@ One clock read per iteration boundary around a synchronous run: the loop adds ab
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,10 @@ class Samples:
     # interleaved measurement, one entry per block: its round, and the process's CPU ms per run in it
     block_rounds: np.ndarray | None = None
     block_cpu_ms: np.ndarray | None = None
+    # other work on the cores this process may use while it measured: their CPU seconds over a span of wall seconds
+    # (None where the OS does not tell, i.e. not Linux)
+    others_cpu_s: float | None = None
+    span_s: float = 0.0
 
     def extend(self, more: Samples) -> None:
         """Append a later measurement of the same build: interleaved rounds keep their numbers (the
@@ -38,12 +44,53 @@ class Samples:
         self.latencies_ms = np.concatenate([self.latencies_ms, more.latencies_ms])
         self.wall_s += more.wall_s
         self.cpu_s += more.cpu_s
+        self.others_cpu_s = None if self.others_cpu_s is None or more.others_cpu_s is None else self.others_cpu_s + more.others_cpu_s
+        self.span_s += more.span_s
 
     @property
     def cpu_share(self) -> float:
         """CPU seconds the process got per second of timed wall clock: about the runtime's thread count on
         a quiet machine, less when neighbours took the cores (then wall time says more about them)."""
         return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def others_cores(self) -> float | None:
+        """How many cores' worth of other work ran beside the measurement (other processes, and the
+        hypervisor's steal), on the cores this process may run on; None where unknown."""
+        return self.others_cpu_s / self.span_s if self.others_cpu_s is not None and self.span_s > 0 else None
+
+
+def host_busy_s() -> float | None:
+    """CPU seconds all processes have spent on the cores this process may run on, since boot (Linux's
+    /proc/stat: user, nice, system, irq, softirq and steal); None elsewhere."""
+    try:
+        allowed = os.sched_getaffinity(0)
+        lines = Path("/proc/stat").read_text().splitlines()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError):
+        return None
+    busy = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in allowed:
+            v = [int(f) for f in fields[:8]] + [0] * (8 - len(fields[:8]))
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy / tick
+
+
+class OtherLoad:
+    """Reads, over a span, the CPU time other work took on this process's cores: the host's busy time
+    minus this process's own."""
+
+    def __init__(self) -> None:
+        self.host0, self.own0, self.t0 = host_busy_s(), time.process_time(), time.perf_counter()
+
+    def done(self) -> tuple[float | None, float]:
+        """(others' CPU seconds, span seconds) since construction."""
+        host1, own1, t1 = host_busy_s(), time.process_time(), time.perf_counter()
+        if self.host0 is None or host1 is None:
+            return None, t1 - self.t0
+        return max(0.0, (host1 - self.host0) - (own1 - self.own0)), t1 - self.t0
 
 
 def warm_up(run: Callable[[], object], warmup_ms: float) -> tuple[float, int]:
@@ -66,6 +113,7 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
     duration = settings.min_duration_s if min_duration_s is None else min_duration_s
     times: list[float] = []
     clock = time.perf_counter
+    others = OtherLoad()
     cpu0 = time.process_time()
     start = prev = clock()
     deadline = start + duration
@@ -78,7 +126,9 @@ def measure(run: Callable[[], object], settings: BenchSettings, *, min_duration_
         if progress is not None and now >= next_tick:
             progress(min(1.0, (now - start) / max(duration, 1e-9)))
             next_tick = now + 0.25
-    return Samples(np.asarray(times) * 1e3, first_ms, warmups, prev - start, cpu_s=time.process_time() - cpu0)
+    cpu_s = time.process_time() - cpu0
+    others_s, span_s = others.done()
+    return Samples(np.asarray(times) * 1e3, first_ms, warmups, prev - start, cpu_s=cpu_s, others_cpu_s=others_s, span_s=span_s)
 
 
 def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSettings, *, min_rounds: int = 10,
@@ -107,6 +157,7 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
     spent = [0.0] * len(runs)
     cpu = [0.0] * len(runs)
     clock, cpu_clock = time.perf_counter, time.process_time
+    others = OtherLoad()
     start = clock()
     next_tick = start + 0.25
     r = 0
@@ -137,6 +188,7 @@ def measure_interleaved(runs: Sequence[Callable[[], object]], settings: BenchSet
         if progress is not None and now >= next_tick:
             progress(min(1.0, min(min(spent) / max(duration, 1e-9), r / max(min_rounds, 1))))
             next_tick = now + 0.25
-    return [Samples(np.asarray(ts) * 1e3, f, w, s, np.asarray(rs), cpu_s=c,
+    others_s, span_s = others.done()  # one span for all: each side's figure is the machine's during the whole measurement
+    return [Samples(np.asarray(ts) * 1e3, f, w, s, np.asarray(rs), cpu_s=c, others_cpu_s=others_s, span_s=span_s,
                     block_rounds=np.asarray([b[0] for b in bl], dtype=int), block_cpu_ms=np.asarray([b[1] for b in bl]))
             for ts, rs, (f, w), s, c, bl in zip(times, rounds, warmed, spent, cpu, blocks)]
