@@ -104,13 +104,14 @@ def _render_check(c: dict) -> None:  # noqa: ANN001
     if not c.get("ran"):
         return
     out(f"check on {c['on']} (INT8 on {c['int8_ran_on']}; bar: {c['bar']['text']}): {c['outcome']}; {c['summary']}")
-    rows = [(o["output"], o["kind"], o["cosine_mean"], o["cosine_worst"], o["sqnr_db"], o["max_abs"],
-             o["top1_agreement_confident"] if o["kind"] in ("class scores", "sequence scores", "probability") else o["top1_agreement"],
-             o.get("sequence_agreement"), "yes" if o["passed"] else "NO")
+    from edgekit.quantize.check import task_figure
+
+    rows = [(o["output"], o["kind"], o["cosine_mean"], o["cosine_worst"], o["sqnr_db"], o["max_abs"], task_figure(o),
+             "yes" if o["passed"] else "NO")
             for o in c.get("outputs", [])]
     if rows:
         default = "min_cosine" in c["bar"]  # with the user's budget, the per-output verdicts would be the default bar's: leave them out
-        head = ["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "top-1 agree", "seq kept"] + (["meets bar"] if default else [])
+        head = ["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "judged on"] + (["meets bar"] if default else [])
         out(table(head, [r if default else r[:-1] for r in rows]))
     if c.get("ptq"):
         out(f"PTQ algorithms (all INT8 was below the bar): {c['ptq']['summary']}")

@@ -1,0 +1,128 @@
+"""Dense maps in the check: segmentation and detection probability maps, class maps, depth and heatmaps.
+
+A map is an output with two spatial axes: [N, C, H, W] (C channels, H and W at least `MAP_MIN_SIDE`),
+[N, H, W, C] with C <= 4, or [N, H, W] of probabilities. A row cosine is the wrong measure for one: a
+map's row (one line of pixels) of an image with no text, no object, no foreground is almost all zeros,
+and its cosine is noise that decides nothing about the task. Each map is judged by what it is:
+- probability map (FP32 in [0, 1], channels not a softmax): the thresholded map (p >= 0.5) of INT8 against
+  FP32's, as IoU pooled over the held-out samples (intersections over unions, summed), an image where
+  both are empty counting as full agreement. Bar: IoU >= 0.90; a sample with foreground in FP32 that
+  INT8 loses entirely (or the reverse) is reported beside it;
+- class map (C >= 2, a softmax over the channels or logits whose per-pixel softmax is confident, top-1
+  p >= 0.5, on most pixels): the
+  per-pixel argmax, as mean IoU over the classes either map shows, pooled the same way. Bar: >= 0.90;
+- any other map (depth, heatmaps, logits, features): the error relative to the map's dynamic range,
+  per sample: RMS(INT8 - FP32) over the output's range on the held-out slice (FP32's 99.9th - 0.1th
+  percentile, pooled: a flat or empty sample has no range of its own). Bar: worst sample <= 0.05 (5% of
+  the range; an INT8 output step is 0.4% of its range, so this leaves room for the accumulated error
+  of a deep network, not for a broken one).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MAP_KINDS = ("probability map", "class map", "value map")
+MAP_MIN_SIDE = 8  # fewer pixels on a side are a feature grid (a CNN's 7x7), compared as rows
+MIN_MAP_IOU = 0.90
+MAX_MAP_ERROR = 0.05
+
+
+def map_layout(ref: Sequence[np.ndarray]) -> str | None:
+    """'nchw', 'nhwc' or 'nhw' when the output is a dense map (see the module's docstring), else None."""
+    a = np.asarray(ref[0])
+    if a.dtype.kind != "f":
+        return None
+    if a.ndim == 4 and min(a.shape[2:]) >= MAP_MIN_SIDE:
+        return "nchw"
+    if a.ndim == 4 and a.shape[3] <= 4 and min(a.shape[1:3]) >= MAP_MIN_SIDE:
+        return "nhwc"
+    if a.ndim == 3 and min(a.shape[1:]) >= MAP_MIN_SIDE and all(float(np.min(r)) >= 0 and float(np.max(r)) <= 1 for r in ref):
+        return "nhw"
+    return None
+
+
+def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x.transpose(0, 3, 1, 2) if layout == "nhwc" else x[:, None] if layout == "nhw" else x
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _pooled_iou(inter: float, union: float) -> float:
+    return 1.0 if union == 0 else inter / union
+
+
+def compare_map(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], layout: str) -> dict[str, Any]:
+    """INT8 against FP32 for one dense map output over the held-out samples, and whether it meets the bar."""
+    a = [_nchw(r, layout) for r in ref]
+    b = [_nchw(g, layout) for g in got]
+    channels = a[0].shape[1]
+    lo, hi = min(float(x.min()) for x in a), max(float(x.max()) for x in a)
+    pooled = np.concatenate([x.ravel() for x in a])
+    span = float(np.percentile(pooled, 99.9) - np.percentile(pooled, 0.1)) or float(np.abs(pooled).max()) or 1.0
+    rel = []  # per sample: RMS error over the output's range on the held-out slice (an empty sample has none of its own)
+    for x, y in zip(a, b):
+        for xs, ys in zip(x, y):
+            rel.append(float(np.sqrt(np.mean((xs - ys) ** 2))) / span if xs.shape == ys.shape else math.inf)
+    res: dict[str, Any] = {"output": name, "rows": len(rel), "cosine_mean": None, "cosine_worst": None, "sqnr_db": None,
+                           "max_abs": float(max(np.abs(x - y).max() for x, y in zip(a, b))), "top1_agreement": None,
+                           "top1_agreement_confident": None, "confident_rows": None, "layout": layout,
+                           "map_error_worst": float(max(rel)), "map_error_mean": float(np.mean(rel))}
+    softmaxed = channels >= 2 and lo >= 0 and all(np.allclose(x.sum(1), 1.0, atol=1e-3) for x in a)
+    if lo >= 0 and hi <= 1 and not softmaxed:
+        inter = union = 0
+        lost = 0
+        for x, y in zip(a, b):
+            for xs, ys in zip(x >= 0.5, y >= 0.5):
+                inter += int(np.count_nonzero(xs & ys))
+                union += int(np.count_nonzero(xs | ys))
+                lost += int(bool(xs.any()) != bool(ys.any()))
+        iou = _pooled_iou(inter, union)
+        res.update(kind="probability map", map_iou=iou, samples_foreground_lost_or_invented=lost,
+                   foreground_share=float(np.mean([np.mean(x >= 0.5) for x in a])))
+        short = MIN_MAP_IOU - iou
+    elif softmaxed or (channels >= 2 and np.mean([np.mean(_softmax(x, 1).max(1) >= 0.5) for x in a]) >= 0.5):
+        inter_c = np.zeros(channels)
+        union_c = np.zeros(channels)
+        agree = total = 0
+        for x, y in zip(a, b):
+            ka, kb = x.argmax(1), y.argmax(1)
+            agree += int(np.count_nonzero(ka == kb))
+            total += ka.size
+            for c in range(channels):
+                pa, pb = ka == c, kb == c
+                inter_c[c] += np.count_nonzero(pa & pb)
+                union_c[c] += np.count_nonzero(pa | pb)
+        shown = union_c > 0
+        miou = float((inter_c[shown] / union_c[shown]).mean()) if shown.any() else 1.0
+        res.update(kind="class map", map_iou=miou, pixel_agreement=agree / max(total, 1), classes=int(shown.sum()))
+        short = MIN_MAP_IOU - miou
+    else:
+        res.update(kind="value map", map_iou=None)
+        short = res["map_error_worst"] - MAX_MAP_ERROR
+    res["shortfall"] = float(short)
+    res["passed"] = bool(short <= 0)
+    return res
+
+
+def map_drop(o: dict[str, Any]) -> float:
+    """The ranking score of a map (larger: worse), on the scale of 1 - cosine's."""
+    if o["kind"] in ("probability map", "class map"):
+        return 1 - o["map_iou"]
+    return o["map_error_worst"]
+
+
+def map_summary(o: dict[str, Any]) -> str:
+    """The part of the check's one line for a map below its bar."""
+    if o["kind"] == "probability map":
+        return f"{o['output']} (thresholded map IoU {o['map_iou']:.3f} < {MIN_MAP_IOU:g})"
+    if o["kind"] == "class map":
+        return f"{o['output']} (class map mean IoU {o['map_iou']:.3f} < {MIN_MAP_IOU:g} over {o['classes']} classes)"
+    return f"{o['output']} (error {100 * o['map_error_worst']:.1f}% of the map's range > {100 * MAX_MAP_ERROR:g}%)"

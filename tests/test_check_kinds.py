@@ -1,0 +1,93 @@
+"""The check judges each output by what it is (edgekit/quantize/maps.py, check.py): maps by their
+thresholded IoU or their error over the map's range, embeddings by cosine with near-zero rows judged
+at the output's typical norm. Fixed arrays, no timing."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.quantize.check import DEFAULT_BAR, compare_outputs, summary_line
+from edgekit.quantize.maps import map_layout
+
+RNG = np.random.default_rng(0)
+
+
+def _one(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    (o,) = compare_outputs(["y"], [[r] for r in ref], [[g] for g in got], DEFAULT_BAR)
+    return o
+
+
+def _text_map(blobs: list[tuple[int, int, int, int]], size: int = 64) -> np.ndarray:
+    """A DBNet-like probability map [1, 1, H, W]: ~0 background, ~0.95 inside each text box."""
+    m = RNG.uniform(0, 0.02, (1, 1, size, size)).astype(np.float32)
+    for y0, y1, x0, x1 in blobs:
+        m[..., y0:y1, x0:x1] = RNG.uniform(0.9, 1.0, (y1 - y0, x1 - x0))
+    return m
+
+
+def test_an_all_background_map_agrees_with_int8_noise_on_it() -> None:
+    """Images with no text: FP32's map is ~0, INT8's a little noise on ~0. A row cosine calls that 0.0;
+    the thresholded maps are both empty, which is full agreement."""
+    ref = [_text_map([]) for _ in range(4)]
+    got = [np.clip(r + RNG.normal(0, 0.01, r.shape), 0, 1).astype(np.float32) for r in ref]
+    cos = [(a.ravel() @ b.ravel()) for a, b in zip(ref, got)]  # (not what is judged)
+    o = _one(ref, got)
+    assert o["kind"] == "probability map" and o["map_iou"] == 1.0 and o["passed"], o
+    assert all(c > 0 for c in cos)
+
+
+def test_a_probability_map_fails_when_int8_loses_text() -> None:
+    ref = [_text_map([(10, 20, 5, 60)]), _text_map([]), _text_map([(30, 40, 10, 30), (50, 58, 2, 62)])]
+    close = [np.clip(r + RNG.normal(0, 0.02, r.shape), 0, 1).astype(np.float32) for r in ref]
+    assert _one(ref, close)["passed"]
+    lost = [r.copy() for r in ref]
+    lost[2][..., 50:58, :] = 0.1  # the second line of the third image vanishes
+    o = _one(ref, lost)
+    assert o["kind"] == "probability map" and not o["passed"] and o["map_iou"] < 0.9, o
+    assert "thresholded map IoU" in summary_line({"outputs": [o], "samples": 3})
+
+
+def test_a_class_map_is_judged_by_per_pixel_classes() -> None:
+    labels = np.zeros((2, 32, 32), int)
+    labels[:, 8:24, 8:24] = 1
+    labels[1, :6, :] = 2
+    logits = (np.eye(3)[labels].transpose(0, 3, 1, 2) * 6.0).astype(np.float32)  # [N, 3, H, W], confident
+    ref = [logits[i:i + 1] for i in range(2)]
+    noisy = [r + RNG.normal(0, 0.3, r.shape).astype(np.float32) for r in ref]
+    o = _one(ref, noisy)
+    assert o["kind"] == "class map" and o["passed"] and o["pixel_agreement"] > 0.99, o
+    swapped = [r.copy() for r in ref]
+    swapped[1][:, [1, 2]] = swapped[1][:, [2, 1]]  # INT8 confuses classes 1 and 2 on the second image
+    assert not _one(ref, swapped)["passed"]
+
+
+def test_a_value_map_is_judged_by_error_over_its_range_with_an_empty_sample() -> None:
+    """Depth-like maps, one of them all zero (sky): the error is over the output's range on the slice."""
+    ref = [RNG.uniform(0, 10, (1, 1, 32, 32)).astype(np.float32) * 1.0 for _ in range(3)] + [np.zeros((1, 1, 32, 32), np.float32)]
+    ok = [r + RNG.normal(0, 0.1, r.shape).astype(np.float32) for r in ref]  # ~1% of the range
+    o = _one(ref, ok)
+    assert o["kind"] == "value map" and o["passed"] and o["map_error_worst"] < 0.02, o
+    bad = [r + RNG.normal(0, 1.0, r.shape).astype(np.float32) for r in ref]  # ~10%
+    o = _one(ref, bad)
+    assert not o["passed"] and "of the map's range" in summary_line({"outputs": [o], "samples": 4})
+
+
+def test_a_near_zero_embedding_row_does_not_decide_but_a_blown_up_one_does() -> None:
+    rows = RNG.normal(0, 1, (8, 64))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    rows[3] *= 1e-4  # an embedding of ~0 (padding, silence)
+    ref = [rows.astype(np.float32)]
+    got = rows + RNG.normal(0, 1e-3, rows.shape)  # INT8 noise: on row 3 it is larger than the row itself
+    raw_cos = got[3] @ rows[3] / (np.linalg.norm(got[3]) * np.linalg.norm(rows[3]))
+    o = _one(ref, [got.astype(np.float32)])
+    assert raw_cos < 0.5 and o["near_zero_rows"] == 1 and o["passed"] and o["cosine_worst"] > 0.99, (raw_cos, o)
+    blown = got.copy()
+    blown[3] = RNG.normal(0, 0.1, 64)  # INT8 gives the ~0 row a norm of 0.8: wrong at any scale
+    assert not _one(ref, [blown.astype(np.float32)])["passed"]
+
+
+def test_what_is_not_a_map() -> None:
+    hidden = RNG.normal(0, 1, (1, 128, 384)).astype(np.float32)  # a transformer's states: rows, not pixels
+    features = RNG.normal(0, 1, (1, 512, 7, 7)).astype(np.float32)  # a CNN's last feature grid
+    logits = RNG.normal(0, 1, (1, 1000)).astype(np.float32)
+    assert map_layout([hidden]) is None and map_layout([features]) is None and map_layout([logits]) is None
+    assert map_layout([np.zeros((1, 1, 64, 64), np.float32)]) == "nchw" and map_layout([np.zeros((1, 64, 64, 3), np.float32)]) == "nhwc"
