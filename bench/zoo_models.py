@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.quantize.detections import box_iou, nms
+
 Feed = dict[str, np.ndarray]
 Outputs = list[np.ndarray]  # one model run's outputs, in graph order
 
@@ -173,26 +175,6 @@ def _text_agreement(decode: Callable[[np.ndarray], list[tuple[int, ...]]]) -> Ca
     return score
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N,4] and b [M,4] (x1, y1, x2, y2)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float = 0.45) -> list[int]:
-    order, keep = list(np.argsort(-scores)), []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        if order:
-            ious = _iou(boxes[i:i + 1], boxes[order])[0]
-            order = [j for j, v in zip(order, ious) if v <= thr]
-    return keep
-
-
 def _box_f1(detect: Callable[[Outputs], tuple[np.ndarray, np.ndarray]]) -> Callable[[list[Outputs], list[Outputs]], float]:
     """Mean per-image F1 of INT8 detections against FP32's (same class, IoU >= 0.5); no boxes in both = 1."""
     def score(ref: list[Outputs], got: list[Outputs]) -> float:
@@ -205,7 +187,7 @@ def _box_f1(detect: Callable[[Outputs], tuple[np.ndarray, np.ndarray]]) -> Calla
             if len(rb) == 0 or len(gb) == 0:
                 f1s.append(0.0)
                 continue
-            ious = _iou(rb, gb) * (rc[:, None] == gc[None, :])
+            ious = box_iou(rb, gb) * (rc[:, None] == gc[None, :])
             matched, used = 0, set()
             for i in np.argsort(-ious.max(1)):
                 j = int(np.argmax(ious[i]))
@@ -301,7 +283,7 @@ def _yolov8_detect(out: Outputs) -> tuple[np.ndarray, np.ndarray]:
     cls = p[:, 4:].argmax(1)
     keep = scores > 0.25
     boxes = np.concatenate([p[keep, :2] - p[keep, 2:4] / 2, p[keep, :2] + p[keep, 2:4] / 2], 1)
-    k = _nms(boxes, scores[keep])
+    k = nms(boxes, scores[keep])
     return boxes[k], cls[keep][k]
 
 
@@ -326,7 +308,7 @@ def _yolox_detect(out: Outputs) -> tuple[np.ndarray, np.ndarray]:
     scores = p[:, 4] * p[:, 5:].max(1)
     keep = scores > 0.1
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)[keep]
-    k = _nms(boxes, scores[keep])
+    k = nms(boxes, scores[keep])
     return boxes[k], np.zeros(len(k), int)
 
 

@@ -91,3 +91,39 @@ def test_what_is_not_a_map() -> None:
     logits = RNG.normal(0, 1, (1, 1000)).astype(np.float32)
     assert map_layout([hidden]) is None and map_layout([features]) is None and map_layout([logits]) is None
     assert map_layout([np.zeros((1, 1, 64, 64), np.float32)]) == "nchw" and map_layout([np.zeros((1, 64, 64, 3), np.float32)]) == "nhwc"
+
+
+def _yolo_head(boxes: list[tuple[float, float, float, float, int, float]], anchors: int = 400, classes: int = 3) -> np.ndarray:
+    """A decoded YOLOv8 head [1, 4 + C, A]: background anchors score ~0, each object on a few anchors."""
+    p = np.zeros((anchors, 4 + classes))
+    p[:, :2] = RNG.uniform(0, 320, (anchors, 2))
+    p[:, 2:4] = RNG.uniform(5, 40, (anchors, 2))
+    p[:, 4:] = RNG.uniform(0, 0.02, (anchors, classes))
+    for k, (cx, cy, w, h, c, s) in enumerate(boxes):
+        for d in range(3):  # three anchors see it, NMS keeps one
+            i = 10 * k + d
+            p[i, :4] = (cx + d, cy, w, h)
+            p[i, 4 + c] = s - 0.05 * d
+    return p.T[None].astype(np.float32)
+
+
+def test_a_detector_head_is_judged_by_matched_confident_boxes() -> None:
+    from edgekit.quantize.detections import detection_layout
+
+    scenes = [[(50, 60, 40, 80, 0, 0.9), (200, 100, 60, 30, 2, 0.8)], [], [(150, 150, 100, 100, 1, 0.95), (30, 30, 20, 20, 0, 0.3)]]
+    ref = [_yolo_head(s) for s in scenes]
+    assert detection_layout(ref) == "first"
+    noisy = []
+    for r in ref:
+        g = r.copy()
+        g[:, :4] += RNG.normal(0, 1.0, g[:, :4].shape)  # a pixel of box jitter
+        g[:, 4:] = np.clip(g[:, 4:] + RNG.normal(0, 0.03, g[:, 4:].shape), 0, 1)
+        noisy.append(g)
+    noisy[2][0, 4 + 0, 50] = 0.2  # the 0.3-scored box (not confident) drops below the threshold in INT8: noise, not damage
+    o = _one(ref, noisy)
+    assert o["kind"] == "detections" and o["passed"] and o["box_f1"] == 1.0 and o["boxes_fp32"] == 3, o
+    lost = [r.copy() for r in ref]
+    lost[0][0, 4 + 2, 10:13] = 0.01  # INT8 loses the second confident object of the first image
+    lost[2][0, 0, 0:3] += 60  # and moves the big box far off
+    o = _one(ref, lost)
+    assert not o["passed"] and o["box_f1"] < 0.9 and "boxes matched" in summary_line({"outputs": [o], "samples": 3}), o

@@ -19,6 +19,8 @@ The default bar (`CheckBar`, documented in the README) is judged per output:
   the sequence a greedy decoder reads (argmax per step, repeats collapsed, that class dropped) is
   the same as FP32's on at least 95% of the held-out sequences. Per-step rules alone miss this: a
   text recognizer that keeps 98% of its steps can still misread one line in five;
+- decoded YOLO-style detector heads ([N, 4 + C, A], [N, A, 5 + C]): the confident boxes after NMS,
+  matched between FP32 and INT8 (edgekit.quantize.detections);
 - dense maps (segmentation and detection probability maps, class maps, depth, heatmaps): by the
   thresholded map's IoU or the error relative to the map's range, never a row cosine (edgekit.quantize.maps);
 - every other output (embeddings, regressions, states): the worst row cosine is at least 0.99
@@ -44,6 +46,7 @@ import onnx
 
 from edgekit.data.calibration import CalibrationSet
 from edgekit.data.feeds import Feed
+from edgekit.quantize.detections import MIN_BOX_F1, compare_detections, detection_layout
 from edgekit.quantize.maps import MAP_KINDS, compare_map, map_drop, map_layout, map_summary
 
 HOLDOUT_FRACTION = 0.15
@@ -376,8 +379,9 @@ def compare_outputs(names: Sequence[str], reference: Sequence[Sequence[np.ndarra
             continue
         if ref_j[0].dtype.kind != "f":
             continue
-        layout = map_layout(ref_j)
-        out.append(compare_map(name, ref_j, got_j, layout) if layout else compare_output(name, ref_j, got_j, bar))
+        heads, layout = detection_layout(ref_j), map_layout(ref_j)
+        out.append(compare_detections(name, ref_j, got_j, heads) if heads else compare_map(name, ref_j, got_j, layout) if layout
+                   else compare_output(name, ref_j, got_j, bar))
     return out
 
 
@@ -391,6 +395,8 @@ def ranking_drop(outputs: Sequence[dict[str, Any]]) -> float:
             return max(1 - o["sequence_agreement"], 1 - o["cosine_mean"])
         if o["kind"] in MAP_KINDS:
             return map_drop(o)
+        if o["kind"] == "detections":
+            return 1 - o["box_f1"]
         return 1 - (o["cosine_mean"] if o["kind"] == "class scores" else o["cosine_worst"])
 
     return max((drop(o) for o in outputs), default=0.0)
@@ -480,6 +486,8 @@ def task_figure(o: dict[str, Any]) -> str:
         return f"top-1 kept {100 * o['top1_agreement_confident']:.0f}%"
     if kind in ("probability map", "class map"):
         return f"IoU {o['map_iou']:.3f}"
+    if kind == "detections":
+        return f"box F1 {o['box_f1']:.3f}"
     if kind == "value map":
         return f"err {100 * o['map_error_worst']:.1f}% of range"
     return f"worst cosine {o['cosine_worst']:.4f}" + (f" ({o['near_zero_rows']} near-zero rows)" if o.get("near_zero_rows") else "")
@@ -503,6 +511,9 @@ def summary_line(check: dict[str, Any]) -> str:
                          f"cosine {o['cosine_worst']:.4f})")
         elif o["kind"] in MAP_KINDS:
             parts.append(map_summary(o))
+        elif o["kind"] == "detections":
+            parts.append(f"{o['output']} (confident boxes matched F1 {o['box_f1']:.3f} < {MIN_BOX_F1:g}: "
+                         f"{o['boxes_fp32']} FP32, {o['boxes_int8']} INT8)")
         else:
             parts.append(f"{o['output']} (worst cosine {o['cosine_worst']:.4f})")
     return "below the bar: " + ", ".join(parts)

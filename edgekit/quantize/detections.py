@@ -1,0 +1,123 @@
+"""Detector outputs in the check: boxes with scores, judged by the boxes they decode to.
+
+A detector's raw head output is one row per anchor (thousands) of a box and class scores. Most rows
+score ~0 (background), so a row or channel cosine measures noise; what the task sees are the boxes
+over a score threshold after NMS. The two layouts exported YOLO models use are recognised:
+- channels first, [N, 4 + C, A] (YOLOv8/v11: cx, cy, w, h, then C class scores in [0, 1]);
+- channels last, [N, A, 5 + C] (YOLOv5/v7/YOLOX with decoding in the graph: cx, cy, w, h, objectness,
+  then C class scores; a box's score is objectness x class score);
+with A >= `MIN_ANCHORS` anchors, widths and heights >= 0 on every FP32 row (decoded boxes: a head that
+leaves the grid decoding to the host, log-space sizes, is compared as rows). Other box outputs (after
+an NMS in the graph, SSD's separate boxes and scores) are compared as rows.
+
+The rule, with hysteresis so a box scored near the threshold that INT8 nudges across it is noise, not
+damage: every FP32 box scoring >= 0.5 after NMS must be found by INT8 (same class, IoU >= 0.5, INT8
+score >= 0.25), and every INT8 box scoring >= 0.5 must be one FP32 has at >= 0.25. Pooled over the
+held-out images, F1 = 2 x matched / (FP32's confident boxes + INT8's) >= 0.90; no confident box on
+either side is agreement.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MIN_ANCHORS = 100
+SURE, SEEN = 0.5, 0.25  # a confident box; the score at which the other side counts as having it
+MATCH_IOU, NMS_IOU = 0.5, 0.45
+MIN_BOX_F1 = 0.90
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [N, 4] and b [M, 4] (x1, y1, x2, y2): [N, M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
+    """Indices of the boxes greedy non-maximum suppression keeps, best first."""
+    order, keep = np.argsort(-scores), []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        order = order[1:][box_iou(boxes[i:i + 1], boxes[order[1:]])[0] <= iou]
+    return np.asarray(keep, dtype=int)
+
+
+def detection_layout(ref: Sequence[np.ndarray]) -> str | None:
+    """'first' ([N, 4 + C, A]) or 'last' ([N, A, 5 + C]) for a decoded YOLO-style head, else None."""
+    a = np.asarray(ref[0])
+    if a.dtype.kind != "f" or a.ndim != 3:
+        return None
+    small, large = (1, 2) if a.shape[1] < a.shape[2] else (2, 1)
+    channels, anchors = a.shape[small], a.shape[large]
+    if anchors < MIN_ANCHORS or channels < (5 if small == 1 else 6) or channels > 1024:
+        return None
+    for r in ref:
+        rows = np.moveaxis(np.asarray(r, np.float64), small, -1).reshape(-1, channels)
+        scores = rows[:, 4:]
+        if rows[:, 2:4].min() < 0 or scores.min() < 0 or scores.max() > 1:
+            return None
+    return "first" if small == 1 else "last"
+
+
+def _boxes(out: np.ndarray, layout: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: (boxes x1y1x2y2, scores, classes) over SEEN after class-wise NMS."""
+    a = np.asarray(out, np.float64)
+    rows = a.transpose(0, 2, 1) if layout == "first" else a
+    per_image = []
+    for p in rows:
+        cls_scores = p[:, 4:] if layout == "first" else p[:, 4:5] * p[:, 5:]
+        cls, score = cls_scores.argmax(1), cls_scores.max(1)
+        keep = score >= SEEN
+        xy, wh = p[keep, :2], p[keep, 2:4]
+        boxes, score, cls = np.concatenate([xy - wh / 2, xy + wh / 2], 1), score[keep], cls[keep]
+        kept = nms(boxes + (cls[:, None] * (boxes.max() + 1) if len(boxes) else 0), score)  # offset per class: NMS per class
+        per_image.append((boxes[kept], score[kept], cls[kept]))
+    return per_image
+
+
+def _found(sure: tuple[np.ndarray, np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """(confident boxes of `sure`, how many of them `other` has: same class, IoU >= MATCH_IOU, one each)."""
+    boxes, score, cls = sure
+    pick = score >= SURE
+    if not pick.any():
+        return 0, 0
+    if not len(other[0]):
+        return int(pick.sum()), 0
+    ious = box_iou(boxes[pick], other[0]) * (cls[pick][:, None] == other[2][None, :])
+    used: set[int] = set()
+    found = 0
+    for i in np.argsort(-ious.max(1)):
+        for j in np.argsort(-ious[i]):
+            if ious[i, j] < MATCH_IOU:
+                break
+            if int(j) not in used:
+                used.add(int(j))
+                found += 1
+                break
+    return int(pick.sum()), found
+
+
+def compare_detections(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], layout: str) -> dict[str, Any]:
+    """INT8 against FP32 for one decoded detector head over the held-out images, and whether it meets the bar."""
+    total = found = 0
+    boxes_fp32 = boxes_int8 = 0
+    for r, g in zip(ref, got):
+        for a, b in zip(_boxes(r, layout), _boxes(g, layout)):
+            n, k = _found(a, b)
+            m, j = _found(b, a)
+            total, found = total + n + m, found + k + j
+            boxes_fp32, boxes_int8 = boxes_fp32 + n, boxes_int8 + m
+    f1 = 1.0 if total == 0 else found / total
+    short = MIN_BOX_F1 - f1
+    return {"output": name, "rows": sum(int(np.shape(r)[0]) for r in ref), "kind": "detections", "layout": layout,
+            "cosine_mean": None, "cosine_worst": None, "sqnr_db": None,
+            "max_abs": float(max(np.abs(np.asarray(r, np.float64) - np.asarray(g, np.float64)).max() for r, g in zip(ref, got))),
+            "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
+            "box_f1": f1, "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8, "shortfall": float(short), "passed": bool(short <= 0)}
