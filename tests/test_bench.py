@@ -113,6 +113,15 @@ def test_the_gate_decides_on_intervals_and_says_undecided(tmp_path: Path) -> Non
     # wall clock passes but CPU time grew past the threshold (more threads busy): undecided, never pass
     busier = paired_regression_test(side(base, 15, 0.01), side(base, 10, 0.01), max_regression=0.10)
     assert busier["wall_verdict"] == "pass" and busier["verdict"] == "undecided"
+    # wall clock 40% up with the CPU time the same: on a quiet runner a slower build (fewer threads, waiting);
+    # beside other work the neighbours' bursts, which can land on one build's runs: undecided, with the reason
+    waits = base * 1.4
+    quiet = paired_regression_test(side(waits, 10, 0.01), side(base, 10, 0.01), max_regression=0.10)
+    assert quiet["wall_verdict"] == "regressed" and quiet["cpu"]["verdict"] == "pass" and quiet["verdict"] == "regressed"
+    busy = paired_regression_test(side(waits, 10, 0.01), side(base, 10, 0.01), max_regression=0.10, busy=True)
+    assert busy["verdict"] == "undecided" and "but the CPU time per run is x" in busy["busy_reason"], busy
+    busy_slow = paired_regression_test(side(base * 1.5, 15, 0.01), side(base, 10, 0.01), max_regression=0.10, busy=True)
+    assert busy_slow["verdict"] == "regressed"  # more CPU work per run is a regression however busy the machine
 
 
 def test_a_recorded_gate_does_not_decide_on_a_busy_machine() -> None:

@@ -219,6 +219,9 @@ SIGNAL_CHILD = """
 import os, signal, sys, threading
 import edgekit, edgekit.bundle, edgekit.loader
 bundle, sig, when = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
+# Python's own SIGINT disposition, as started from a terminal: a suite run as a background job (`cmd &` in a
+# script) hands its children SIGINT ignored, and edgekit rightly leaves an ignored signal ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 kill_soon = lambda: threading.Timer(0.02, os.kill, (os.getpid(), sig)).start()
 if when == "extracted":
     real_extract = edgekit.bundle.safe_extract

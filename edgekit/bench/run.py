@@ -355,8 +355,9 @@ def paired_gate(current: Samples, baseline: Samples, options: BenchOptions, sett
         assert x.rounds is not None
         return PairedSide(x.latencies_ms, x.rounds, x.block_cpu_ms, x.block_rounds)
 
+    busy = current.others_cores is not None and current.others_cores >= BUSY_CORES
     return paired_regression_test(side(current), side(baseline), max_regression=options.max_regression, stat=options.gate_stat,
-                                  confidence=settings.confidence)
+                                  confidence=settings.confidence, busy=busy)
 
 
 BUSY_CORES = 0.5  # other work on at least half a core beside a measurement: a recorded comparison cannot be trusted

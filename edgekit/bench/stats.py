@@ -136,7 +136,8 @@ class PairedSide:
 
 
 def paired_regression_test(current: PairedSide, baseline: PairedSide, *, max_regression: float,
-                           stat: str = "floor", confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, object]:
+                           stat: str = "floor", confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+                           busy: bool = False) -> dict[str, object]:
     """The gate for an interleaved measurement, on two clocks.
 
     Wall clock: `stat`(current) / `stat`(baseline) over all rounds with a round-block bootstrap. CPU time:
@@ -146,7 +147,11 @@ def paired_regression_test(current: PairedSide, baseline: PairedSide, *, max_reg
     when wall time says so, or CPU time does and wall time does not pass; pass when wall time passes and
     CPU time does not say regressed; otherwise undecided (the caller measures longer, then reports it).
     (A build that trades CPU for latency, more threads busy for a shorter run, reads as undecided when
-    its CPU time grew past the threshold.) `p_value`: the share of resampled ratios at or under 1."""
+    its CPU time grew past the threshold.) `busy`: other work took the cores while measuring; then a wall
+    clock that says regressed while CPU time says pass is undecided (`busy_reason`): the neighbours' bursts
+    land on one build's runs more than the other's (measured: an A/A pair at x1.41 wall, x1.01 CPU, beside
+    1.4 cores of other work), and a build that really is slower for the same CPU (fewer threads, waiting)
+    shows as regressed on a quiet runner. `p_value`: the share of resampled ratios at or under 1."""
     wall = _round_bootstrap(current.latencies_ms, current.rounds, baseline.latencies_ms, baseline.rounds, GATE_MEASURES[stat],
                             resamples=resamples, confidence=confidence, seed=seed)
     wall_verdict = _verdict(wall["ci_low"], wall["ci_high"], max_regression=max_regression)
@@ -158,7 +163,14 @@ def paired_regression_test(current: PairedSide, baseline: PairedSide, *, max_reg
                              lambda x: float(np.median(x)), resamples=resamples, confidence=confidence, seed=seed + 1)
         cpu_verdict = _verdict(c["ci_low"], c["ci_high"], max_regression=max_regression)
         cpu = {**c, "stat": "median CPU ms per run", "verdict": cpu_verdict}
-    if wall_verdict == "regressed" or (cpu_verdict == "regressed" and wall_verdict != "pass"):
+    busy_reason = None
+    if busy and wall_verdict == "regressed" and cpu_verdict == "pass":
+        verdict = "undecided"
+        assert cpu is not None
+        busy_reason = (f"undecided: wall time says x{wall['ratio']:.3f} but the CPU time per run is x{cpu['ratio']:.3f} "
+                       f"[{cpu['ci_low']:.3f}, {cpu['ci_high']:.3f}] while other work shared the cores: the wall-clock excess "
+                       "cannot be told from the neighbours; re-run on a quieter runner to judge latency that is not CPU work")
+    elif wall_verdict == "regressed" or (cpu_verdict == "regressed" and wall_verdict != "pass"):
         verdict = "regressed"
     elif wall_verdict == "pass" and cpu_verdict != "regressed":
         verdict = "pass"
@@ -166,4 +178,5 @@ def paired_regression_test(current: PairedSide, baseline: PairedSide, *, max_reg
         verdict = "undecided"
     return {"mode": "paired", "stat": stat, **wall, "confidence": confidence, "wall_verdict": wall_verdict, "cpu": cpu,
             "median_ratio": float(np.median(current.latencies_ms) / np.median(baseline.latencies_ms)), "test": "round-block bootstrap",
-            "max_regression": max_regression, "verdict": verdict, "regressed": verdict == "regressed"}
+            "max_regression": max_regression, "verdict": verdict, "regressed": verdict == "regressed",
+            **({"busy_reason": busy_reason} if busy_reason else {})}
