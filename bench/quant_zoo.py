@@ -182,6 +182,8 @@ def main() -> None:
         rows += one(name, backends, args.seconds, work / name, peers=not args.no_peers)
         if not args.keep:
             shutil.rmtree(work / name, ignore_errors=True)
+    for r in rows:  # speed-ups depend on the CPU: each row says which one measured it
+        r["measured_on"] = f"{cpu_name()} ({_int8_features()})"
     # rows of models (or backends) not run now are kept from the results file, each saying when it was measured
     previous = _previous_rows()
     for r in rows:
@@ -220,7 +222,8 @@ def _previous_rows() -> dict[tuple[str, str], dict[str, Any]]:
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    return {(r["model"], r["backend"]): {"measured_at_commit": data.get("measured_at_commit"), **r} for r in data.get("rows", [])}
+    old_cpu = f"{data.get('cpu')} ({data.get('int8_features')})"
+    return {(r["model"], r["backend"]): {"measured_at_commit": data.get("measured_at_commit"), "measured_on": old_cpu, **r} for r in data.get("rows", [])}
 
 
 def _int8_features() -> str:
