@@ -19,7 +19,7 @@ from edgekit.config import load_target
 from edgekit.onnxmodel import input_specs
 from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
 from edgekit.quantize.smoothquant import outlier_ratio, smooth_quant
-from edgekit.quantize.regions import name_nodes
+from edgekit.quantize.graph import name_nodes
 
 CALIB, HELD = zoo.MINILM_SENTENCES[:8], zoo.MINILM_SENTENCES[8:]
 

@@ -226,8 +226,9 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges: dict[str, tuple[float, 
     from onnxruntime.quantization.quant_utils import QuantType
     from onnxruntime.quantization.registry import QDQRegistry
 
+    from edgekit.quantize.graph import name_nodes
     from edgekit.quantize.names import canonical_names, check_quantized, restore_names, skeleton
-    from edgekit.quantize.regions import find_regions, hoist_qdq_over_shape_ops, name_nodes, quantization_plan, unfold_reshaped_gemms
+    from edgekit.quantize.regions import find_regions, hoist_qdq_over_shape_ops, quantization_plan, unfold_reshaped_gemms
 
     # names the quantizer's generated ones cannot land on (edgekit.quantize.names); the originals come back right after it
     fp32 = skeleton(model)  # the quantizer edits `model`; the check of its result may need the original's shapes
