@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 
+# edgekit.version imports nothing: `import edgekit` stays light
+from edgekit.version import VERSION as __version__
+
 # ONNX Runtime 1.32's POSIX telemetry writes a session file ($TMPDIR/.ses) on import, and would send events:
 # edgekit leaves nothing in the system temporary folder (#23). Set ORT_DISABLE_TELEMETRY=0 to keep it on.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -13,8 +16,6 @@ if TYPE_CHECKING:  # the loader imports numpy and the backends: only when load()
     from collections.abc import Sequence
 
     from edgekit.loader import BundleEngine
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.backends import get_backend
 from edgekit.backends.base import PRECISIONS, CompileRequest, Engine, cpu_feature_notes
 from edgekit.config import Target, load_target
@@ -23,6 +22,7 @@ from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, sha256_file
 from edgekit.onnxmodel import is_qdq, load_onnx
 from edgekit.progress import status
+from edgekit.version import VERSION
 
 MANIFEST = "manifest.json"
 
@@ -32,7 +32,7 @@ def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"edgekit": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+    return {"edgekit": VERSION, "python": platform.python_version(), "numpy": numpy.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 

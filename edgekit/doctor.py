@@ -5,8 +5,9 @@ import os
 import platform
 from typing import Any
 
-from edgekit import __version__, deps
+from edgekit import deps
 from edgekit.backends import backend_names, get_backend
+from edgekit.version import VERSION
 
 
 def cpu_name() -> str:
@@ -23,7 +24,7 @@ def cpu_name() -> str:
 def diagnose() -> dict[str, Any]:
     backends = [get_backend(n).status().to_dict() for n in backend_names()]
     return {
-        "edgekit": __version__,
+        "edgekit": VERSION,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()},
         "backends": backends,
         "extras": {name: deps.available(name) for name in ("torch", "onnxscript", "nncf", "PIL", "matplotlib")},
@@ -39,7 +40,7 @@ def diagnose_device(name: str, *, config: str | None = None) -> dict[str, Any]:
     from edgekit.devices.session import run_agent
 
     device = resolve_device(name, config=config)
-    final, events = run_agent(device, {"mode": "doctor", "workdir": device.workdir, "edgekit": __version__})
+    final, events = run_agent(device, {"mode": "doctor", "workdir": device.workdir, "edgekit": VERSION})
     hello = next((e for e in events if e["event"] == "hello"), {})
     py = hello.get("python_executable") or device.python
     report: dict[str, Any] = {"device": device.to_dict(), "python": hello.get("python"), "python_executable": py,
@@ -60,9 +61,9 @@ def diagnose_device(name: str, *, config: str | None = None) -> dict[str, Any]:
         if not b.get("available"):
             extra = "" if b["name"] == "onnxruntime" else f"[{b['name']}]"
             report["missing"].append({"what": b["name"], "why": b.get("reason"), "fix": f"{py} -m pip install 'edgekit{extra}'"})
-    if _older(report["edgekit"] or "0", __version__):
-        report["missing"].append({"what": f"edgekit {__version__}", "why": f"the device has edgekit {report['edgekit']}, older than this one: bundles from here may not verify there",
-                                  "fix": f"{py} -m pip install -U 'edgekit>={__version__}'"})
+    if _older(report["edgekit"] or "0", VERSION):
+        report["missing"].append({"what": f"edgekit {VERSION}", "why": f"the device has edgekit {report['edgekit']}, older than this one: bundles from here may not verify there",
+                                  "fix": f"{py} -m pip install -U 'edgekit>={VERSION}'"})
     return report
 
 

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.bench.run import BenchOptions
 from edgekit.devices.config import Device
 from edgekit.devices.session import run_agent
 from edgekit.errors import BackendUnavailable, EdgekitError, UsageError
 from edgekit.progress import interactive
+from edgekit.version import VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +154,9 @@ def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], 
         return BackendUnavailable(f"device {name}: {msg}", hint=f"free space there, or set workdir = \"...\" in [devices.{name}] to a folder on a larger, writable disk")
     if kind == "verify":
         theirs = hello.get("edgekit") or "0"
-        if _older(theirs, __version__) and event.get("exit_code") != 4:
-            return BackendUnavailable(f"device {name}: its edgekit {theirs} is older than this one ({__version__}) and cannot use the bundle: {msg}",
-                                      hint=f"upgrade it there: {py} -m pip install -U '{spec}>={__version__}'")
+        if _older(theirs, VERSION) and event.get("exit_code") != 4:
+            return BackendUnavailable(f"device {name}: its edgekit {theirs} is older than this one ({VERSION}) and cannot use the bundle: {msg}",
+                                      hint=f"upgrade it there: {py} -m pip install -U '{spec}>={VERSION}'")
         if event.get("exit_code") == 4 or "not available here" in msg:
             return BackendUnavailable(f"device {name} cannot run it: {msg}", hint=f"install the backend there: {install}")
         return BackendUnavailable(f"device {name}: the bundle does not verify there: {msg}", hint="run again (a damaged transfer), or compile for the device's versions")
@@ -240,7 +240,7 @@ def ship_and_run(device: Device, plan: _Plan, header_jobs: Callable[[list[str]],
     An `error` event raises, naming the fix."""
     with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
         payload, dirs = _payload(plan, Path(tmp))
-        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs(dirs), "edgekit": __version__}
+        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs(dirs), "edgekit": VERSION}
         _say(device, f"sending {payload.stat().st_size / 2 ** 20:.1f} MiB to {device.address}")
         messages = {"ready": "verifying and benchmarking", "cleaned": "removed folders of earlier cut runs"}
         final, events = run_agent(device, header, payload=payload, on_event=lambda e: _say(device, messages[e["event"]]) if e["event"] in messages else None)

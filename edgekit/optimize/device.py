@@ -54,10 +54,10 @@ def not_with_executor(device: str, executor: str) -> UsageError:
 def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRun:
     """The device named `name`, checked in one short session: reachable, with an edgekit that runs the race
     and the target's backend. Raises UsageError (exit 2: an unknown device) or BackendUnavailable (exit 4)."""
-    from edgekit import __version__
     from edgekit.devices import resolve_device
     from edgekit.devices.remote import _older
     from edgekit.doctor import diagnose_device
+    from edgekit.version import VERSION
 
     t0 = time.perf_counter()
     device = resolve_device(name, config=config)
@@ -68,9 +68,9 @@ def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRu
     if theirs is None:
         raise BackendUnavailable(f"device {device.name}: edgekit is not installed for {py} there",
                                  hint=f"install it there: {py} -m pip install 'edgekit{extra}' (no torch needed), or set python = \"...\" in [devices.{device.name}]")
-    if _older(theirs, __version__):
-        raise BackendUnavailable(f"device {device.name}: its edgekit {theirs} is older than this one ({__version__}) and cannot run optimize's latency race",
-                                 hint=f"upgrade it there: {py} -m pip install -U 'edgekit{extra}>={__version__}'")
+    if _older(theirs, VERSION):
+        raise BackendUnavailable(f"device {device.name}: its edgekit {theirs} is older than this one ({VERSION}) and cannot run optimize's latency race",
+                                 hint=f"upgrade it there: {py} -m pip install -U 'edgekit{extra}>={VERSION}'")
     status = next((b for b in found.get("backends", []) if b.get("name") == backend), None)
     if status is None or not status.get("available"):
         why = (status or {}).get("reason") or f"its edgekit does not know the {backend} backend"
