@@ -48,7 +48,7 @@ class BenchOptions:
 
 def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
     from edgekit.compile import tool_versions
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     env: dict[str, Any] = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform(), "versions": tool_versions(),

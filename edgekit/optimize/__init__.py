@@ -20,6 +20,7 @@ from typing import Any
 
 from edgekit.config import Budget, load_target
 from edgekit.errors import BackendUnavailable, GateFailed, UsageError
+from edgekit.machine import cpu_features
 from edgekit.optimize.candidates import Candidate, all_names, candidate_for, compile_candidate, fallback_name, quantized_model
 from edgekit.optimize.choose import choose
 from edgekit.optimize.data import EvalData, accuracy, budget_for, eval_data, reference_outputs
@@ -325,17 +326,6 @@ def _environment(cands: list[Candidate]) -> dict[str, Any]:
     env = environment(dict(first.engine.info))
     env["cpu_features"] = cpu_features()
     return env
-
-
-def cpu_features() -> list[str]:
-    """The CPU's INT8 / bf16 / fp16 instruction sets (speed figures mean little without them)."""
-    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16")
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return []
-    return [k for k in keep if k in flags]
 
 
 def _report(model: Path, target: Any, options: OptimizeOptions, data: EvalData, max_drop: float, budgets: tuple[Budget, ...],
