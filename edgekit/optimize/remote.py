@@ -76,7 +76,7 @@ def optimize_on(executor: Any, model: Path, out_dir: Path, *, calib: str, option
 def _optimize_unit(job: _Job) -> tuple[str, tuple[str, str | None, str | None, str | None, Any], bytes | None]:
     """On the node: (the folder it ran in, (ok|error, error class, message, hint, report), the winner's folder as a tar)."""
     from edgekit.executors.ray import RayExecutor
-    from edgekit.optimize import optimize_here
+    from edgekit.optimize.run import optimize_here
 
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-unit-") as tmp:
         root = Path(tmp).resolve()  # resolved: the report's paths and the manifest's resolved ones read alike
@@ -106,7 +106,7 @@ def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[
     from edgekit.compile import MANIFEST
     from edgekit.executors.bench import relocate
     from edgekit.files import _json_default, atomic_dir
-    from edgekit.optimize import REPORT
+    from edgekit.optimize.run import REPORT
 
     assert winner is not None
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-winner-") as tmp, atomic_dir(out_dir) as dest:
