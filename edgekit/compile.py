@@ -128,7 +128,7 @@ def open_engine(artifact: str | Path, *, target: Target | str | None = None, pre
     found = read_artifact(artifact)
     if found is not None:
         folder, manifest = found
-        tgt = _target_for(manifest, target)
+        tgt = target_for(manifest, target)
         engine = get_backend(manifest["backend"]).load(folder, manifest, options=tgt.options)
         with engine:
             yield engine, manifest
@@ -144,7 +144,7 @@ def open_engine(artifact: str | Path, *, target: Target | str | None = None, pre
             yield engine, manifest
 
 
-def _target_for(manifest: dict[str, Any], target: Target | str | None) -> Target:
+def target_for(manifest: dict[str, Any], target: Target | str | None) -> Target:
     """The target to run an artifact with: the one given (same backend), else the recorded one."""
     from edgekit.config import target_from_dict
 

@@ -62,7 +62,7 @@ def _plan(jobs: list[DeviceJob]) -> Plan:
     from edgekit.bench.baseline import resolve_baseline
 
     from edgekit.bench.run import budget_plan
-    from edgekit.compile import _target_for, read_artifact
+    from edgekit.compile import read_artifact, target_for
 
     plan = Plan()
     for i, job in enumerate(jobs):
@@ -80,7 +80,7 @@ def _plan(jobs: list[DeviceJob]) -> Plan:
         # so the device decides on the same budgets as here (command line > project entry > profile)
         found = read_artifact(folder)
         assert found is not None
-        for b, _source in budget_plan(_target_for(found[1], job.target), o):
+        for b, _source in budget_plan(target_for(found[1], job.target), o):
             args += ["--budget", f"{b.stat}={b.ms:g}ms"]
         args += ["--max-regression", f"{100 * o.max_regression:g}%", "--gate-stat", o.gate_stat]
         if o.model_change == "new":

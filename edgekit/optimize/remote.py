@@ -105,7 +105,7 @@ def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[
     """The winner's folder into `out_dir` (replaced whole, atomically), its manifest's paths as here, the final report beside it."""
     from edgekit.compile import MANIFEST
     from edgekit.executors.bench import relocate
-    from edgekit.files import _json_default, atomic_dir
+    from edgekit.files import atomic_dir, json_default
     from edgekit.optimize.run import REPORT
 
     assert winner is not None
@@ -116,5 +116,5 @@ def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[
             shutil.move(f, dest / f.name)
         there = str(Path(root) / "out")  # the manifest records the INT8 winner's source resolved, as a local run does
         manifest = relocate(json.loads((dest / MANIFEST).read_text()), [(t, str(out_dir.resolve()) if t == there else h) for t, h in pairs])
-        (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        (dest / REPORT).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
+        (dest / REPORT).write_text(json.dumps(report, indent=2, default=json_default) + "\n")

@@ -330,8 +330,7 @@ def _report(model: Path, target: Any, options: OptimizeOptions, data: EvalData, 
 def _write(winner: Candidate, out_dir: Path, report: dict[str, Any]) -> None:
     """The winner's compile folder, its QDQ source beside it when INT8, a manifest saying why, the report."""
     from edgekit.compile import MANIFEST
-    from edgekit.files import atomic_dir
-    from edgekit.files import _json_default
+    from edgekit.files import atomic_dir, json_default
 
     assert winner.folder is not None and winner.source is not None
     with atomic_dir(out_dir) as tmp:
@@ -344,5 +343,5 @@ def _write(winner: Candidate, out_dir: Path, report: dict[str, Any]) -> None:
             manifest["source"]["path"] = str((out_dir / "source" / winner.source.name).resolve())
         manifest["optimize"] = {"winner": winner.name, "why": report["why"], "report": REPORT,
                                 "accuracy": {k: v for k, v in (winner.accuracy or {}).items() if k != "outputs"}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        (tmp / REPORT).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
+        (tmp / REPORT).write_text(json.dumps(report, indent=2, default=json_default) + "\n")
