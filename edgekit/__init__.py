@@ -1,4 +1,9 @@
-"""edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets."""
+"""edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets.
+
+`edgekit.load` is the device's front door. The commands (`export`, `inspection`, `quantize`, `compile`,
+`compare`, `optimize`, `bench`, `pack`, `doctor`) sit above what several share (`data`, `backends`, `config`,
+`onnxmodel`, `files`, ...), which sits above the ground floor (`errors`, `version`, `machine`, `progress`,
+`deps`). No import circles (tests/test_layout.py)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
-"""The `edgekit` command: a Click group whose commands load lazily, one module each.
+"""The `edgekit` command: a Click group (`cli`, `main`) whose commands load lazily, one module each (`COMMANDS`);
+`common` holds what every command shares (--json, tables, number formatting).
 
 Exit codes (DESIGN.md): 0 ok, 1 bug (traceback), 2 bad usage/input, 3 gate failed,
 4 backend or device unavailable. An edgekit error prints one `error: ...` line on

@@ -11,7 +11,8 @@ at a time); the local executor has every resource.
             print(done.value, done.place())
 
 Callers pass an Executor (or None for today's in-process loop); nothing here imports Ray unless a Ray
-executor is made (edgekit.deps.ray(), the `edgekit[ray]` extra).
+executor is made (edgekit.deps.ray(), the `edgekit[ray]` extra). `base` holds what every executor shares (the
+protocol, Done, LocalExecutor), `ray` the Ray executor, `bench` bench entries as work units.
 """
 from __future__ import annotations
 
