@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--load", action="store_true", help="keep every core busy with a bounded busy loop while measuring")
     args = ap.parse_args()
     from edgekit.backends.base import host_cpu_features
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     print(f"CPU: {cpu_name()}; INT8 features: {', '.join(host_cpu_features()) or 'none'}")
     hogs = cpuload.start(seconds=3600) if args.load else []

@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import write_results  # also puts tests/ on sys.path
 
 import test_remote as lab  # the test suite's sshd and device-venv helpers
-from edgekit.doctor import cpu_name
+from edgekit.machine import cpu_name
 
 
 def main() -> None:

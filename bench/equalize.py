@@ -96,11 +96,11 @@ def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
     from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
     from edgekit.onnxmodel import input_specs
-    from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
+    from edgekit.quantize import collect_stats, copy_model, prepare_model, quantize_with_ranges
     from edgekit.quantize.equalize import bias_correct, equalize
 
     path, calib, held, labels = _model(name, work)
-    model = _prepare(path, [])
+    model = prepare_model(path, [])
     specs = input_specs(model)
     cset = calibration_set(calib, specs)
 
@@ -118,7 +118,7 @@ def run(name: str, targets: list[str], work: Path) -> dict[str, Any]:
         def quantized(m: Any, recipe: Any = recipe) -> Any:
             stats, _ = collect_stats(m, cset, limit=None, histograms=recipe.method != "minmax")
             ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
-            return quantize_with_ranges(_copy(m), ranges, recipe, exclude=[])
+            return quantize_with_ranges(copy_model(m), ranges, recipe, exclude=[])
 
         rows: dict[str, Any] = {}
         t = time.perf_counter()
@@ -174,12 +174,12 @@ def run_zoo(name: str, work: Path) -> dict[str, Any]:
     from edgekit.backends.onnxruntime import session_from_bytes
     from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
-    from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
+    from edgekit.quantize import collect_stats, copy_model, prepare_model, quantize_with_ranges
     from edgekit.quantize.equalize import bias_correct, equalize
 
     zmod = zm.MODELS[name]
     calib, held = zmod.data()
-    model = _prepare(zmod.path(), [])
+    model = prepare_model(zmod.path(), [])
     target = load_target("onnxruntime")
     recipe = recipe_for_target(get_backend(target.backend), model, target)
     cset = _Feeds(calib)
@@ -192,7 +192,7 @@ def run_zoo(name: str, work: Path) -> dict[str, Any]:
     def quantized(m: Any) -> Any:
         stats, _ = collect_stats(m, cset, limit=None, histograms=recipe.method != "minmax")
         ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
-        return quantize_with_ranges(_copy(m), ranges, recipe, exclude=[])
+        return quantize_with_ranges(copy_model(m), ranges, recipe, exclude=[])
 
     ref = outputs(model)
     t = time.perf_counter()

@@ -145,7 +145,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cpu_line() -> str:
     from edgekit.backends.base import host_cpu_features
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     f = set(host_cpu_features())
     yes = lambda k: "yes" if k & f else "no"  # noqa: E731
@@ -189,7 +189,7 @@ def main() -> None:
             continue
         print(f"{v['model']:18} {v['backend']:12} {v['peer']:22} {v['ratio']:11.3f}x {v['edgekit_cosine']:11.4f} {v['peer_cosine']:9.4f}  "
               f"{'ok' if v['ok'] else 'BEHIND'}")
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     path = write_results(args.results, {"cpu": cpu_name(), "cpu_features": list(host_cpu_features()), "seconds": args.seconds,
                                         "note": "interleaved on a shared 2-core machine: compare ratios, not absolute ms",

@@ -27,7 +27,7 @@ def main() -> None:
                  high_precision_dtype=sys.argv[5], log_level="WARNING")
     elif mode == "fp16":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from edgekit.backends.tensorrt import fp16_onnx
+        from edgekit.backends.tensorrt_build import fp16_onnx
 
         fp16_onnx(Path(src), Path(out))
     else:

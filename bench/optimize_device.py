@@ -43,9 +43,9 @@ def main() -> None:
     ap.add_argument("--target", default="openvino")
     ap.add_argument("--candidates", default="fp32,bf16,int8")
     args = ap.parse_args()
-    from edgekit.doctor import cpu_name
     from edgekit.export import ExportOptions, export_model
-    from edgekit.optimize import OptimizeOptions, cpu_features, optimize_model
+    from edgekit.machine import cpu_features, cpu_name
+    from edgekit.optimize import OptimizeOptions, optimize_model
 
     with tempfile.TemporaryDirectory(prefix="optimize-device-") as tmp:
         root = Path(tmp)

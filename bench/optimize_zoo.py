@@ -68,8 +68,7 @@ def _floor(samples: list[float]) -> float:
 def _save(runs: list[dict[str, Any]], seconds: float) -> Path:
     from _common import RESULTS
 
-    from edgekit.doctor import cpu_name
-    from edgekit.optimize import cpu_features
+    from edgekit.machine import cpu_features, cpu_name
 
     path = RESULTS / "optimize_zoo.json"
     keep = json.loads(path.read_text())["runs"] if path.exists() else []

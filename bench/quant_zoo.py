@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true",
                     help="edgekit's column only; the peers' columns are kept from the results file (they do not depend on edgekit)")
     args = ap.parse_args()
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     backends = [b for b in args.backends.split(",") if get_backend(b).status().available]
     work = tmpdir("edgekit-zoo-")

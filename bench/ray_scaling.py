@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import write_results
 
-from edgekit.doctor import cpu_name
+from edgekit.machine import cpu_name
 
 DEVICE = "edgekit-device:dev1"
 

@@ -173,14 +173,14 @@ def main() -> None:
 
     from edgekit.backends.base import host_cpu_features
     from edgekit.export import ExportOptions, export_model
-    from edgekit.quantize import QuantizeOptions, _prepare, quantize_model
+    from edgekit.quantize import QuantizeOptions, prepare_model, quantize_model
     from edgekit.quantize.smoothquant import smooth_quant
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-sq-"))
     os.environ["EDGEKIT_CACHE"] = str(work / "cache")
     fp32 = work / "minilm.onnx"
     export_model("zoo:minilm", fp32, options=ExportOptions(dynamic_batch=True))
-    prepared = _prepare(fp32, [])
+    prepared = prepare_model(fp32, [])
     fp_sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
     alphas = [float(a) for a in args.alphas.split(",")]
     cpu = {"name": cpu_name(), "int8_features": list(host_cpu_features()), "cores": os.cpu_count()}

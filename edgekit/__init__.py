@@ -1,7 +1,15 @@
-"""edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets."""
+"""edgekit: take a trained network to an edge device, and prove in CI that it fits its budgets.
+
+`edgekit.load` is the device's front door. The commands (`export`, `inspection`, `quantize`, `compile`,
+`compare`, `optimize`, `bench`, `pack`, `doctor`) sit above what several share (`data`, `backends`, `config`,
+`onnxmodel`, `files`, ...), which sits above the ground floor (`errors`, `version`, `machine`, `progress`,
+`deps`). No import circles (tests/test_layout.py)."""
 from __future__ import annotations
 
 import os
+
+# edgekit.version imports nothing: `import edgekit` stays light
+from edgekit.version import VERSION as __version__
 
 # ONNX Runtime 1.32's POSIX telemetry writes a session file ($TMPDIR/.ses) on import, and would send events:
 # edgekit leaves nothing in the system temporary folder (#23). Set ORT_DISABLE_TELEMETRY=0 to keep it on.
@@ -13,8 +21,6 @@ if TYPE_CHECKING:  # the loader imports numpy and the backends: only when load()
     from collections.abc import Sequence
 
     from edgekit.loader import BundleEngine
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.backends import get_backend
 from edgekit.backends.base import PRECISIONS, CompileRequest, Engine, cpu_feature_notes
 from edgekit.config import Target, load_target
@@ -23,6 +22,7 @@ from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, sha256_file
 from edgekit.onnxmodel import is_qdq, load_onnx
 from edgekit.progress import status
+from edgekit.version import VERSION
 
 MANIFEST = "manifest.json"
 
@@ -32,7 +32,7 @@ def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"edgekit": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+    return {"edgekit": VERSION, "python": platform.python_version(), "numpy": numpy.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
@@ -128,7 +128,7 @@ def open_engine(artifact: str | Path, *, target: Target | str | None = None, pre
     found = read_artifact(artifact)
     if found is not None:
         folder, manifest = found
-        tgt = _target_for(manifest, target)
+        tgt = target_for(manifest, target)
         engine = get_backend(manifest["backend"]).load(folder, manifest, options=tgt.options)
         with engine:
             yield engine, manifest
@@ -144,7 +144,7 @@ def open_engine(artifact: str | Path, *, target: Target | str | None = None, pre
             yield engine, manifest
 
 
-def _target_for(manifest: dict[str, Any], target: Target | str | None) -> Target:
+def target_for(manifest: dict[str, Any], target: Target | str | None) -> Target:
     """The target to run an artifact with: the one given (same backend), else the recorded one."""
     from edgekit.config import target_from_dict
 

@@ -37,7 +37,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _unknown(key: str, known: typing.Iterable[str], label: str) -> UsageError:
+def unknown_key(key: str, known: typing.Iterable[str], label: str) -> UsageError:
+    """The error for a key no table of `label` takes: suggests the closest known key, else lists them."""
     known = sorted(known)
     close = difflib.get_close_matches(key, known, n=1)
     return UsageError(f"{label}: unknown key {key!r}", hint=f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}")
@@ -52,7 +53,7 @@ def dataclass_from_table(cls: type[T], data: dict[str, Any], *, label: str) -> T
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown(key, fields, label)
+            raise unknown_key(key, fields, label)
         kwargs[key] = _coerce(value, hints[key], f"{label}.{key}")
     return cls(**kwargs)
 
@@ -226,7 +227,7 @@ def target_from_dict(data: dict[str, Any], *, name: str, source: str = "") -> Ta
     label = source or name
     for key in data:
         if key not in _TARGET_KEYS:
-            raise _unknown(key, _TARGET_KEYS, label)
+            raise unknown_key(key, _TARGET_KEYS, label)
     if "backend" not in data:
         raise UsageError(f"{label}: no backend", hint="add backend = \"openvino\" (or onnxruntime, tensorrt)")
     backend = get_backend(data["backend"])
@@ -254,7 +255,7 @@ def _device_table(value: Any, *, label: str) -> tuple[str, tuple[str, ...]]:
         raise UsageError(f"{label}: device must be a name like \"CPU\" or a [device] table")
     for key in value:
         if key not in ("name", "cpu_features"):
-            raise _unknown(key, ("name", "cpu_features"), f"{label} [device]")
+            raise unknown_key(key, ("name", "cpu_features"), f"{label} [device]")
     name = value.get("name", "CPU")
     feats = value.get("cpu_features", ())
     if feats == "host":

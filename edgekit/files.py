@@ -98,10 +98,11 @@ def write_text(dest: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(dest: str | os.PathLike[str], data: Any) -> None:
-    write_text(dest, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(dest, json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for reports: numpy scalars and arrays, paths, and objects with `to_dict()`."""
     import numpy as np
 
     if isinstance(obj, np.generic):

@@ -24,7 +24,7 @@ import numpy as np
 from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
 from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signature_before_opening, trusted_key_list, verify_root
-from edgekit.compile import MANIFEST, _target_for
+from edgekit.compile import MANIFEST, target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
 from edgekit.data.preprocess import ImageInput, ImageRecipe
@@ -70,7 +70,7 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
         a = m["artifacts"][idx]
         folder = root / a["dir"]
         art_manifest = json.loads((folder / MANIFEST).read_text())
-        tgt = _target_for(art_manifest, target)
+        tgt = target_for(art_manifest, target)
         options, cache = _with_cache(tgt.options, cache_dir, a["backend"])
         engine = get_backend(a["backend"]).load(folder, art_manifest, options=options)
         labels = (root / m["labels"]).read_text(encoding="utf-8").splitlines() if m.get("labels") else None

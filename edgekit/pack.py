@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.bundle import BUNDLE_MANIFEST, LABELS, SIGNATURE, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
 from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
 from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
+from edgekit.version import VERSION
 
 
 def _umask() -> int:
@@ -121,7 +121,7 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             (root / LABELS).write_text("\n".join(label_list) + "\n", encoding="utf-8")
         recipe = (quant.get("calibration") or {}).get("preprocessing")
         manifest = {
-            "kind": "edgekit.bundle", "schema": 1, "edgekit": __version__, "release": release,
+            "kind": "edgekit.bundle", "schema": 1, "edgekit": VERSION, "release": release,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "artifacts": items,
             "preprocessing": recipe,
@@ -136,7 +136,7 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
         if sign_key is not None:
             from edgekit.signing import sign_manifest
 
-            (root / SIGNATURE).write_text(json.dumps(sign_manifest(manifest, sign_key, version=__version__), indent=2) + "\n")
+            (root / SIGNATURE).write_text(json.dumps(sign_manifest(manifest, sign_key, version=VERSION), indent=2) + "\n")
         mask = _umask()
         if output.suffix == ".tar":
             with atomic_path(output) as tmp_tar:

@@ -19,9 +19,9 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def _prepared(path: Path) -> onnx.ModelProto:
-    from edgekit.quantize import _prepare
+    from edgekit.quantize import prepare_model
 
-    return _prepare(path, [])
+    return prepare_model(path, [])
 
 
 def _assert_same_function(before: onnx.ModelProto, after: onnx.ModelProto, x: np.ndarray) -> None:
@@ -42,13 +42,13 @@ def _quantized(model: onnx.ModelProto, calib: np.ndarray, target: str = "onnxrun
     from edgekit.backends.base import recipe_for_target
     from edgekit.quantize.calibstats import tensor_range
     from edgekit.config import load_target
-    from edgekit.quantize import _copy, collect_stats, quantize_with_ranges
+    from edgekit.quantize import collect_stats, copy_model, quantize_with_ranges
 
     t = load_target(target)
     recipe = recipe_for_target(get_backend(t.backend), model, t)
     stats, _ = collect_stats(model, _ArraySet(model, calib), limit=None, histograms=recipe.method != "minmax")
     ranges = {k: tensor_range(st, recipe.method, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
-    return quantize_with_ranges(_copy(model), ranges, recipe, exclude=[])
+    return quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
 
 
 class _ArraySet:

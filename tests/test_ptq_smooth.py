@@ -17,9 +17,9 @@ from edgekit.data.calibration import calibration_set
 from edgekit.quantize.calibstats import tensor_range
 from edgekit.config import load_target
 from edgekit.onnxmodel import input_specs
-from edgekit.quantize import _copy, _prepare, collect_stats, quantize_with_ranges
+from edgekit.quantize import collect_stats, copy_model, prepare_model, quantize_with_ranges
 from edgekit.quantize.smoothquant import outlier_ratio, smooth_quant
-from edgekit.quantize.regions import name_nodes
+from edgekit.quantize.graph import name_nodes
 
 CALIB, HELD = zoo.MINILM_SENTENCES[:8], zoo.MINILM_SENTENCES[8:]
 
@@ -27,7 +27,7 @@ CALIB, HELD = zoo.MINILM_SENTENCES[:8], zoo.MINILM_SENTENCES[8:]
 @pytest.fixture(scope="module")
 def minilm_prepared(minilm_onnx: Path) -> onnx.ModelProto:
     """MiniLM-L6 as `quantize` prepares it (ONNX Runtime's pre-processing)."""
-    return _prepare(minilm_onnx, [])
+    return prepare_model(minilm_onnx, [])
 
 
 def _run(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], names: list[str] | None = None) -> list[list[np.ndarray]]:
@@ -47,7 +47,7 @@ def _all_int8(model: onnx.ModelProto, calib: Path, recipe: QuantRecipe) -> onnx.
     cset = calibration_set(str(calib), input_specs(model))
     stats, _ = collect_stats(model, cset, limit=None, histograms=False)
     ranges = {k: tensor_range(st, "minmax", symmetric=recipe.activation_symmetric) for k, st in stats.items()}
-    return quantize_with_ranges(_copy(model), ranges, recipe, exclude=[])
+    return quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
 
 
 def _worst_cosine(reference: list[np.ndarray], q: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:

@@ -144,9 +144,9 @@ def test_renaming_is_invisible_when_no_name_collides(mnist_onnx: Path, monkeypat
     from edgekit.backends import get_backend
     from edgekit.backends.base import recipe_for_target
     from edgekit.config import load_target
-    from edgekit.quantize import _copy, _prepare, names, quantize_with_ranges
+    from edgekit.quantize import copy_model, names, prepare_model, quantize_with_ranges
 
-    model = _prepare(mnist_onnx, [])
+    model = prepare_model(mnist_onnx, [])
     t = load_target("openvino")
     recipe = recipe_for_target(get_backend(t.backend), model, t)
     acts = [o for n in model.graph.node for o in n.output]
@@ -156,9 +156,9 @@ def test_renaming_is_invisible_when_no_name_collides(mnist_onnx: Path, monkeypat
     vals = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": zoo.mnist_calibration(32)})
     ranges = {o.name: (float(min(v.min(), 0)), float(max(v.max(), 0))) for o, v in zip(probe.graph.output, vals)}
     ranges["input"] = (0.0, 1.0)
-    ours = quantize_with_ranges(_copy(model), ranges, recipe, exclude=[])
+    ours = quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
     monkeypatch.setattr(names, "canonical_names", lambda m: ({n: n for n in names._tensor_names(m)}, "ekq~"))
-    plain = quantize_with_ranges(_copy(model), ranges, recipe, exclude=[])
+    plain = quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
     assert ours.SerializeToString(deterministic=True) == plain.SerializeToString(deterministic=True)
     assert any(t.name == "0.weight_quantized" for t in ours.graph.initializer)  # ONNX Runtime's usual names
 

@@ -131,8 +131,8 @@ def pythons(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("device-pythons")
     old = root / "old-edgekit"
     shutil.copytree(ROOT / "edgekit", old / "edgekit", ignore=shutil.ignore_patterns("__pycache__"))
-    init = old / "edgekit" / "__init__.py"
-    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.1+was-'))
+    version = old / "edgekit" / "version.py"
+    version.write_text(version.read_text().replace('VERSION = "', 'VERSION = "0.0.1+was-'))
     readers = [p for p in (old / "edgekit").glob("*.py") if 'm["schema"] != 1' in p.read_text()]
     assert readers, "the bundle schema check moved: update how this test makes an older edgekit"
     for p in readers:  # an edgekit from before bundle schema 1

@@ -294,7 +294,7 @@ def test_feeds_cast_only_without_loss() -> None:
 
 
 def test_fp16_without_modelopt_is_exit_4_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.backends.tensorrt import fp16_onnx
+    from edgekit.backends.tensorrt_build import fp16_onnx
     from edgekit.errors import BackendUnavailable
 
     monkeypatch.setitem(__import__("sys").modules, "modelopt", None)  # as on a machine without ModelOpt

@@ -1,4 +1,9 @@
-"""Backends: one module each, registered by name here. No `if backend == ...` lives outside this package."""
+"""Backends: one module each, registered by name here (`get_backend`, `backend_names`, `REGISTRY`). No
+`if backend == ...` lives outside this package.
+
+`base` holds the contracts (Backend, Engine, CompileRequest, QuantRecipe, the CPU features a recipe may assume);
+`onnxruntime`, `openvino` and `tensorrt` implement them; TensorRT's parts that need no GPU are their own modules
+(`tensorrt_build`, `tensorrt_check`, `tensorrt_compat`, `tensorrt_cuda`, `tensorrt_placement`)."""
 from __future__ import annotations
 
 import importlib
@@ -25,4 +30,5 @@ def get_backend(name: str) -> Backend:
 
 
 def backend_names() -> list[str]:
+    """Every registered backend's name."""
     return list(REGISTRY)

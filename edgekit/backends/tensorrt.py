@@ -26,7 +26,7 @@ from edgekit.backends import tensorrt_compat as compat
 from edgekit.backends.base import BackendStatus, CompileRequest, EngineBase, PrecisionVariant, QuantRecipe
 from edgekit.backends.tensorrt_check import check_explicit_quantization
 from edgekit.errors import BackendUnavailable, UsageError
-from edgekit.onnxmodel import input_specs, is_qdq, load_onnx, save_onnx
+from edgekit.onnxmodel import input_specs, is_qdq, load_onnx
 
 __all__ = ["BACKEND", "TensorRtBackend", "TensorRtEngine", "TensorRtOptions", "check_explicit_quantization"]
 
@@ -72,25 +72,6 @@ def _trt() -> Any:
 
 def _version(trt: Any) -> tuple[int, ...]:
     return compat.parse_version(trt.__version__)
-
-
-def fp16_onnx(model: Path, dest: Path) -> Path:
-    """`model` with FP16 compute and FP32 I/O, by ModelOpt's AutoCast, written to `dest`.
-
-    AutoCast is what TensorRT points to for strongly typed FP16 (samples/python/strongly_type_autocast/README.md,
-    release/10.15 on): it keeps nodes whose values exceed FP16's range (data_max 512 on a reference run, init_max
-    65504) in FP32 and reads the model from its path, so a model over 2 GB needs no in-memory shape inference.
-    ONNX Runtime's float16 converter casts everything and runs in-memory shape inference.
-    """
-    import inspect
-
-    autocast = deps.modelopt_autocast()
-    kwargs: dict[str, Any] = {"low_precision_type": "fp16", "keep_io_types": True}
-    accepted = inspect.signature(autocast.convert_to_mixed_precision).parameters
-    if "providers" in accepted:  # the reference run on the CPU, even on a GPU host (not in every ModelOpt release)
-        kwargs["providers"] = ["cpu"]
-    converted = autocast.convert_to_mixed_precision(onnx_path=str(model), **kwargs)
-    return save_onnx(converted, dest)
 
 
 def _default_profiles(model: onnx.ModelProto, request: CompileRequest, options: TensorRtOptions) -> dict[str, list[list[int]]]:

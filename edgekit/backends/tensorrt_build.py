@@ -1,4 +1,5 @@
-"""Building a TensorRT engine from ONNX (needs TensorRT and a GPU), and TensorRT's QDQ recipe (needs neither).
+"""Building a TensorRT engine from ONNX (needs TensorRT and a GPU; fp16 first converts with ModelOpt's AutoCast,
+`fp16_onnx`), and TensorRT's QDQ recipe (needs neither).
 
 Line references are to github.com/NVIDIA/TensorRT at the named release branch.
 """
@@ -9,9 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgekit import deps
 from edgekit.backends import tensorrt_compat as compat
 from edgekit.backends.base import CompileRequest, QuantRecipe
 from edgekit.errors import BackendUnavailable, UsageError
+from edgekit.onnxmodel import save_onnx
 
 
 def _note(notes: list[str], text: str) -> None:
@@ -79,10 +82,28 @@ def _hardware_level(trt: Any, level: str) -> Any:
     return member
 
 
+def fp16_onnx(model: Path, dest: Path) -> Path:
+    """`model` with FP16 compute and FP32 I/O, by ModelOpt's AutoCast, written to `dest`.
+
+    AutoCast is what TensorRT points to for strongly typed FP16 (samples/python/strongly_type_autocast/README.md,
+    release/10.15 on): it keeps nodes whose values exceed FP16's range (data_max 512 on a reference run, init_max
+    65504) in FP32 and reads the model from its path, so a model over 2 GB needs no in-memory shape inference.
+    ONNX Runtime's float16 converter casts everything and runs in-memory shape inference.
+    """
+    import inspect
+
+    autocast = deps.modelopt_autocast()
+    kwargs: dict[str, Any] = {"low_precision_type": "fp16", "keep_io_types": True}
+    accepted = inspect.signature(autocast.convert_to_mixed_precision).parameters
+    if "providers" in accepted:  # the reference run on the CPU, even on a GPU host (not in every ModelOpt release)
+        kwargs["providers"] = ["cpu"]
+    converted = autocast.convert_to_mixed_precision(onnx_path=str(model), **kwargs)
+    return save_onnx(converted, dest)
+
+
 def build_engine(trt: Any, model: Path, out_dir: Path, *, request: CompileRequest, options: Any,
                  profiles: dict[str, list[list[int]]]) -> dict[str, Any]:
     """Parse `model`, build with the target's options, write `out_dir/model.engine`; the manifest's backend part."""
-    from edgekit.backends.tensorrt import fp16_onnx
     from edgekit.backends.tensorrt_cuda import device_info
 
     version = compat.parse_version(trt.__version__)

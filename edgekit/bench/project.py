@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit.config import Budget, _unknown, budgets_from_table, read_toml
+from edgekit.config import Budget, budgets_from_table, read_toml, unknown_key
 from edgekit.errors import EdgekitError, UsageError
 
 _ENTRY_KEYS = {"name", "model", "target", "budgets", "baseline", "max_regression", "data", "batch", "device", "resource", "optimize"}
@@ -28,7 +28,7 @@ class BenchEntry:
     label: str = ""  # how messages name this entry: `edgekit.toml [[bench]] effnet`
     device: str | None = None  # a [devices.NAME] of the same file, or ssh://...: measured there (edgekit.devices)
     resource: str | None = None  # --executor ray: the custom resource its bench holds, e.g. edgekit-device:orin1 (edgekit.executors.bench)
-    optimize: Any = None  # edgekit.optimize.project.EntryOptimize: bench the artifact `edgekit optimize` chooses
+    optimize: EntryOptimize | None = None  # bench the artifact `edgekit optimize` chooses (edgekit.optimize.project)
 
 
 def parse_percent(value: Any, label: str) -> float:
@@ -61,10 +61,40 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@+-]+", "_", name).strip("._") or "entry"
 
 
-def _entry_optimize(item: dict[str, Any], base: Path, label: str) -> Any:
-    from edgekit.optimize.project import entry_optimize
+_OPTIMIZE_KEYS = {"calib", "eval", "max_accuracy_drop", "metric", "candidates", "samples"}
 
-    return entry_optimize(item, base, label)
+
+@dataclasses.dataclass(frozen=True)
+class EntryOptimize:
+    """An entry's `optimize = true` or `optimize = { calib = "calib/", eval = "held/", max_accuracy_drop = 0.01,
+    metric = "cosine", candidates = ["fp32", "int8"], samples = 500 }`: bench the artifact optimize chooses
+    (edgekit.optimize.project). `true` calibrates on the entry's `data`."""
+
+    calib: str
+    eval_source: str | None = None
+    max_accuracy_drop: float | None = None
+    metric: str = "cosine"
+    candidates: tuple[str, ...] = ()
+    samples: int | None = None
+
+
+def _entry_optimize(item: dict[str, Any], base: Path, label: str) -> EntryOptimize | None:
+    """The entry's `optimize` value, checked, paths resolved from the toml's folder (None: not asked for)."""
+    value = item.get("optimize", False)
+    if value is False:
+        return None
+    table = {} if value is True else value
+    if not isinstance(table, dict):
+        raise UsageError(f"{label}: optimize must be true or a table", hint='write optimize = true, or optimize = { calib = "calib/" }')
+    for k in table:
+        if k not in _OPTIMIZE_KEYS:
+            raise unknown_key(k, _OPTIMIZE_KEYS, f"{label} optimize")
+    calib = table.get("calib") or item.get("data")
+    if not calib:
+        raise UsageError(f"{label}: optimize needs calibration data", hint='add data = "calib/" to the entry, or optimize = { calib = "..." }')
+    return EntryOptimize(calib=str(base / calib), eval_source=str(base / table["eval"]) if table.get("eval") else None,
+                         max_accuracy_drop=table.get("max_accuracy_drop"), metric=table.get("metric", "cosine"),
+                         candidates=tuple(table.get("candidates", ())), samples=table.get("samples"))
 
 
 def load_project(path: str | Path) -> list[BenchEntry]:
@@ -72,11 +102,11 @@ def load_project(path: str | Path) -> list[BenchEntry]:
     data = read_toml(path)
     for k in data:
         if k not in ("bench", "defaults", "devices"):
-            raise _unknown(k, ("bench", "defaults", "devices"), str(path))
+            raise unknown_key(k, ("bench", "defaults", "devices"), str(path))
     defaults = dict(data.get("defaults", {}))
     for k in defaults:
         if k not in _ENTRY_KEYS | _DEFAULT_ONLY_KEYS:
-            raise _unknown(k, _ENTRY_KEYS | _DEFAULT_ONLY_KEYS, f"{path} [defaults]")
+            raise unknown_key(k, _ENTRY_KEYS | _DEFAULT_ONLY_KEYS, f"{path} [defaults]")
     base = path.parent
     baseline_dir = defaults.pop("baseline_dir", None)
     if baseline_dir is not None and not isinstance(baseline_dir, str):
@@ -90,7 +120,7 @@ def load_project(path: str | Path) -> list[BenchEntry]:
                 hint_keys = _ENTRY_KEYS if k not in _DEFAULT_ONLY_KEYS else ()
                 if not hint_keys:
                     raise UsageError(f"{label}: {k} belongs in [defaults]", hint=f"move {k} = ... to the [defaults] table")
-                raise _unknown(k, hint_keys, label)
+                raise unknown_key(k, hint_keys, label)
         if "model" not in item or "target" not in item:
             raise UsageError(f"{label}: needs model and target", hint='add model = "out/model" and target = "cpu-openvino"')
         for k in ("name", "model", "target", "baseline", "data", "device", "resource"):

@@ -48,7 +48,7 @@ class BenchOptions:
 
 def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
     from edgekit.compile import tool_versions
-    from edgekit.doctor import cpu_name
+    from edgekit.machine import cpu_name
 
     env: dict[str, Any] = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "os": platform.platform(), "versions": tool_versions(),
@@ -117,7 +117,7 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
     source ONNX tells them). Raises the error `bench_artifact` would raise later; returns the identity
     known so far. `edgekit bench --config` runs this for every entry before measuring any."""
     from edgekit.bench.identity import manifest_graph, mismatch, onnx_facts
-    from edgekit.compile import _target_for, read_artifact, resolve_precision
+    from edgekit.compile import read_artifact, resolve_precision, target_for
 
     artifact = Path(artifact)
     _check_options(options)
@@ -131,7 +131,7 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
     specs = None
     if found is not None:
         manifest = found[1]
-        tgt = _target_for(manifest, tgt)
+        tgt = target_for(manifest, tgt)
         source = manifest.get("source") or {}
         ident = {"model": Path(source["path"]).name if source.get("path") else artifact.name, "graph": manifest_graph(manifest),
                  "target": tgt.name, "precision": manifest.get("precision")}
@@ -205,9 +205,9 @@ def bench_artifact(artifact: str | Path, *, target: Target | str | None = None, 
     with contextlib.ExitStack() as stack:
         engine, manifest = stack.enter_context(open_engine(artifact, target=tgt))
         load_s = time.perf_counter() - t0
-        from edgekit.compile import _target_for
+        from edgekit.compile import target_for
 
-        tgt = _target_for(manifest, tgt)
+        tgt = target_for(manifest, tgt)
         settings = _settings(tgt, options)
         feed = _feed(engine, settings, options)
         plan = budget_plan(tgt, options)

@@ -1,4 +1,5 @@
-"""The `edgekit` command: a Click group whose commands load lazily, one module each.
+"""The `edgekit` command: a Click group (`cli`, `main`) whose commands load lazily, one module each (`COMMANDS`);
+`common` holds what every command shares (--json, tables, number formatting).
 
 Exit codes (DESIGN.md): 0 ok, 1 bug (traceback), 2 bad usage/input, 3 gate failed,
 4 backend or device unavailable. An edgekit error prints one `error: ...` line on
@@ -14,8 +15,8 @@ from typing import Any
 
 import click
 
-from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.version import VERSION
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edgekit.cli.export", "Export a PyTorch model (or check an ONNX file) to ONNX, with a parity check."),
@@ -69,7 +70,7 @@ def _has_module(name: str) -> bool:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgekit")
+@click.version_option(VERSION, prog_name="edgekit")
 @click.option("-v", "--verbose", count=True, help="Show details and tracebacks (-vv: debug logs).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:

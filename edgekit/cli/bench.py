@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli._common import emit_json, out, table
+from edgekit.cli.common import emit_json, out, table
 from edgekit.config import STATS
 
 

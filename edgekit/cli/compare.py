@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgekit.cli._common import json_option, out, run_and_emit, table
+from edgekit.cli.common import json_option, out, run_and_emit, table
 
 
 @click.command("compare")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgekit.cli._common import human_bytes, human_count, json_option, out, run_and_emit, table
+from edgekit.cli.common import human_bytes, human_count, json_option, out, run_and_emit, table
 
 
 @click.command("inspect")

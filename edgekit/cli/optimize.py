@@ -5,7 +5,7 @@ import dataclasses
 
 import click
 
-from edgekit.cli._common import emit_json, json_option, out, table
+from edgekit.cli.common import emit_json, float_list, json_option, out, table
 
 
 @click.command("optimize")
@@ -48,7 +48,6 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
     interleaved with the others. Candidates that cannot win stop early. Exit 3 when none meets
     both budgets (the table names the closest; nothing is written to -o).
     """
-    from edgekit.cli.quantize import _floats
     from edgekit.config import Budget
     from edgekit.errors import GateFailed, UsageError
     from edgekit.executors import executor_from_spec, parse_spec
@@ -58,7 +57,7 @@ def command(model: str, output: str, target: str, calib: str, eval_source: str |
     parse_spec(executor_spec)
     if samples is not None and samples < 1:
         raise UsageError("--samples must be at least 1")
-    recipe = (ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout,
+    recipe = (ImageRecipe(resize=resize, crop=crop, mean=float_list(mean) or (0.0,), std=float_list(std) or (1.0,), scale=scale, layout=layout,
                            channels=channels)
               if any(v is not None for v in (resize, crop, mean, std)) else None)
     options = OptimizeOptions(target=target, eval_source=eval_source, max_accuracy_drop=max_accuracy_drop, metric=metric,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from edgekit.cli._common import emit_json, json_option
+from edgekit.cli.common import emit_json, json_option
 
 
 @click.command("optimize-race", hidden=True)

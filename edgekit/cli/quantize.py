@@ -3,18 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgekit.cli._common import human_bytes, json_option, out, run_and_emit, table
-
-
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        from edgekit.errors import UsageError
-
-        raise UsageError(f"bad list of numbers {text!r}", hint="write it like 0.485,0.456,0.406") from None
+from edgekit.cli.common import float_list, human_bytes, json_option, out, run_and_emit, table
 
 
 @click.command("quantize")
@@ -67,7 +56,7 @@ def command(model: str, output: str, calib: str, target: str, method: str | None
     from edgekit.quantize import QuantizeOptions, quantize_model
 
     image_opts = any(v is not None for v in (resize, crop, mean, std))
-    recipe = ImageRecipe(resize=resize, crop=crop, mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale,
+    recipe = ImageRecipe(resize=resize, crop=crop, mean=float_list(mean) or (0.0,), std=float_list(std) or (1.0,), scale=scale,
                          layout=layout, channels=channels) if image_opts else None
     from edgekit.quantize import read_exclude_file
 

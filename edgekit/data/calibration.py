@@ -185,9 +185,9 @@ def from_manifest(path: Path, specs: Sequence[TensorSpec]) -> CalibrationSet:
     data = read_toml(path)
     for k in data:
         if k not in _MANIFEST_KEYS:
-            from edgekit.config import _unknown
+            from edgekit.config import unknown_key
 
-            raise _unknown(k, _MANIFEST_KEYS, str(path))
+            raise unknown_key(k, _MANIFEST_KEYS, str(path))
     if "path" not in data:
         raise UsageError(f"{path}: no path", hint='add path = "images/" (relative to the manifest, or to package = "...")')
     if "package" in data:

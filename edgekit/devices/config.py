@@ -19,7 +19,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from edgekit.config import _unknown, read_toml
+from edgekit.config import read_toml, unknown_key
 from edgekit.errors import UsageError
 
 DEFAULT_WORKDIR = "~/.cache/edgekit/device-runs"
@@ -54,7 +54,7 @@ def device_from_table(name: str, data: Any, *, label: str) -> Device:
         raise UsageError(f"{label} must be a table", hint='write [devices.NAME] with host = "..."')
     for k in data:
         if k not in _KEYS:
-            raise _unknown(k, _KEYS, label)
+            raise unknown_key(k, _KEYS, label)
     if not isinstance(data.get("host"), str) or not data["host"]:
         raise UsageError(f"{label}: needs host = \"...\" (a host name, address, or ~/.ssh/config alias)")
     port = data.get("port")

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import __version__
 from edgekit.bench.run import BenchOptions
 from edgekit.devices.config import Device
-from edgekit.devices.session import run_agent
-from edgekit.errors import BackendUnavailable, EdgekitError, UsageError
+from edgekit.devices.session import agent_error, run_agent
+from edgekit.errors import EdgekitError, UsageError
 from edgekit.progress import interactive
+from edgekit.version import VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _compiled(path: str | Path, what: str) -> Path:
 
 
 @dataclasses.dataclass
-class _Plan:
+class Plan:
     """What goes to the device: artifact folders (packed as one bundle), extra files, and each job's command line."""
 
     folders: list[Path] = dataclasses.field(default_factory=list)
@@ -58,13 +58,13 @@ class _Plan:
         return self.folders.index(folder)
 
 
-def _plan(jobs: list[DeviceJob]) -> _Plan:
+def _plan(jobs: list[DeviceJob]) -> Plan:
     from edgekit.bench.baseline import resolve_baseline
 
     from edgekit.bench.run import budget_plan
-    from edgekit.compile import _target_for, read_artifact
+    from edgekit.compile import read_artifact, target_for
 
-    plan = _Plan()
+    plan = Plan()
     for i, job in enumerate(jobs):
         o = job.options
         folder = _compiled(job.artifact, "ARTIFACT")
@@ -80,7 +80,7 @@ def _plan(jobs: list[DeviceJob]) -> _Plan:
         # so the device decides on the same budgets as here (command line > project entry > profile)
         found = read_artifact(folder)
         assert found is not None
-        for b, _source in budget_plan(_target_for(found[1], job.target), o):
+        for b, _source in budget_plan(target_for(found[1], job.target), o):
             args += ["--budget", f"{b.stat}={b.ms:g}ms"]
         args += ["--max-regression", f"{100 * o.max_regression:g}%", "--gate-stat", o.gate_stat]
         if o.model_change == "new":
@@ -119,7 +119,7 @@ def _plan(jobs: list[DeviceJob]) -> _Plan:
     return plan
 
 
-def _payload(plan: _Plan, tmp: Path) -> tuple[Path, list[str]]:
+def _payload(plan: Plan, tmp: Path) -> tuple[Path, list[str]]:
     """The tar sent to the device: `bundle/` (an edgekit bundle) and `extra/`; the bundle folder of each artifact."""
     from edgekit.pack import pack_bundle
 
@@ -133,50 +133,13 @@ def _payload(plan: _Plan, tmp: Path) -> tuple[Path, list[str]]:
     return payload, [f"bundle/{d}" for d in dirs]
 
 
-def _backends(plan: _Plan) -> str:
+def _backends(plan: Plan) -> str:
     import json
 
     from edgekit.compile import MANIFEST
 
     names = sorted({json.loads((f / MANIFEST).read_text())["backend"] for f in plan.folders} - {"onnxruntime"})  # onnxruntime: in edgekit itself
     return ",".join(names)
-
-
-def _device_error(device: Device, event: dict[str, Any], hello: dict[str, Any], extra: str) -> EdgekitError:
-    """One line that names the fix, for the agent's `error` event."""
-    name, kind, msg = device.name, event.get("kind"), event.get("message", "").split("; install it:")[0]  # the fix below names the device's Python
-    py = hello.get("python_executable") or device.python
-    spec = f"edgekit[{extra}]" if extra else "edgekit"
-    install = f"{py} -m pip install '{spec}'"
-    if kind == "no-edgekit":
-        return BackendUnavailable(f"device {name}: {msg}", hint=f"install it there: {install} (no torch needed), or point python = \"...\" in [devices.{name}] at the environment that has it")
-    if kind in ("disk", "workdir"):
-        return BackendUnavailable(f"device {name}: {msg}", hint=f"free space there, or set workdir = \"...\" in [devices.{name}] to a folder on a larger, writable disk")
-    if kind == "verify":
-        theirs = hello.get("edgekit") or "0"
-        if _older(theirs, __version__) and event.get("exit_code") != 4:
-            return BackendUnavailable(f"device {name}: its edgekit {theirs} is older than this one ({__version__}) and cannot use the bundle: {msg}",
-                                      hint=f"upgrade it there: {py} -m pip install -U '{spec}>={__version__}'")
-        if event.get("exit_code") == 4 or "not available here" in msg:
-            return BackendUnavailable(f"device {name} cannot run it: {msg}", hint=f"install the backend there: {install}")
-        return BackendUnavailable(f"device {name}: the bundle does not verify there: {msg}", hint="run again (a damaged transfer), or compile for the device's versions")
-    if kind == "bench":
-        code = event.get("exit_code")
-        if code == 2:
-            return UsageError(f"device {name}: {msg}")
-        return BackendUnavailable(f"device {name}: edgekit {event.get('command', 'bench')} failed there (exit {code}): {msg}", hint="run with -v to see the device's log")
-    return BackendUnavailable(f"device {name}: {msg}")
-
-
-def _older(a: str, b: str) -> bool:
-    def key(v: str) -> tuple[int, ...]:
-        parts = []
-        for p in v.split("+")[0].split("."):
-            digits = "".join(c for c in p if c.isdigit())
-            parts.append(int(digits) if digits else 0)
-        return tuple(parts)
-
-    return key(a) < key(b)
 
 
 def _throttle_note(verdict: bool | None, evidence: list[str]) -> str:
@@ -233,20 +196,20 @@ def bench_on_device(device: Device, jobs: list[DeviceJob]) -> list[dict[str, Any
     return results
 
 
-def ship_and_run(device: Device, plan: _Plan, header_jobs: Callable[[list[str]], list[dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+def ship_and_run(device: Device, plan: Plan, header_jobs: Callable[[list[str]], list[dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Pack `plan` into one payload and run the agent's jobs on `device` in one SSH session: (its `result`
     event, every event, its `hello`). `header_jobs(bundle dirs, in plan.folders' order)` gives the jobs: each
     `{"artifact", "args"}` (an `edgekit bench`) or `{"argv"}` (any edgekit command line, run in the run folder).
     An `error` event raises, naming the fix."""
     with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
         payload, dirs = _payload(plan, Path(tmp))
-        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs(dirs), "edgekit": __version__}
+        header = {"mode": "bench", "workdir": device.workdir, "jobs": header_jobs(dirs), "edgekit": VERSION}
         _say(device, f"sending {payload.stat().st_size / 2 ** 20:.1f} MiB to {device.address}")
         messages = {"ready": "verifying and benchmarking", "cleaned": "removed folders of earlier cut runs"}
         final, events = run_agent(device, header, payload=payload, on_event=lambda e: _say(device, messages[e["event"]]) if e["event"] in messages else None)
     hello = next((e for e in events if e["event"] == "hello"), {})
     if final["event"] == "error":
-        raise _device_error(device, final, hello, _backends(plan))
+        raise agent_error(device, final, hello, _backends(plan))
     return final, events, hello
 
 

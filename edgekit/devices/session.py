@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 
 from edgekit.devices.config import Device
 from edgekit.devices.ssh import connection_error, remote_python_command, ssh_argv
-from edgekit.errors import BackendUnavailable
+from edgekit.errors import BackendUnavailable, EdgekitError, UsageError
+from edgekit.version import VERSION, older
 
 EVENT = "EDGEKIT-EVENT "
 log = logging.getLogger("edgekit.devices")
@@ -104,3 +105,30 @@ def run_agent(device: Device, header: dict[str, Any], *, payload: Path | None = 
                                  hint="the device stops the run and removes its folder when it notices, and the next run there removes any folder left behind; run again when it is reachable")
     raise BackendUnavailable(f"device {device.name}: the device's Python failed before edgekit could start ({last})",
                              hint=f"check it by hand: ssh{' -p ' + str(device.port) if device.port else ''} {device.user + '@' if device.user else ''}{device.host} {device.python} -c 'import edgekit'")
+
+
+def agent_error(device: Device, event: dict[str, Any], hello: dict[str, Any], extra: str) -> EdgekitError:
+    """The error to raise for the agent's `error` event: one line that names the fix (`extra`: the edgekit extras
+    the device needs, e.g. "openvino")."""
+    name, kind, msg = device.name, event.get("kind"), event.get("message", "").split("; install it:")[0]  # the fix below names the device's Python
+    py = hello.get("python_executable") or device.python
+    spec = f"edgekit[{extra}]" if extra else "edgekit"
+    install = f"{py} -m pip install '{spec}'"
+    if kind == "no-edgekit":
+        return BackendUnavailable(f"device {name}: {msg}", hint=f"install it there: {install} (no torch needed), or point python = \"...\" in [devices.{name}] at the environment that has it")
+    if kind in ("disk", "workdir"):
+        return BackendUnavailable(f"device {name}: {msg}", hint=f"free space there, or set workdir = \"...\" in [devices.{name}] to a folder on a larger, writable disk")
+    if kind == "verify":
+        theirs = hello.get("edgekit") or "0"
+        if older(theirs, VERSION) and event.get("exit_code") != 4:
+            return BackendUnavailable(f"device {name}: its edgekit {theirs} is older than this one ({VERSION}) and cannot use the bundle: {msg}",
+                                      hint=f"upgrade it there: {py} -m pip install -U '{spec}>={VERSION}'")
+        if event.get("exit_code") == 4 or "not available here" in msg:
+            return BackendUnavailable(f"device {name} cannot run it: {msg}", hint=f"install the backend there: {install}")
+        return BackendUnavailable(f"device {name}: the bundle does not verify there: {msg}", hint="run again (a damaged transfer), or compile for the device's versions")
+    if kind == "bench":
+        code = event.get("exit_code")
+        if code == 2:
+            return UsageError(f"device {name}: {msg}")
+        return BackendUnavailable(f"device {name}: edgekit {event.get('command', 'bench')} failed there (exit {code}): {msg}", hint="run with -v to see the device's log")
+    return BackendUnavailable(f"device {name}: {msg}")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from edgekit import deps
 from edgekit.errors import BackendUnavailable, EdgekitError, UsageError
-from edgekit.executors import Done, Needs
+from edgekit.executors.base import Done, Needs
 
 T = TypeVar("T")
 R = TypeVar("R")

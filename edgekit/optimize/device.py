@@ -54,10 +54,9 @@ def not_with_executor(device: str, executor: str) -> UsageError:
 def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRun:
     """The device named `name`, checked in one short session: reachable, with an edgekit that runs the race
     and the target's backend. Raises UsageError (exit 2: an unknown device) or BackendUnavailable (exit 4)."""
-    from edgekit import __version__
     from edgekit.devices import resolve_device
-    from edgekit.devices.remote import _older
     from edgekit.doctor import diagnose_device
+    from edgekit.version import VERSION, older
 
     t0 = time.perf_counter()
     device = resolve_device(name, config=config)
@@ -68,9 +67,9 @@ def preflight(name: str, backend: str, *, config: str | None = None) -> DeviceRu
     if theirs is None:
         raise BackendUnavailable(f"device {device.name}: edgekit is not installed for {py} there",
                                  hint=f"install it there: {py} -m pip install 'edgekit{extra}' (no torch needed), or set python = \"...\" in [devices.{device.name}]")
-    if _older(theirs, __version__):
-        raise BackendUnavailable(f"device {device.name}: its edgekit {theirs} is older than this one ({__version__}) and cannot run optimize's latency race",
-                                 hint=f"upgrade it there: {py} -m pip install -U 'edgekit{extra}>={__version__}'")
+    if older(theirs, VERSION):
+        raise BackendUnavailable(f"device {device.name}: its edgekit {theirs} is older than this one ({VERSION}) and cannot run optimize's latency race",
+                                 hint=f"upgrade it there: {py} -m pip install -U 'edgekit{extra}>={VERSION}'")
     status = next((b for b in found.get("backends", []) if b.get("name") == backend), None)
     if status is None or not status.get("available"):
         why = (status or {}).get("reason") or f"its edgekit does not know the {backend} backend"
@@ -84,10 +83,10 @@ def race_on_device(run: DeviceRun, cands: Sequence[Any], feed: dict[str, np.ndar
     """Ship the candidates' artifacts and `feed` to the device, race them there: (runners holding the device's samples
     and rounds, the race's stage log, the device's environment). A candidate the device cannot load is left out,
     with the device's reason on the candidate (`skipped`)."""
-    from edgekit.devices.remote import _Plan, measured_note, ship_and_run
+    from edgekit.devices.remote import Plan, measured_note, ship_and_run
 
     t0 = time.perf_counter()
-    plan = _Plan()
+    plan = Plan()
     for c in cands:
         plan.folder_index(Path(c.folder).resolve())
     # each candidate's outputs here on the feed: the device checks its own against them before racing
@@ -163,7 +162,7 @@ def race_here(spec_path: str | Path, artifacts: Sequence[str]) -> dict[str, Any]
     from edgekit.bench.run import environment
     from edgekit.compile import open_engine
     from edgekit.errors import EdgekitError
-    from edgekit.optimize import cpu_features
+    from edgekit.machine import cpu_features
     from edgekit.optimize.race import race
 
     spec = json.loads(Path(spec_path).read_text())

@@ -1,9 +1,8 @@
 """`optimize = true` in an edgekit.toml `[[bench]]` entry: CI benches the artifact optimize chooses for the
 entry's model and target, and chooses again whenever the model changes.
 
-`optimize = true` calibrates on the entry's `data`; a table says more:
-`optimize = { calib = "calib/", eval = "held/", max_accuracy_drop = 0.01, metric = "cosine", candidates = ["fp32", "int8"] }`.
-The chosen artifact is kept in the edgekit cache, keyed by the model's SHA-256, the target and these settings.
+The entry's `optimize` value is read with the rest of the file (`bench.project.EntryOptimize`). The chosen
+artifact is kept in the edgekit cache, keyed by the model's SHA-256, the target and these settings.
 """
 from __future__ import annotations
 
@@ -13,40 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.project import EntryOptimize
 from edgekit.errors import GateFailed, UsageError
-
-_KEYS = {"calib", "eval", "max_accuracy_drop", "metric", "candidates", "samples"}
-
-
-@dataclasses.dataclass(frozen=True)
-class EntryOptimize:
-    calib: str
-    eval_source: str | None = None
-    max_accuracy_drop: float | None = None
-    metric: str = "cosine"
-    candidates: tuple[str, ...] = ()
-    samples: int | None = None
-
-
-def entry_optimize(item: dict[str, Any], base: Path, label: str) -> EntryOptimize | None:
-    """The entry's `optimize` value, checked, paths resolved from the toml's folder (None: not asked for)."""
-    value = item.get("optimize", False)
-    if value is False:
-        return None
-    table = {} if value is True else value
-    if not isinstance(table, dict):
-        raise UsageError(f"{label}: optimize must be true or a table", hint='write optimize = true, or optimize = { calib = "calib/" }')
-    for k in table:
-        if k not in _KEYS:
-            from edgekit.config import _unknown
-
-            raise _unknown(k, _KEYS, f"{label} optimize")
-    calib = table.get("calib") or item.get("data")
-    if not calib:
-        raise UsageError(f"{label}: optimize needs calibration data", hint='add data = "calib/" to the entry, or optimize = { calib = "..." }')
-    return EntryOptimize(calib=str(base / calib), eval_source=str(base / table["eval"]) if table.get("eval") else None,
-                         max_accuracy_drop=table.get("max_accuracy_drop"), metric=table.get("metric", "cosine"),
-                         candidates=tuple(table.get("candidates", ())), samples=table.get("samples"))
 
 
 def optimized_artifact(entry: Any, *, executor: Any = None, device: str | None = None, config: str | None = None) -> tuple[str, None]:

@@ -76,7 +76,7 @@ def optimize_on(executor: Any, model: Path, out_dir: Path, *, calib: str, option
 def _optimize_unit(job: _Job) -> tuple[str, tuple[str, str | None, str | None, str | None, Any], bytes | None]:
     """On the node: (the folder it ran in, (ok|error, error class, message, hint, report), the winner's folder as a tar)."""
     from edgekit.executors.ray import RayExecutor
-    from edgekit.optimize import optimize_here
+    from edgekit.optimize.run import optimize_here
 
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-unit-") as tmp:
         root = Path(tmp).resolve()  # resolved: the report's paths and the manifest's resolved ones read alike
@@ -105,8 +105,8 @@ def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[
     """The winner's folder into `out_dir` (replaced whole, atomically), its manifest's paths as here, the final report beside it."""
     from edgekit.compile import MANIFEST
     from edgekit.executors.bench import relocate
-    from edgekit.files import _json_default, atomic_dir
-    from edgekit.optimize import REPORT
+    from edgekit.files import atomic_dir, json_default
+    from edgekit.optimize.run import REPORT
 
     assert winner is not None
     with tempfile.TemporaryDirectory(prefix="edgekit-optimize-winner-") as tmp, atomic_dir(out_dir) as dest:
@@ -116,5 +116,5 @@ def _unpack_winner(winner: bytes | None, root: str, out_dir: Path, report: dict[
             shutil.move(f, dest / f.name)
         there = str(Path(root) / "out")  # the manifest records the INT8 winner's source resolved, as a local run does
         manifest = relocate(json.loads((dest / MANIFEST).read_text()), [(t, str(out_dir.resolve()) if t == there else h) for t, h in pairs])
-        (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        (dest / REPORT).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default) + "\n")
+        (dest / REPORT).write_text(json.dumps(report, indent=2, default=json_default) + "\n")

@@ -37,8 +37,8 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     """(the model to write, the check's report, the fallback's report or None). Below the bar, the PTQ
     algorithms (`ptq.py`, when `calib` is given) are tried first, then the float fallback from the best."""
     from edgekit.quantize import sensitivity
-    from edgekit.quantize import _copy, quantize_with_ranges
     from edgekit.quantize.fallback import keep_in_float
+    from edgekit.quantize.qdq import copy_model, quantize_with_ranges
 
     user = options.max_accuracy_drop is not None
     if user and options.metric not in sensitivity.METRICS and ":" not in options.metric:
@@ -48,7 +48,7 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     with status("checking INT8 against FP32 on held-out data"):
         names, reference, beyond = reference_outputs(model, feeds, ranges)
         evaluator = SliceEvaluator(feeds, reference, names, bar=None if user else DEFAULT_BAR, metric=options.metric, labels=labels)
-        full = quantize_with_ranges(_copy(model), ranges, recipe, exclude=exclude)
+        full = quantize_with_ranges(copy_model(model), ranges, recipe, exclude=exclude)
         got = evaluator.outputs_of(full)
     all_int8 = evaluator.compare(got)
     budget = options.max_accuracy_drop if user else 0.0

@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.quantize.regions import node_name
+from edgekit.quantize.graph import node_name
 
 Feeds = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -520,7 +520,7 @@ def bias_correct(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Feeds) -> 
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
         # a named node by its name; an unnamed one by its output (QDQ keeps it unless it is a graph output), else by
-        # the name edgekit.quantize.regions.name_nodes gave it (_site checks the weights agree to half a step either way)
+        # the name edgekit.quantize.graph.name_nodes gave it (_site checks the weights agree to half a step either way)
         qnode = by_name.get(node.name) if node.name else by_output.get(node.output[0]) or by_name.get(name)
         if qnode is None or qnode.op_type != node.op_type:
             continue

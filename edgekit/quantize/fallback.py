@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edgekit.backends.base import QuantRecipe
@@ -53,7 +54,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     from onnxruntime.quantization.registry import QDQRegistry
 
     from edgekit.quantize import sensitivity
-    from edgekit.quantize import _copy, _fallback_speed, quantize_with_ranges
+    from edgekit.quantize.qdq import copy_model, quantize_with_ranges
 
     op_types = set(recipe.op_types or QDQRegistry.keys())
     candidates = [n.name for n in model.graph.node if n.op_type in op_types and n.name and n.name not in set(exclude)]
@@ -64,7 +65,7 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
 
     def q(labels: Sequence[str]) -> onnx.ModelProto:
         extra = {n for lb in labels for n in nodes_of.get(lb, [lb])}
-        return quantize_with_ranges(_copy(model), ranges, recipe, exclude=sorted(set(exclude) | extra))
+        return quantize_with_ranges(copy_model(model), ranges, recipe, exclude=sorted(set(exclude) | extra))
 
     labels = [lb for lb, _, _ in units]
 
@@ -99,3 +100,19 @@ def keep_in_float(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
             k["latency_cost_ms"] = speed["per_node_ms"].get(k["node"])
         result["latency_ms"] = {"all_int8": speed["all_int8"], "final": speed["final"]}
     return final, result
+
+
+def _fallback_speed(full: onnx.ModelProto, final: onnx.ModelProto, kept: list[dict[str, Any]], q: Any, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What keeping each node in float costs in latency (ONNX Runtime, this CPU): that node alone in float vs all
+    INT8. Variants are timed in interleaved blocks and compared on their floor (fastest 5%), which interference cannot lower."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.bench.stats import floor_ms
+    from edgekit.bench.timer import measure_interleaved
+    from edgekit.config import BenchSettings
+
+    models = {"all_int8": full, "final": final, **{k["node"]: q([k["node"]]) for k in kept}}
+    sessions = {name: session_from_bytes(m.SerializeToString()) for name, m in models.items()}
+    settings = BenchSettings(warmup_ms=100, min_iterations=10, min_duration_s=0.9)
+    timed = measure_interleaved([lambda s=sess: s.run(None, feed) for sess in sessions.values()], settings)
+    best = {name: floor_ms(t.latencies_ms) for name, t in zip(sessions, timed)}
+    return {"all_int8": best["all_int8"], "final": best["final"], "per_node_ms": {k["node"]: best[k["node"]] - best["all_int8"] for k in kept}}

@@ -107,8 +107,8 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
             evaluator: SliceEvaluator, calib: CalibrationSet, *, method: str, samples: int | None, percentile: float
             ) -> tuple[Candidate, list[dict[str, Any]]]:
     """The best of the PTQ algorithms on the held-out slice, and what each did (the report's `ptq`)."""
-    from edgekit.quantize import _copy, collect_stats, quantize_with_ranges
     from edgekit.quantize.equalize import bias_correct, equalize
+    from edgekit.quantize.qdq import collect_stats, copy_model, quantize_with_ranges
     from edgekit.quantize.smoothquant import smooth_quant
 
     specs = input_specs(model)
@@ -121,7 +121,7 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
         return {k: tensor_range(st, method, percentile=percentile, symmetric=recipe.activation_symmetric) for k, st in stats.items()}, stats
 
     def candidate(m: onnx.ModelProto, r: Ranges, stats: dict[str, RunningStats] | None) -> Candidate:
-        q = quantize_with_ranges(_copy(m), r, recipe, exclude=exclude)
+        q = quantize_with_ranges(copy_model(m), r, recipe, exclude=exclude)
         drop, rank, outs = _score(evaluator, q)
         return Candidate(m, r, q, drop, rank, stats=stats, outputs=outs)
 

@@ -19,13 +19,12 @@ attention kernel; LayerNorm, GELU, Softmax and residual Adds stay float.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from typing import Any
 
 import onnx
 
-# ops that only move data: per-tensor quantization commutes with them
-SHAPE_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+from edgekit.quantize.graph import SHAPE_OPS, Graph
+
 _SCORE_OPS = ("Add", "Div", "Mul", "Where", "Sub", "Cast") + SHAPE_OPS  # between Q x K^T and Softmax (scale, mask)
 _PROJ_PATH_OPS = ("Add", "Mul", "Div", "Split", "Slice", "Gather") + SHAPE_OPS  # between a projection and Q x K^T / P x V
 _NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
@@ -33,7 +32,6 @@ _NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNor
 _GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
 _RNN_OPS = ("LSTM", "GRU", "RNN", "Scan", "Loop")
 _CONV_OPS = ("Conv", "ConvTranspose")
-_WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 KINDS = ("attention", "layernorm", "gelu", "conv-stem", "rnn", "embedding", "spectral")
 POLICIES = ("int8", "int8-s8", "float", "weights", "attention")  # what a region may get (see quantization_plan)
@@ -53,75 +51,11 @@ class Region:
         return d
 
 
-def node_name(node: onnx.NodeProto, index: int) -> str:
-    """A node's name; unnamed nodes get `op_type_index` (name_nodes writes the same names into a model)."""
-    return node.name or f"{node.op_type}_{index}"
-
-
-def name_nodes(model: onnx.ModelProto) -> None:
-    """Give unnamed nodes the names `find_regions` reports, so a plan can refer to every node."""
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            n.name = node_name(n, i)
-
-
-class _Graph:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.nodes = list(model.graph.node)
-        self.name = {id(n): node_name(n, i) for i, n in enumerate(self.nodes)}
-        self.order = {self.name[id(n)]: i for i, n in enumerate(self.nodes)}
-        self.consts = {t.name for t in model.graph.initializer} | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
-        self.float_inits = {t.name for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
-        self.inputs = {i.name for i in model.graph.input} - self.consts
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers[i].append(n)
-
-    def n(self, node: onnx.NodeProto) -> str:
-        return self.name[id(node)]
-
-    def dynamic_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and i not in self.consts]
-
-    def is_weighted(self, node: onnx.NodeProto) -> bool:
-        return node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in self.consts
-
-    def up(self, tensor: str, through: tuple[str, ...], depth: int) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
-        """Walk producers from `tensor` through `through` ops (first dynamic input) to the first other node."""
-        path: list[onnx.NodeProto] = []
-        for _ in range(depth + 1):
-            p = self.producer.get(tensor)
-            if p is None or p.op_type not in through:
-                return p, path
-            path.append(p)
-            dyn = self.dynamic_inputs(p)
-            if not dyn:
-                return None, path
-            tensor = dyn[0]
-        return None, path
-
-    def down(self, tensor: str, through: tuple[str, ...], depth: int) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
-        """Follow the single consumer of `tensor` through `through` ops to the first other node."""
-        path: list[onnx.NodeProto] = []
-        for _ in range(depth + 1):
-            cons = self.consumers.get(tensor, [])
-            if len(cons) != 1:
-                return None, path
-            c = cons[0]
-            if c.op_type not in through:
-                return c, path
-            path.append(c)
-            tensor = c.output[0]
-        return None, path
-
-
 def find_regions(model: onnx.ModelProto) -> list[Region]:
     """Every region of the kinds in KINDS, in graph order. A node belongs to at most one region."""
     from edgekit.quantize.spectral import spectral_front_ends
 
-    g = _Graph(model)
+    g = Graph(model)
     found: list[Region] = []
     taken: set[str] = set()
 
@@ -160,7 +94,7 @@ def find_regions(model: onnx.ModelProto) -> list[Region]:
     return found
 
 
-def _attention(g: _Graph, softmax: onnx.NodeProto, add: Any) -> None:
+def _attention(g: Graph, softmax: onnx.NodeProto, add: Any) -> None:
     qk, score_path = g.up(softmax.input[0], _SCORE_OPS, 6)
     if qk is None or qk.op_type != "MatMul" or len(g.dynamic_inputs(qk)) != 2:
         return
@@ -178,7 +112,7 @@ def _attention(g: _Graph, softmax: onnx.NodeProto, add: Any) -> None:
     add("attention", nodes, qk=g.n(qk), pv=g.n(pv))
 
 
-def _decomposed_layernorm(g: _Graph, mean: onnx.NodeProto, add: Any) -> None:
+def _decomposed_layernorm(g: Graph, mean: onnx.NodeProto, add: Any) -> None:
     """ReduceMean(x) -> Sub(x, mean) -> Pow/Mul -> ReduceMean -> Add(eps) -> Sqrt -> Div -> [Mul gamma] -> [Add beta]."""
     x = mean.input[0]
     subs = [c for c in g.consumers.get(mean.output[0], []) if c.op_type == "Sub" and c.input[0] == x]
@@ -199,7 +133,7 @@ def _decomposed_layernorm(g: _Graph, mean: onnx.NodeProto, add: Any) -> None:
     add("layernorm", nodes + [p for p in path if any(i in g.consts for i in p.input)])
 
 
-def _erf_gelu(g: _Graph, erf: onnx.NodeProto, add: Any) -> None:
+def _erf_gelu(g: Graph, erf: onnx.NodeProto, add: Any) -> None:
     """x * 0.5 * (1 + erf(x / sqrt 2)), in any order of its multiplications."""
     pre = g.producer.get(erf.input[0])
     nodes = [erf] + ([pre] if pre is not None and pre.op_type in ("Div", "Mul") else [])
@@ -228,7 +162,7 @@ def quantization_plan(model: onnx.ModelProto, regions: list[Region], policies: d
     kind's policy: `int8` as outside (`int8-s8`: a signed input symmetric S8, NNCF's choice for a stem); `float` none; `weights` only MatMul/Gemm/Conv with constant
     weights; `attention` the weighted ones plus Q x K^T's two inputs above their shape-only ops.
     """
-    g = _Graph(model)
+    g = Graph(model)
     by_name = {g.n(n): n for n in g.nodes}
     in_region = {name: r for r in regions for name in r.nodes}
     nodes: list[str] = []
@@ -264,7 +198,7 @@ def hoist_qdq_over_shape_ops(model: onnx.ModelProto) -> int:
     moved, again = 0, True
     while again:
         again = False
-        g = _Graph(model)
+        g = Graph(model)
         for q in g.nodes:
             if _hoist_one(model, g, q):
                 moved += 1
@@ -273,7 +207,7 @@ def hoist_qdq_over_shape_ops(model: onnx.ModelProto) -> int:
     return moved
 
 
-def _hoist_one(model: onnx.ModelProto, g: _Graph, q: onnx.NodeProto) -> bool:
+def _hoist_one(model: onnx.ModelProto, g: Graph, q: onnx.NodeProto) -> bool:
     if q.op_type != "QuantizeLinear" or len(q.input) < 2 or q.input[1] not in g.consts:
         return False
     shape = g.producer.get(q.input[0])
@@ -323,7 +257,7 @@ def unfold_reshaped_gemms(model: onnx.ModelProto) -> int:
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     inits = {t.name: t for t in model.graph.initializer}
-    g = _Graph(model)
+    g = Graph(model)
     done = 0
     for gemm in g.nodes:
         if gemm.op_type != "Gemm" or gemm.input[1] not in inits:
@@ -354,6 +288,6 @@ def unfold_reshaped_gemms(model: onnx.ModelProto) -> int:
         keep = [n for n in nodes[:at] if n is not rin] + new + [n for n in nodes[at + 1:] if n is not rout]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        g = _Graph(model)
+        g = Graph(model)
         done += 1
     return done

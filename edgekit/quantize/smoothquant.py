@@ -189,7 +189,7 @@ def smooth_quant(model: onnx.ModelProto, feeds: Callable[[], Iterable[dict[str, 
                  min_ratio: float = 5.0) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """SmoothQuant on every MatMul/Gemm site whose activation has outlier channels; returns (a new model, info).
     The input model is not changed; existing nodes keep their names; new nodes and initializers start `edgekit_`."""
-    from edgekit.quantize.regions import name_nodes
+    from edgekit.quantize.graph import name_nodes
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -210,7 +210,7 @@ def smooth_quant(model: onnx.ModelProto, feeds: Callable[[], Iterable[dict[str, 
         return out, info
     absmax, used = _channel_absmax(out, sorted(groups), feeds)
     info["samples"] = used
-    name_nodes(out)  # names as edgekit.quantize.regions gives them to the original: new nodes come after
+    name_nodes(out)  # names as edgekit.quantize.graph.name_nodes gives them to the original: new nodes come after
     order = {id(n): i for i, n in enumerate(out.graph.node)}
     inserts: list[tuple[int, onnx.NodeProto]] = []
     for x in sorted(groups, key=lambda t: order[id(groups[t][0][0])]):

@@ -16,14 +16,11 @@ linear function of the input and its Sqrt only divides: neither is a front-end.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 
-from edgekit.quantize.regions import SHAPE_OPS
-
-if TYPE_CHECKING:
-    from edgekit.quantize.regions import _Graph
+from edgekit.quantize.graph import SHAPE_OPS, Graph
 
 # ops that move or reshape data: linear in their first input (the others are shapes, pads, indices, axes)
 _MOVE_OPS = SHAPE_OPS + ("Slice", "Pad", "Split", "Expand", "Tile", "Cast", "Gather")
@@ -31,7 +28,7 @@ _FILTER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # with a constant ker
 _SIGNAL_OPS = ("STFT", "DFT")  # ONNX's own transforms: linear in the signal
 
 
-def spectral_front_ends(model: onnx.ModelProto, g: _Graph) -> list[list[onnx.NodeProto]]:
+def spectral_front_ends(model: onnx.ModelProto, g: Graph) -> list[list[onnx.NodeProto]]:
     """The nodes of each signal front-end in `model` (see the module docstring), in graph order."""
     consts = _const_values(model)
     linear: set[str] = set(g.inputs)  # tensors linear in the graph inputs
@@ -64,7 +61,7 @@ def spectral_front_ends(model: onnx.ModelProto, g: _Graph) -> list[list[onnx.Nod
     return _closures(g, ends, member)
 
 
-def _linear_step(g: _Graph, n: onnx.NodeProto, dyn: list[str], linear: set[str]) -> bool | None:
+def _linear_step(g: Graph, n: onnx.NodeProto, dyn: list[str], linear: set[str]) -> bool | None:
     """None when `n`'s output is not linear in the inputs; else whether `n` is a constant-kernel filter."""
     op = n.op_type
     if op in _MOVE_OPS:
@@ -80,7 +77,7 @@ def _linear_step(g: _Graph, n: onnx.NodeProto, dyn: list[str], linear: set[str])
     return None
 
 
-def _power_step(g: _Graph, n: onnx.NodeProto, dyn: list[str], filtered: set[str], power: dict[str, tuple[bool, int]],
+def _power_step(g: Graph, n: onnx.NodeProto, dyn: list[str], filtered: set[str], power: dict[str, tuple[bool, int]],
                 consts: dict[str, Any]) -> tuple[bool, int] | None:
     """None when `n` is no step of a magnitude / log; else (combined power?, filterbanks since the square)."""
     op = n.op_type
@@ -111,7 +108,7 @@ def _squares(n: onnx.NodeProto, consts: dict[str, Any]) -> bool:
     return False
 
 
-def _only_divides(g: _Graph, n: onnx.NodeProto) -> bool:
+def _only_divides(g: Graph, n: onnx.NodeProto) -> bool:
     """A norm read only as a divisor (x / max(sqrt(sum x^2), eps)) normalizes; a magnitude is read as a feature."""
     frontier, divides = [n.output[0]], False
     for _ in range(6):
@@ -130,7 +127,7 @@ def _only_divides(g: _Graph, n: onnx.NodeProto) -> bool:
     return False
 
 
-def _closures(g: _Graph, ends: list[onnx.NodeProto], member: dict[str, onnx.NodeProto]) -> list[list[onnx.NodeProto]]:
+def _closures(g: Graph, ends: list[onnx.NodeProto], member: dict[str, onnx.NodeProto]) -> list[list[onnx.NodeProto]]:
     """Each end's upstream nodes within the front-end; front-ends that share nodes are one."""
     groups: list[dict[str, onnx.NodeProto]] = []
     for end in ends:

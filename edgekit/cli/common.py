@@ -1,4 +1,4 @@
-"""Helpers every command shares: the --json option, tables, number formatting."""
+"""Helpers every command shares: the --json option, tables, number formatting, number lists."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from edgekit.errors import GateFailed
-from edgekit.files import _json_default, write_json
+from edgekit.errors import GateFailed, UsageError
+from edgekit.files import json_default, write_json
 
 json_option = click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
@@ -23,7 +23,7 @@ def emit_json(json_path: str | None, data: Any) -> None:
     if hasattr(data, "to_dict"):
         data = data.to_dict()
     if json_path == "-":
-        click.echo(json.dumps(data, indent=2, default=_json_default))
+        click.echo(json.dumps(data, indent=2, default=json_default))
     else:
         write_json(json_path, data)
 
@@ -81,3 +81,13 @@ def human_count(n: int) -> str:
 
 def out(text: str = "") -> None:
     click.echo(text, file=sys.stdout)
+
+
+def float_list(text: str | None) -> tuple[float, ...] | None:
+    """A comma-separated list of numbers from the command line (`0.485,0.456,0.406`); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"bad list of numbers {text!r}", hint="write it like 0.485,0.456,0.406") from None
