@@ -188,6 +188,11 @@ def test_the_readme_is_the_quickstart_and_links() -> None:
     assert len(commands) == 2, commands
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci, "the README's test command must be a line of .ci/run, verbatim"
+    # Getting started repeats the first command, and runs its edgekit steps one block each, word for word
+    started = [b.text.strip() for b in blocks(DOCS / "getting-started.md") if b.lang == "bash"]
+    assert commands[0] in started, "docs/getting-started.md shows the README's first Quickstart command verbatim"
+    steps = [p.strip() for p in commands[0].split(" && ") if p.strip().startswith("edgekit ")]
+    assert steps and all(s in started for s in steps), "each edgekit step of the Quickstart is a command block of docs/getting-started.md"
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if not re.match(r"[a-z]+://", target):
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
