@@ -13,8 +13,8 @@ HERE = Path(__file__).parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 RESULTS = HERE / "results"
-PHOTOS = HERE.parent / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"
-IMAGENET_VAL = HERE.parent / "edgekit" / "examples" / "calibration" / "imagenet-val-foolbox.toml"
+PHOTOS = HERE.parent / "calibration" / "imagenet-photos.toml"
+IMAGENET_VAL = HERE.parent / "calibration" / "imagenet-val-foolbox.toml"
 
 
 def image_feeds(manifest: Path, name: str, limit: int | None = None) -> list[dict[str, np.ndarray]]:

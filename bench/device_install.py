@@ -83,7 +83,7 @@ def main() -> None:
         onnx = work / "model.onnx"
         export_model("edgekit.examples.efficientnet:model", onnx, options=ExportOptions(dynamic_batch=True))
         q = work / "model.int8.onnx"
-        sh([sys.executable, "-m", "edgekit", "quantize", str(onnx), "-o", str(q), "--calib", str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"), "--samples", "8"],
+        sh([sys.executable, "-m", "edgekit", "quantize", str(onnx), "-o", str(q), "--calib", str(ROOT / "calibration" / "imagenet-photos.toml"), "--samples", "8"],
            env={**os.environ, "PYTHONPATH": str(ROOT)})
         compile_model(q, work / "ov", target="openvino", shapes={"inputs": (1, 3, 224, 224)})
         compile_model(q, work / "ort", target="onnxruntime")

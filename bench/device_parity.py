@@ -42,7 +42,7 @@ def main() -> None:
 
         export_model("edgekit.examples.efficientnet:model", root / "m.onnx", options=ExportOptions(dynamic_batch=True))
         res = CliRunner().invoke(cli, ["quantize", str(root / "m.onnx"), "-o", str(root / "q.onnx"), "--calib",
-                                       str(lab.ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"), "--samples", "16", "--target", "openvino"])
+                                       str(lab.ROOT / "calibration" / "imagenet-photos.toml"), "--samples", "16", "--target", "openvino"])
         assert res.exit_code == 0, res.output
         art = root / "ov"
         compile_model(root / "q.onnx", art, target="openvino", shapes={"inputs": (1, 3, 224, 224)})

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"
-IMAGENET_VAL = ROOT / "edgekit" / "examples" / "calibration" / "imagenet-val-foolbox.toml"
+PHOTOS = ROOT / "calibration" / "imagenet-photos.toml"
+IMAGENET_VAL = ROOT / "calibration" / "imagenet-val-foolbox.toml"
 
 
 class Check:

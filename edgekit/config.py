@@ -177,21 +177,42 @@ _TARGET_KEYS = {"name", "backend", "device", "precision", "description", "option
 _DEFAULT_DEVICE = {"tensorrt": "GPU"}
 
 
-# Data that ships inside the package (package data in the wheel), so an installed edgekit finds it from any folder.
-PACKAGED_TARGETS = Path(__file__).resolve().parent / "targets"
-PACKAGED_MANIFESTS = Path(__file__).resolve().parent / "examples" / "calibration"
+def builtin_dir(name: str) -> Path:
+    """edgekit's own data folder `name` ("targets" or "calibration"), one copy wherever edgekit runs from.
+
+    The folders live at the top of the repository; the build maps each into the wheel as the data package
+    `edgekit._data.<name>` (setup.py), so an installed wheel has them at edgekit/_data/<name>/. A checkout on
+    sys.path and an editable install import edgekit from the source tree, where the folder is beside edgekit/.
+    """
+    here = Path(__file__).resolve().parent
+    installed = here / "_data" / name
+    return installed if installed.is_dir() else here.parent / name
+
+
+# Built-in data: package data in the wheel, the top-level folders in a checkout (see builtin_dir).
+PACKAGED_TARGETS = builtin_dir("targets")
+PACKAGED_MANIFESTS = builtin_dir("calibration")
 
 
 def profile_dirs() -> list[tuple[str, Path]]:
     """Where `--target NAME` looks for NAME.toml, first match wins: (origin, folder).
 
-    The user's folders come before the packaged profiles, so a team can override `cpu-openvino`
-    with its own budgets without touching the installed package.
+    The user's folders come before the built-in profiles, so a team can override `cpu-openvino`
+    with its own budgets without touching the installed package. Run in edgekit's own checkout,
+    ./targets is the built-in folder itself: it is listed once, as built-in.
     """
     dirs = [("EDGEKIT_TARGETS", Path(p)) for p in os.environ.get("EDGEKIT_TARGETS", "").split(os.pathsep) if p]
-    dirs.append(("./targets", Path.cwd() / "targets"))
+    if not _same_folder(Path.cwd() / "targets", PACKAGED_TARGETS):
+        dirs.append(("./targets", Path.cwd() / "targets"))
     dirs.append(("built-in", PACKAGED_TARGETS))
     return dirs
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.is_dir() and b.is_dir() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def target_dirs() -> list[Path]:
@@ -325,5 +346,8 @@ def target_listing() -> dict[str, Any]:
         except UsageError as exc:
             description = f"error: {exc}"
         manifests.append({"name": name, "path": str(path), "description": description})
-    return {"targets": rows, "search_path": [{"origin": o, "path": str(d), "exists": d.is_dir()} for o, d in profile_dirs()],
+    search_path = [{"origin": o, "path": str(d), "exists": d.is_dir()} for o, d in profile_dirs()]
+    if _same_folder(Path.cwd() / "targets", PACKAGED_TARGETS):  # edgekit's own checkout: its targets/ is not a user's
+        search_path[-1]["note"] = "./targets here is edgekit's own checkout: the built-in profiles"
+    return {"targets": rows, "search_path": search_path,
             "calibration_manifests": manifests}

@@ -125,7 +125,7 @@ def efficientnet_int8_artifacts(efficientnet_onnx: Path, artifacts: Path) -> lis
 
     q = artifacts / "efficientnet.int8.onnx"
     res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(q), "--calib",
-                                   str(Path(__file__).parents[1] / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"), "--samples", "4"])
+                                   str(Path(__file__).parents[1] / "calibration" / "imagenet-photos.toml"), "--samples", "4"])
     assert res.exit_code == 0, res.output
     out = [artifacts / "efficientnet-int8-ort"]
     compile_model(q, out[0], target="onnxruntime")

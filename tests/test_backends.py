@@ -137,7 +137,7 @@ def test_bad_profiles_are_exit_2_naming_the_key(profile: str, needle: str, effic
 def test_shipped_profiles_load() -> None:
     from edgekit.config import load_target
 
-    names = {p.stem for p in (Path(__file__).parents[1] / "edgekit" / "targets").glob("*.toml")}
+    names = {p.stem for p in (Path(__file__).parents[1] / "targets").glob("*.toml")}
     assert {"cpu-openvino", "cpu-onnxruntime", "jetson-orin-nano", "nvidia-desktop"} <= names
     for n in names:
         t = load_target(n)

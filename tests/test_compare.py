@@ -11,7 +11,7 @@ from edgekit.cli import cli
 from edgekit.compile import compile_model
 
 ROOT = Path(__file__).parents[1]
-VAL = str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-val-foolbox.toml")
+VAL = str(ROOT / "calibration" / "imagenet-val-foolbox.toml")
 
 
 def test_fp32_vs_its_compiled_artifacts_agree(efficientnet_onnx: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from edgekit.quantize import QuantizeOptions, quantize_model
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # bench/models.py: ResNet-18 and MobileNetV2 without torchvision
-PHOTOS = str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml")
+PHOTOS = str(ROOT / "calibration" / "imagenet-photos.toml")
 SAMPLES = 2  # structure does not need accurate ranges
 
 # OpenVINO layers that move or convert data around the 8-bit kernels (each a memory pass)

@@ -31,19 +31,43 @@ from edgekit.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "examples" / "github-actions" / "edgekit.yml"
-# everything edgekit reads at run time, which must ship in the wheel
-PACKAGED = sorted(p.relative_to(ROOT).as_posix() for p in [*(ROOT / "edgekit" / "targets").glob("*.toml"),
-                                                          *(ROOT / "edgekit" / "examples" / "calibration").glob("*.toml")])
+# everything edgekit reads at run time: the top-level targets/ and calibration/, shipped as edgekit/_data/<folder>/
+DATA_FOLDERS = ("targets", "calibration")
+SOURCES = sorted(p.relative_to(ROOT).as_posix() for d in DATA_FOLDERS for p in (ROOT / d).glob("*.toml"))
+PACKAGED = sorted(f"edgekit/_data/{s}" for s in SOURCES)  # where setup.py's package_dir puts them in the wheel
 
 
 # --- the packaged data, from this checkout ----------------------------------------------------
 
-def test_profiles_and_manifests_live_in_the_package() -> None:
-    """A profile or manifest added at the old top-level places would work in this checkout and be missing from the wheel."""
-    assert {"edgekit/targets/cpu-openvino.toml", "edgekit/examples/calibration/imagenet-photos.toml"} <= set(PACKAGED)
-    for old, new in (("targets", "edgekit/targets"), ("calibration", "edgekit/examples/calibration")):
-        stray = sorted(p.name for p in (ROOT / old).glob("*.toml"))
-        assert not stray, f"{old}/ holds {stray}: they ship only from {new}/ (git mv {old}/*.toml {new}/)"
+def test_profiles_and_manifests_live_at_the_top_level() -> None:
+    """The checkout reads the one copy in targets/ and calibration/, the same files the wheel ships."""
+    from edgekit.config import PACKAGED_MANIFESTS, PACKAGED_TARGETS
+
+    assert {"targets/cpu-openvino.toml", "calibration/imagenet-photos.toml"} <= set(SOURCES)
+    assert PACKAGED_TARGETS == ROOT / "targets" and PACKAGED_MANIFESTS == ROOT / "calibration"
+
+
+def test_no_profile_or_manifest_exists_in_two_places() -> None:
+    """A profile or manifest has one home: targets/ or calibration/. A .toml of the same name anywhere under edgekit/
+    (the old edgekit/targets/, edgekit/examples/calibration/, a hand copy) would ship or be read instead of it."""
+    names = {Path(s).name for s in SOURCES}
+    copies = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "edgekit").rglob("*.toml") if p.name in names)
+    assert not copies, f"{copies}: these are kept in targets/ or calibration/ only (git rm the copies under edgekit/)"
+    stray = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "edgekit").rglob("*.toml"))
+    assert not stray, f"{stray}: profiles go in targets/, manifests in calibration/ (the build ships them from there)"
+
+
+def test_edgekit_targets_in_this_checkout_calls_its_targets_built_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Run inside edgekit's own checkout, ./targets IS the built-in folder: listed once, as built-in, not as the user's."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("EDGEKIT_TARGETS", raising=False)
+    res = CliRunner().invoke(cli, ["targets", "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    listing = json.loads((tmp_path / "t.json").read_text())
+    origins = [(t["name"], t["origin"]) for t in listing["targets"] if t["path"]]
+    assert ("cpu-openvino", "built-in") in origins and not [o for o in origins if o[1] == "./targets"], origins
+    assert len(origins) == len(set(origins)) and all(t["shadowed_by"] is None for t in listing["targets"])
+    assert [d["origin"] for d in listing["search_path"]] == ["built-in"] and "edgekit's own checkout" in res.output
 
 
 def test_user_profiles_come_before_the_built_in_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,13 +143,15 @@ def test_build_makes_a_wheel_and_an_sdist_with_the_data(dist: Path) -> None:
     (wheel,), (sdist,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(PACKAGED) <= names and "edgekit/py.typed" in names
+    tomls = [n for n in names if n.endswith(".toml")]  # one copy of each profile and manifest, nothing else
+    assert sorted(tomls) == PACKAGED, tomls
     assert not any(n.startswith(("tests/", "bench/", "examples/")) for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {"openvino", "torch", "images", "all", "test"} <= set(re.findall(r"^Provides-Extra: (\S+)", metadata, re.M))
     assert "edgekit = edgekit.cli:main" in zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
-    assert set(PACKAGED) <= members and {"pyproject.toml", "README.md"} <= members
+    assert set(SOURCES) <= members and {"pyproject.toml", "README.md"} <= members
 
 
 def _shared_site_packages() -> list[Path]:

@@ -14,8 +14,8 @@ import zoo
 from edgekit.cli import cli
 
 ROOT = Path(__file__).parents[1]
-PHOTOS = str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml")
-IMAGENET_VAL = str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-val-foolbox.toml")
+PHOTOS = str(ROOT / "calibration" / "imagenet-photos.toml")
+IMAGENET_VAL = str(ROOT / "calibration" / "imagenet-val-foolbox.toml")
 
 
 def _quantize(tmp_path: Path, model: Path, *args: str, name: str = "q.onnx") -> tuple[object, Path, dict]:

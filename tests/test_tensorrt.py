@@ -316,8 +316,8 @@ def tensorrt_qdq(efficientnet_onnx: Path, tmp_path_factory: pytest.TempPathFacto
     d = tmp_path_factory.mktemp("trt-qdq")
     out, js = d / "q.onnx", d / "q.json"
     res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(out), "--json", str(js), "--calib",
-                                   str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"), "--target", "tensorrt",
-                                   "--eval", str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-val-foolbox.toml"), "--samples", "8"])
+                                   str(ROOT / "calibration" / "imagenet-photos.toml"), "--target", "tensorrt",
+                                   "--eval", str(ROOT / "calibration" / "imagenet-val-foolbox.toml"), "--samples", "8"])
     assert res.exit_code == 0, res.output
     return out, json.loads(js.read_text())
 
@@ -344,7 +344,7 @@ def test_tensorrt_recipe_meets_the_rules_and_places_qdq_where_tensorrt_fuses(ten
     from edgekit.cli import cli
 
     u8 = tmp_path / "u8.onnx"
-    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(u8), "--calib", str(ROOT / "edgekit" / "examples" / "calibration" / "imagenet-photos.toml"),
+    res = CliRunner().invoke(cli, ["quantize", str(efficientnet_onnx), "-o", str(u8), "--calib", str(ROOT / "calibration" / "imagenet-photos.toml"),
                                    "--target", "onnxruntime", "--samples", "4"])
     assert res.exit_code == 0, res.output
     assert any("uint8 quantization; TensorRT needs signed INT8" in p for p in check_explicit_quantization(onnx.load(str(u8))))

@@ -11,7 +11,7 @@ import importlib
 from edgekit.backends.base import Backend
 from edgekit.errors import UsageError
 
-# name -> module path; a new backend is one module plus one line here (and a profile in edgekit/targets/)
+# name -> module path; a new backend is one module plus one line here (and a profile in targets/)
 REGISTRY: dict[str, str] = {
     "onnxruntime": "edgekit.backends.onnxruntime",
     "openvino": "edgekit.backends.openvino",

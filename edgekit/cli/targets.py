@@ -29,7 +29,7 @@ def _render(listing: dict) -> None:
         rows.append((t["name"], t["backend"] or "-", t["device"] or "-", t["precision"] or "-", t["origin"], what))
     out(table(["target", "backend", "device", "precision", "from", "description"], rows))
     out()
-    out("profiles are looked up in: " + "; ".join(f"{d['origin']} {d['path']}" + ("" if d["exists"] else " (absent)") for d in listing["search_path"]))
+    out("profiles are looked up in: " + "; ".join(f"{d['origin']} {d['path']}" + ("" if d["exists"] else " (absent)") + (f" ({d['note']})" if d.get("note") else "") for d in listing["search_path"]))
     if listing["calibration_manifests"]:
         out("built-in calibration manifests (--calib NAME): "
             + "; ".join(f"{m['name']} ({m['description']})" for m in listing["calibration_manifests"]))
