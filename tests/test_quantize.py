@@ -73,20 +73,31 @@ def test_mnist_cnn_loses_at_most_half_a_point_on_1000_digits(mnist_onnx: Path, t
     assert "check: off" in res.output
 
 
-def test_nothing_meets_the_bar_is_exit_3_with_the_best_model_written(mnist_onnx: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
+def test_nothing_meets_the_bar_is_exit_3_with_the_best_model_written(target: str, mnist_onnx: Path, tmp_path: Path) -> None:
     """Calibrated on digits at 2% of their brightness, every range is 50x too small for real digits: no
-    fallback within half the nodes in float meets the default bar on real held-out digits."""
+    fallback within half the nodes in float meets the default bar on real held-out digits. The line names
+    the fastest float precision of the target that meets the bar on the same digits, with its command
+    (OpenVINO on a CPU with bf16 instructions: bf16, run and judged here; elsewhere fp32)."""
+    from edgekit.quantize.alternatives import candidates
+
     name = ort.InferenceSession(str(mnist_onnx)).get_inputs()[0].name
     np.savez(tmp_path / "faint.npz", **{name: zoo.mnist_calibration(64) * 0.02})
     held = tmp_path / "held.npz"
     np.savez(held, **{name: zoo.mnist_heldout()[0][:40]})
-    res, out, report = _quantize(tmp_path, mnist_onnx, "--calib", str(tmp_path / "faint.npz"), "--eval", str(held))
+    res, out, report = _quantize(tmp_path, mnist_onnx, "--calib", str(tmp_path / "faint.npz"), "--eval", str(held), "--target", target)
     assert res.exit_code == 3, res.output
     line = res.stderr.strip().splitlines()
     assert len(line) == 1 and "below the bar" in line[0] and "output" in line[0] and "bar:" in line[0] and str(out) in line[0], line
     assert out.exists() and out.with_name(out.name + ".json").exists()  # the best model found, and its manifest
     c, fb = report["check"], report["fallback"]
     assert not c["passed"] and c["outcome"].startswith("refused") and not fb["met"]
+    alts = c["alternatives"]
+    assert [a["precision"] for a in alts] == candidates(target) and alts[-1] == {**alts[-1], "precision": "fp32", "meets_bar": True}
+    for a in alts[:-1]:  # bf16 was run on OpenVINO here and judged on the held-out digits like INT8
+        assert isinstance(a["meets_bar"], bool) and a["ms_per_sample"] > 0 and "held-out samples" in a["checked"], a
+    best = next(a for a in alts if a["meets_bar"])
+    assert f"{best['precision']} on {target} meets the bar" in line[0] and f"--target {target} --precision {best['precision']}" in line[0], line
     assert fb["evaluations"] <= fb["worst_case_evaluations"] and len(fb["kept_in_float"]) <= fb["units"] // 2
 
 

@@ -166,7 +166,8 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
     if options.check:
         from edgekit.quantize.checkrun import checked_model
 
-        qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled, calib=cset, method=method)
+        qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled, calib=cset, method=method,
+                                                target=target, source=str(model_path))
         if fallback is not None:
             exclude = sorted(set(exclude) | {n for k in fallback["kept_in_float"] for n in k.get("nodes", [k["node"]])})
     else:

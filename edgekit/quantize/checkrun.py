@@ -33,7 +33,7 @@ def _held_out_data(model: onnx.ModelProto, options: Any, held: HeldOut | None) -
 
 def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], recipe: QuantRecipe, exclude: Sequence[str],
                   options: Any, *, held: HeldOut | None, settled: dict[str, Any], calib: CalibrationSet | None = None,
-                  method: str = "minmax") -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
+                  method: str = "minmax", target: Any = None, source: str | None = None) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, Any] | None]:
     """(the model to write, the check's report, the fallback's report or None). Below the bar, the PTQ
     algorithms (`ptq.py`, when `calib` is given) are tried first, then the float fallback from the best."""
     from edgekit.quantize import sensitivity
@@ -97,6 +97,14 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
                  (f"fixed: {len(fallback['kept_in_float'])} node(s) kept in float" + (f" after {' + '.join(kept_ptq)}" if kept_ptq else "")
                   if passed else "refused: no fallback meets the bar"))  # type: ignore[index]
     check["summary"] = summary_line(check) if not user else f"{options.metric} drop {fallback['drop_final'] if fallback else drop:.4g} (budget {budget:g})"
+    if not passed and target is not None:
+        from edgekit.quantize.alternatives import float_alternatives
+
+        def judge(got: list[list[Any]]) -> float:
+            return evaluator.drop_of(got) - budget if user else max((o["shortfall"] for o in evaluator.compare(got)), default=0.0)
+
+        with status("checking the float precisions the target runs against the same bar"):
+            check["alternatives"] = float_alternatives(plain[0], evaluator, judge, backend=target.backend, target=target.name, source=source)
     return qmodel, check, fallback
 
 
@@ -115,4 +123,15 @@ def refusal(check: dict[str, Any], fallback: dict[str, Any] | None, output: Path
     need = check.get("samples_needed")
     if check.get("ranges_settled") is False and need:
         hint = f"calibrate on about {need:,} samples (the ranges are still moving), or " + hint.split(", ", 1)[-1]
+    alts = check.get("alternatives") or []
+    from edgekit.quantize.alternatives import best_line
+
+    unchecked = [a for a in alts if a["meets_bar"] is None]
+    first = alts[0] if alts else None
+    if first is not None and first["meets_bar"] is None:  # the fastest float candidate cannot be run here (TensorRT fp16)
+        hint += f"; next to try: {first['precision']} ({first['checked']}): {first['command']}, then edgekit bench on the device"
+    elif best_line(alts):
+        hint = f"{best_line(alts)}; for INT8: " + hint
+    elif unchecked:
+        hint += "; " + "; ".join(f"{a['precision']}: {a['checked']}" for a in unchecked)
     return GateFailed(msg, hint=hint, result=report)
