@@ -46,6 +46,28 @@ def test_a_probability_map_fails_when_int8_loses_text() -> None:
     assert "thresholded map IoU" in summary_line({"outputs": [o], "samples": 3})
 
 
+def test_a_few_held_out_maps_are_judged_by_a_lower_bound_of_their_mean() -> None:
+    """Three images whose IoUs are 0.99, 0.97 and 0.85 average 0.937, over the bar; that spread over three
+    says the next images may be well under it: the bound (mean - t * sd / sqrt(3)) decides, and fails.
+    The same three IoUs at 0.95 each (no spread) pass."""
+    from edgekit.quantize.maps import lower_bound
+
+    assert abs(lower_bound([0.95, 0.95, 0.95]) - 0.95) < 1e-9 and lower_bound([0.9]) == 0.9
+    assert abs(lower_bound([0.99, 0.97, 0.85]) - (0.9367 - 2.920 * 0.0757 / 3 ** 0.5)) < 2e-3
+
+    def shrunk(m: np.ndarray, rows: int) -> np.ndarray:  # INT8 loses the last `rows` rows of the text box
+        g = m.copy()
+        g[..., 40 - rows:40, :] = 0.0
+        return g
+    ref = [_text_map([(20, 40, 4, 60)]) for _ in range(3)]
+    got = [shrunk(ref[0], 0), shrunk(ref[1], 1), shrunk(ref[2], 3)]  # IoU 1.0, 0.95, 0.85
+    o = _one(ref, got)
+    per = o["map_iou_per_image"]["0.5"]
+    assert per > 0.9 and not o["passed"] and o["map_iou_per_image_lower_bound"]["0.5"] < 0.9 and o["map_iou"] < 0.9, o
+    even = [shrunk(r, 1) for r in ref]  # IoU 0.95 on each
+    assert _one(ref, even)["passed"]
+
+
 def test_a_class_map_is_judged_by_per_pixel_classes() -> None:
     labels = np.zeros((2, 32, 32), int)
     labels[:, 8:24, 8:24] = 1
