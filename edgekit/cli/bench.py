@@ -16,7 +16,7 @@ from edgekit.config import STATS
 @click.option("-t", "--target", default=None, help="Backend name, profile or .toml (default: the artifact's own, or onnxruntime for an .onnx).")
 @click.option("--budget", "budgets", multiple=True, metavar="STAT=Nms", help=f"A latency budget, e.g. p99=33ms (repeatable; statistics: {', '.join(STATS)}). "
               "Replaces the project entry's and the target profile's budget of the same statistic.")
-@click.option("--baseline", default=None, type=click.Path(), help="An earlier --json report, or the baseline artifact: fail on a significant slowdown. "
+@click.option("--baseline", default=None, type=click.Path(), help="An earlier --json report, or the baseline artifact: fail when the slowdown's confidence interval lies above --max-regression. "
               "The baseline's artifact, when still there unchanged, is re-measured interleaved with this one (paired: drift cancels).")
 @click.option("--paired/--unpaired", default=None, help="Require the interleaved re-measurement of the baseline's artifact, or compare with its recorded samples only "
               "(default: paired when the artifact is there).")
@@ -60,10 +60,11 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
     the target on the fly), or a bundle (the artifact edgekit.load would choose, with
     the budgets it was packed with). A budget passes when its confidence interval lies under
     it and fails when it lies above; in between, edgekit measures longer (up to
-    --max-duration) and says how it decided. The baseline gate fails on a slowdown
-    beyond --max-regression that is significant, passes when the ratio's interval is
-    within it, and otherwise measures longer, then says "undecided" (exit 3 with
-    --strict-undecided).
+    --max-duration) and says how it decided. The baseline gate fails when the ratio's
+    confidence interval lies above 1 + --max-regression, passes when it lies within it,
+    and otherwise measures longer, then says "undecided" (exit 3 with
+    --strict-undecided); on a machine busy with other work it says undecided where
+    the load, not the build, could explain the ratio.
 
     Budgets: --budget beats the project entry's, which beats the target profile's, per
     statistic. --junit and --markdown (appended to, a section per run) are written on
