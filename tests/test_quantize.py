@@ -48,7 +48,15 @@ def test_mnist_cnn_loses_at_most_half_a_point_on_1000_digits(mnist_onnx: Path, t
     assert res.exit_code == 0, res.output
     # 32 of the 256 are held out for the check (never calibrated on); all INT8 meets the default bar
     assert report["calibration"]["samples_used"] == 224 and report["check"]["samples"] == 32
-    assert report["check"]["passed"] and report["check"]["outcome"] == "all INT8 meets the bar" and report["fallback"] is None
+    assert report["check"]["passed"] and report["check"]["outcome"].startswith("all INT8 meets the bar") and report["fallback"] is None
+    # above the bar, only the PTQ transforms that keep the graph are tried (for margin), each kept only where it helped
+    ptq = report["check"]["ptq"]
+    assert "meets the bar" in ptq["why"], ptq
+    steps = {s["algorithm"]: s for s in ptq["steps"]}
+    assert not steps["smoothquant"]["applied"] and not steps["per-tensor calibration method"]["applied"]
+    assert steps["cross-layer equalization"]["applied"] and steps["bias correction"]["applied"]  # Conv -> ReLU -> Conv pairs, Conv biases
+    assert all(s["drop_after"] < s["drop_before"] or s["rank_after"] < s["rank_before"] for s in steps.values() if s["kept"])
+    assert report["check"]["evaluations"] <= 3  # all INT8, and one per transform tried
     assert [o["kind"] for o in report["check"]["outputs"]] == ["class scores"]
     x, y = zoo.mnist_heldout()
     assert len(y) == 1000
@@ -281,3 +289,13 @@ def test_ptq_algorithms_run_below_the_bar_and_say_which_helped(tmp_path: Path) -
     res2, _, plain = _quantize(tmp_path, model, "--calib", str(calib), "--no-ptq", name="plain.onnx")
     assert res2.exit_code == 0 and "ptq" not in plain["check"]
     assert len(report["fallback"]["kept_in_float"]) < len(plain["fallback"]["kept_in_float"])
+
+
+def test_samples_that_leave_the_ranges_moving_are_extended_from_the_source(efficientnet_onnx: Path, tmp_path: Path) -> None:
+    """--samples 5 of the built-in real photos: the ranges still move over the last of the 5 and the source
+    has more, so calibration goes on (bounded: at most 4 x 5, and the source's count) and the report says why."""
+    res, _, report = _quantize(tmp_path, efficientnet_onnx, "--calib", "imagenet-photos", "--samples", "5", "--no-cache", "--no-check")
+    assert res.exit_code == 0, res.output
+    ext = report["settled"].get("extended")
+    assert ext and ext["asked"] == 5 and 5 < ext["used"] <= 20 and report["calibration"]["samples_used"] == ext["used"], report["settled"]
+    assert "still moved after 5 samples" in ext["why"] and any("--samples 5" in n for n in report["notes"])

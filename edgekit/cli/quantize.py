@@ -13,7 +13,7 @@ from edgekit.cli.common import float_list, human_bytes, json_option, out, run_an
 @click.option("-t", "--target", default="onnxruntime", show_default=True, help="Backend name, profile or .toml: picks the fastest accurate recipe for it.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None, help="Override the recipe's calibration method.")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="With --method percentile.")
-@click.option("--samples", type=int, default=None, help="Use at most N calibration samples.")
+@click.option("--samples", type=int, default=None, help="Calibrate on N samples; when the ranges are still moving after N and the source has more, up to 4N (the report says so).")
 @click.option("--exclude", multiple=True, help="Keep in float: a node name, a name pattern (fnmatch) or an op type (repeatable).")
 @click.option("--exclude-file", default=None, type=click.Path(dir_okay=False), help="Node names to keep in float, one per line (e.g. OUT.exclude.txt of an earlier run).")
 @click.option("--max-accuracy-drop", default=None,
@@ -103,7 +103,7 @@ def _render_check(c: dict) -> None:  # noqa: ANN001
         head = ["output", "kind", "cosine mean", "cosine worst", "SQNR dB", "max abs", "judged on"] + (["meets bar"] if default else [])
         out(table(head, [r if default else r[:-1] for r in rows]))
     if c.get("ptq"):
-        out(f"PTQ algorithms (all INT8 was below the bar): {c['ptq']['summary']}")
+        out(f"PTQ algorithms ({c['ptq'].get('why', 'all INT8 misses the bar')}): {c['ptq']['summary']}")
         for st in c["ptq"]["steps"]:
             if st["applied"]:
                 out(f"  {st['algorithm']}: shortfall {st['drop_before']:.4g} -> {st['drop_after']:.4g} ({'kept' if st['kept'] else 'dropped'}; "

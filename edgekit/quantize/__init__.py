@@ -98,6 +98,9 @@ def _cache_key(model: onnx.ModelProto, calib: CalibrationSet, recipe: QuantRecip
     return h.hexdigest()[:32]
 
 
+EXTEND_FACTOR = 4  # with --samples N and ranges still moving, calibration goes on up to 4 N samples of the source
+
+
 def _settled(stats: dict[str, RunningStats]) -> dict[str, Any]:
     """How much the ranges still moved over the last 10% of the samples (0 = settled), and about how
     many samples would settle them (`settle.py`)."""
@@ -156,6 +159,19 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         with status(f"computing {method} ranges"):
             ranges = {k: tensor_range(st, method, percentile=options.percentile, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
         settled = _settled(stats)
+        need = settled.get("samples_needed") or 0
+        more = min(cset.count, need, EXTEND_FACTOR * used)
+        if options.samples is not None and settled.get("settled") is False and more > used:
+            # --samples stopped calibration while the ranges were still moving and the source has more:
+            # use them (up to EXTEND_FACTOR times as many), and say so
+            with status(f"ranges still moving after {used} samples: calibrating on {more}"):
+                stats, more_used = collect_stats(model, cset, limit=more, histograms=method != "minmax")
+                ranges = {k: tensor_range(st, method, percentile=options.percentile, symmetric=recipe.activation_symmetric) for k, st in stats.items()}
+            settled = {**_settled(stats), "extended": {"asked": options.samples, "used": more_used,
+                                                       "why": f"the ranges still moved after {used} samples; about {need:,} would settle them"}}
+            notes.append(f"--samples {options.samples}: the ranges were still moving, so {more_used} samples were used "
+                         f"(at most {EXTEND_FACTOR}x --samples, and the source's {cset.count})")
+            used = more_used
         if options.cache:
             cache_state = "miss"
             try:

@@ -1,4 +1,6 @@
-"""PTQ algorithms that need less float, tried when all-INT8 misses the check's bar (or the user's budget).
+"""PTQ algorithms that need less float, tried when all-INT8 misses the check's bar (or the user's budget),
+and, where it meets it, the two that leave the graph as it is (for margin: few held-out samples say little
+about the next ones, and NNCF applies bias correction by default for the same reason).
 
 Each one is tried on top of the best model so far and kept only when the held-out slice shows it
 helps (its shortfall goes down; with equal shortfall, the continuous ranking score must drop). The
@@ -14,8 +16,11 @@ float fallback then starts from the best. In order:
 4. Per-tensor calibration method: for each activation, the range (min-max, percentile or entropy,
    from the same histograms) whose quantization error on the held-out activations is lowest.
 
-Cost, only when the bar is missed: at most one calibration pass per transform that applies, plus one
-for the per-tensor choice, and one held-out evaluation per step (at most 5).
+Cost, when the bar is missed: at most one calibration pass per transform that applies, plus one for the
+per-tensor choice, and one held-out evaluation per step (at most 5). When all-INT8 meets the bar, only
+cross-layer equalization and bias correction are tried (at most one calibration pass, one bias-correction
+pass over the calibration data and 2 held-out evaluations): SmoothQuant adds nodes, and a range per tensor
+chosen on the held-out slice would be judged on the same slice.
 """
 from __future__ import annotations
 
@@ -104,9 +109,10 @@ def per_tensor_methods(model: onnx.ModelProto, stats: dict[str, RunningStats], f
 
 def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_full: float, rank_full: float, recipe: QuantRecipe,
             exclude: Sequence[str],
-            evaluator: SliceEvaluator, calib: CalibrationSet, *, method: str, samples: int | None, percentile: float
-            ) -> tuple[Candidate, list[dict[str, Any]]]:
-    """The best of the PTQ algorithms on the held-out slice, and what each did (the report's `ptq`)."""
+            evaluator: SliceEvaluator, calib: CalibrationSet, *, method: str, samples: int | None, percentile: float,
+            passing: bool = False) -> tuple[Candidate, list[dict[str, Any]]]:
+    """The best of the PTQ algorithms on the held-out slice, and what each did (the report's `ptq`).
+    `passing`: all-INT8 already meets the bar; only the transforms that keep the graph are tried."""
     from edgekit.quantize.equalize import bias_correct, equalize
     from edgekit.quantize.qdq import collect_stats, copy_model, quantize_with_ranges
     from edgekit.quantize.smoothquant import smooth_quant
@@ -136,6 +142,9 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
         ("bias correction", lambda c: bias_correct(c.model, c.qmodel, feeds), False),
     ]
     for name, fn, recalibrate in transforms:
+        if passing and name.startswith("smoothquant"):
+            steps.append({"algorithm": name, "applied": False, "kept": False, "why": "all INT8 meets the bar: not tried (it adds nodes)"})
+            continue
         t0 = time.perf_counter()
         with status(f"trying {name}"):
             m2, info = fn(best)
@@ -150,6 +159,10 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
                       "why": "lowered the held-out shortfall" if kept else "did not help on the held-out slice"})
         if kept:
             best = c
+    if passing:
+        steps.append({"algorithm": "per-tensor calibration method", "applied": False, "kept": False,
+                      "why": "all INT8 meets the bar: not tried (chosen on the held-out slice, it would be judged on it)"})
+        return best, steps
     t0 = time.perf_counter()
     with status("choosing a calibration method per tensor"):
         stats = best.stats if best.stats is not None else calibrated(best.model)[1]
