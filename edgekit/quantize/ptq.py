@@ -143,7 +143,7 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
     ]
     for name, fn, recalibrate in transforms:
         if passing and name.startswith("smoothquant"):
-            steps.append({"algorithm": name, "applied": False, "kept": False, "why": "all INT8 meets the bar: not tried (it adds nodes)"})
+            steps.append({"algorithm": name, "applied": False, "kept": False, "why": "all INT8 meets the bar, and it adds nodes"})
             continue
         t0 = time.perf_counter()
         with status(f"trying {name}"):
@@ -161,7 +161,7 @@ def improve(model: onnx.ModelProto, ranges: Ranges, full: onnx.ModelProto, drop_
             best = c
     if passing:
         steps.append({"algorithm": "per-tensor calibration method", "applied": False, "kept": False,
-                      "why": "all INT8 meets the bar: not tried (chosen on the held-out slice, it would be judged on it)"})
+                      "why": "all INT8 meets the bar, and a range chosen on the held-out slice would be judged on it"})
         return best, steps
     t0 = time.perf_counter()
     with status("choosing a calibration method per tensor"):
