@@ -135,6 +135,10 @@ def test_a_detector_head_is_judged_by_matched_confident_boxes() -> None:
     scenes = [[(50, 60, 40, 80, 0, 0.9), (200, 100, 60, 30, 2, 0.8)], [], [(150, 150, 100, 100, 1, 0.95), (30, 30, 20, 20, 0, 0.3)]]
     ref = [_yolo_head(s) for s in scenes]
     assert detection_layout(ref) == "first"
+    # a CTC recognizer's per-step softmax [1, T, C] is in [0, 1] with more "anchors" (classes) than rows: not boxes
+    logits = RNG.normal(0, 3, (1, 40, 300))
+    ctc = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert detection_layout([ctc]) is None and detection_layout([ctc.transpose(0, 2, 1).copy()]) is None
     noisy = []
     for r in ref:
         g = r.copy()

@@ -7,7 +7,8 @@ over a score threshold after NMS. The two layouts exported YOLO models use are r
 - channels last, [N, A, 5 + C] (YOLOv5/v7/YOLOX with decoding in the graph: cx, cy, w, h, objectness,
   then C class scores; a box's score is objectness x class score);
 with A >= `MIN_ANCHORS` anchors, widths and heights >= 0 on every FP32 row (decoded boxes: a head that
-leaves the grid decoding to the host, log-space sizes, is compared as rows). Other box outputs (after
+leaves the grid decoding to the host, log-space sizes, is compared as rows), and no axis summing to 1
+(a softmax over one: a CTC recognizer's [N, T, C] per-step scores are in [0, 1] too, and are sequences). Other box outputs (after
 an NMS in the graph, SSD's separate boxes and scores) are compared as rows.
 
 The rule, with hysteresis so a box scored near the threshold that INT8 nudges across it is noise, not
@@ -59,7 +60,10 @@ def detection_layout(ref: Sequence[np.ndarray]) -> str | None:
     if anchors < MIN_ANCHORS or channels < (5 if small == 1 else 6) or channels > 1024:
         return None
     for r in ref:
-        rows = np.moveaxis(np.asarray(r, np.float64), small, -1).reshape(-1, channels)
+        x = np.asarray(r, np.float64)
+        if any(np.allclose(x.sum(axis), 1.0, atol=1e-3) for axis in (1, 2)):
+            return None  # a distribution along an axis (a CTC recognizer's per-step softmax [N, T, C]), not boxes
+        rows = np.moveaxis(x, small, -1).reshape(-1, channels)
         scores = rows[:, 4:]
         if rows[:, 2:4].min() < 0 or scores.min() < 0 or scores.max() > 1:
             return None
