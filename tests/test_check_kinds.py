@@ -139,6 +139,11 @@ def test_a_detector_head_is_judged_by_matched_confident_boxes() -> None:
     logits = RNG.normal(0, 3, (1, 40, 300))
     ctc = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert detection_layout([ctc]) is None and detection_layout([ctc.transpose(0, 2, 1).copy()]) is None
+    assert map_layout([ctc]) is None  # nor a probability map
+    # with a blank class on most steps, it is judged by the text a greedy CTC decoder reads
+    logits[0, ::2, 0] += 12
+    ctc = [np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)]
+    assert _one(ctc, ctc)["kind"] == "sequence scores"
     noisy = []
     for r in ref:
         g = r.copy()

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.quantize.maps import sums_to_one
+
 MIN_ANCHORS = 100
 SURE, SEEN = 0.5, 0.25  # a confident box; the score at which the other side counts as having it
 MATCH_IOU, NMS_IOU = 0.5, 0.45
@@ -60,10 +62,9 @@ def detection_layout(ref: Sequence[np.ndarray]) -> str | None:
     if anchors < MIN_ANCHORS or channels < (5 if small == 1 else 6) or channels > 1024:
         return None
     for r in ref:
-        x = np.asarray(r, np.float64)
-        if any(np.allclose(x.sum(axis), 1.0, atol=1e-3) for axis in (1, 2)):
+        if sums_to_one(r):
             return None  # a distribution along an axis (a CTC recognizer's per-step softmax [N, T, C]), not boxes
-        rows = np.moveaxis(x, small, -1).reshape(-1, channels)
+        rows = np.moveaxis(np.asarray(r, np.float64), small, -1).reshape(-1, channels)
         scores = rows[:, 4:]
         if rows[:, 2:4].min() < 0 or scores.min() < 0 or scores.max() > 1:
             return None

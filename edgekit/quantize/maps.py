@@ -46,9 +46,17 @@ def map_layout(ref: Sequence[np.ndarray]) -> str | None:
         return "nchw"
     if a.ndim == 4 and a.shape[3] <= 4 and min(a.shape[1:3]) >= MAP_MIN_SIDE:
         return "nhwc"
-    if a.ndim == 3 and min(a.shape[1:]) >= MAP_MIN_SIDE and all(float(np.min(r)) >= 0 and float(np.max(r)) <= 1 for r in ref):
+    if (a.ndim == 3 and min(a.shape[1:]) >= MAP_MIN_SIDE and all(float(np.min(r)) >= 0 and float(np.max(r)) <= 1 for r in ref)
+            and not any(sums_to_one(r) for r in ref)):
         return "nhw"
     return None
+
+
+def sums_to_one(x: np.ndarray) -> bool:
+    """A [N, A, B] output that is a distribution along axis 1 or 2 (a softmax: a CTC recognizer's per-step
+    scores [N, T, C]): in [0, 1] like a probability map or a detector head, but sequences, judged as such."""
+    x = np.asarray(x, np.float64)
+    return x.ndim == 3 and any(np.allclose(x.sum(axis), 1.0, atol=1e-3) for axis in (1, 2))
 
 
 def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
