@@ -122,6 +122,28 @@ def minilm_sentences(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     return folders
 
 
+def test_a_model_onnx_runtime_already_rewrote_still_loads_at_its_default_level(tmp_path: Path) -> None:
+    """MiniLM exported with static shapes: ONNX Runtime's pre-processing (basic level) fuses some MatMul+Add
+    into Gemm and names the shapes it adds `gemm_input_shape...`; its default level fuses the rest under the
+    same names and (1.32) refuses the session. `prepare_model` gives what it added names of edgekit's own."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.export import ExportOptions, export_model
+    from edgekit.quantize import prepare_model
+    from edgekit.quantize.names import tensor_names
+
+    src = tmp_path / "minilm-static.onnx"
+    export_model("zoo:minilm", src, options=ExportOptions(exporter="torchscript"))
+    original = tensor_names(onnx.load(str(src)))  # constants folded into initializers keep their names
+    prepared = prepare_model(src, [])
+    added = [t.name for t in prepared.graph.initializer if t.name not in original]
+    assert any(t.op_type == "Gemm" for t in prepared.graph.node) and added, "the pre-processing fused nothing: the case is gone"
+    assert all(n.startswith("edgekit_pre_") for n in added), added
+    sess = session_from_bytes(prepared.SerializeToString())  # the default level, as the check and the benchmark open it
+    feed = zoo.minilm_feeds(zoo.MINILM_SENTENCES[:1])[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert np.allclose(sess.run(None, feed)[0], ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
 def test_minilm_default_recipe(target: str, minilm_onnx: Path, minilm_sentences: tuple[Path, Path], tmp_path: Path) -> None:
     calib, held = minilm_sentences

@@ -157,7 +157,7 @@ def test_renaming_is_invisible_when_no_name_collides(mnist_onnx: Path, monkeypat
     ranges = {o.name: (float(min(v.min(), 0)), float(max(v.max(), 0))) for o, v in zip(probe.graph.output, vals)}
     ranges["input"] = (0.0, 1.0)
     ours = quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
-    monkeypatch.setattr(names, "canonical_names", lambda m: ({n: n for n in names._tensor_names(m)}, "ekq~"))
+    monkeypatch.setattr(names, "canonical_names", lambda m: ({n: n for n in names.tensor_names(m)}, "ekq~"))
     plain = quantize_with_ranges(copy_model(model), ranges, recipe, exclude=[])
     assert ours.SerializeToString(deterministic=True) == plain.SerializeToString(deterministic=True)
     assert any(t.name == "0.weight_quantized" for t in ours.graph.initializer)  # ONNX Runtime's usual names

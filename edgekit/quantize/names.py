@@ -34,7 +34,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                     yield from _graphs(g)
 
 
-def _rename_tensors(model: onnx.ModelProto, rename: Callable[[str], str]) -> None:
+def rename_tensors(model: onnx.ModelProto, rename: Callable[[str], str]) -> None:
     """Apply `rename` to every tensor name of every graph (main and control-flow bodies); '' stays ''."""
     for g in _graphs(model.graph):
         for t in g.initializer:
@@ -48,21 +48,21 @@ def _rename_tensors(model: onnx.ModelProto, rename: Callable[[str], str]) -> Non
             n.output[:] = [rename(x) if x else x for x in n.output]
 
 
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
+def tensor_names(model: onnx.ModelProto) -> set[str]:
     names: set[str] = set()
 
     def seen(x: str) -> str:
         names.add(x)
         return x
 
-    _rename_tensors(model, seen)
+    rename_tensors(model, seen)
     names.discard("")
     return names
 
 
 def canonical_names(model: onnx.ModelProto) -> tuple[dict[str, str], str]:
     """Rename every tensor of `model` in place to `<prefix><i>~`; returns ({original: canonical}, prefix)."""
-    existing = _tensor_names(model)
+    existing = tensor_names(model)
     node_names = {n.name for g in _graphs(model.graph) for n in g.node}
     prefix = "ekq~"
     while any(x.startswith(prefix) for x in existing | node_names):
@@ -74,7 +74,7 @@ def canonical_names(model: onnx.ModelProto) -> tuple[dict[str, str], str]:
             mapping[x] = f"{prefix}{len(mapping)}~"
         return mapping[x]
 
-    _rename_tensors(model, rename)
+    rename_tensors(model, rename)
     return mapping, prefix
 
 
@@ -95,7 +95,7 @@ def restore_names(model: onnx.ModelProto, mapping: dict[str, str], prefix: str) 
     quantizer derived (`<canonical>_scale`) becomes `<original>_scale` unless that is taken (then `_1`, `_2`...
     is added). Node names the quantizer derived from tensor names get the same treatment."""
     back = {c: o for o, c in mapping.items()}
-    present = _tensor_names(model)
+    present = tensor_names(model)
     derived = {n: o for n in sorted(present - set(back)) if (o := _original_of(n, back, prefix)) is not None}
     used = set(back.values()) | (present - set(back) - set(derived))  # originals, and names the quantizer made from none
     new: dict[str, str] = dict(back)
@@ -110,7 +110,7 @@ def restore_names(model: onnx.ModelProto, mapping: dict[str, str], prefix: str) 
 
     for name, orig in derived.items():
         new[name] = free(orig, used)
-    _rename_tensors(model, lambda x: new.get(x, x))
+    rename_tensors(model, lambda x: new.get(x, x))
     node_used = {n.name for g in _graphs(model.graph) for n in g.node if not n.name.startswith(prefix)}
     for g in _graphs(model.graph):
         for n in g.node:

@@ -36,7 +36,31 @@ def prepare_model(model_path: Path, notes: list[str]) -> onnx.ModelProto:
         elif outcome == "failed":
             notes.append("ONNX Runtime pre-processing failed; quantizing the model as given")
             return onnx.shape_inference.infer_shapes(model)
-        return onnx.load(str(dst))
+        return fresh_optimizer_names(model, onnx.load(str(dst)))
+
+
+def fresh_optimizer_names(source: onnx.ModelProto, pre: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename (in place) the initializers ONNX Runtime's pre-processing added to `pre` (not in `source`) to
+    `edgekit_pre_<name>`. Its optimizer names what it creates after the fusion (MatMulAddFusion's
+    `gemm_input_shape`, ...) without looking at what a graph already holds: ONNX Runtime 1.32 refuses a
+    session at the default level ("Attempt to replace the existing tensor") on a model its basic level
+    already rewrote, which every transformer's prepared model is (MiniLM: the check, SmoothQuant, the
+    benchmark all failed)."""
+    from edgekit.quantize.names import rename_tensors, tensor_names
+
+    old = tensor_names(source)
+    added = {t.name for t in pre.graph.initializer if t.name not in old}
+    taken = tensor_names(pre)
+    mapping = {}
+    for name in sorted(added):
+        new = f"edgekit_pre_{name}"
+        while new in taken:
+            new = f"edgekit_pre_{new}"
+        mapping[name] = new
+        taken.add(new)
+    if mapping:
+        rename_tensors(pre, lambda x: mapping.get(x, x))
+    return pre
 
 
 # ONNX Runtime's symbolic shape pass saves `sym_shape_infer_temp.onnx` (and a `<uuid>.data`) into the
