@@ -84,7 +84,7 @@ def junit(results: Sequence[dict[str, Any]], path: str | Path, *, error: str | N
         cls = f"{r['name']}.{r['target']}"
         lat = r["latency_ms"]
         figures = ", ".join(f"{k}={lat[k]['value']:.4f}ms" for k in ("p50", "p90", "p95", "p99")) + f", mean={lat['mean']:.4f}ms, runs={lat['iterations']}"
-        gates = [(b["budget"], b["verdict"] == "pass", f"{b['stat']}={b['value']:.4f}ms, CI [{b['ci_low']:.4f}, {b['ci_high']:.4f}], limit {b['limit_ms']:g}ms: {b['reason']}")
+        gates = [(b["budget"], not b.get("failed", b["verdict"] != "pass"), f"{b['stat']}={b['value']:.4f}ms, CI [{b['ci_low']:.4f}, {b['ci_high']:.4f}], limit {b['limit_ms']:g}ms: {b['reason']}")
                  for b in r["budgets"]]
         if r.get("baseline"):
             b = r["baseline"]

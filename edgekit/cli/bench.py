@@ -185,7 +185,7 @@ def command(artifact: str | None, target: str | None, budgets: tuple[str, ...], 
                          hint="bench on the device's kind of CPU (edgekit bench --device), or quantize for this one")
     if not run["passed"]:
         failed = [f"{r['name']}@{r['target']}: " + ", ".join(
-            [f"{b['budget']} ({b['stat']}={b['value']:.3f}ms)" for b in r["budgets"] if b["verdict"] != "pass"]
+            [f"{b['budget']} ({b['stat']}={b['value']:.3f}ms)" for b in r["budgets"] if b.get("failed", b["verdict"] != "pass")]
             + ([f"baseline {'regression' if r['baseline']['regressed'] else 'undecided (--strict-undecided)'}: {r['baseline']['stat']} "
                 f"x{r['baseline']['ratio']:.3f} ({report.format_p(r['baseline']['p_value'])})"] if r.get("baseline") and report.gate_failed(r["baseline"]) else []))
             for r in results if not r["passed"]]
