@@ -158,3 +158,45 @@ def test_a_detector_head_is_judged_by_matched_confident_boxes() -> None:
     lost[2][0, 0, 0:3] += 60  # and moves the big box far off
     o = _one(ref, lost)
     assert not o["passed"] and o["box_f1"] < 0.9 and "boxes matched" in summary_line({"outputs": [o], "samples": 3}), o
+
+
+def _gfl_head(boxes: list[tuple[int, int, int, int, int]], hw: tuple[int, int] = (128, 96), strides: tuple[int, ...] = (8, 16, 32),
+              classes: int = 3, bins: int = 8) -> tuple[list[str], list[np.ndarray]]:
+    """An undecoded PicoDet/NanoDet head for one image: per stride, sigmoid scores [1, cells, C] (~0.01 but
+    where a box sits: 0.9) and box-distribution logits [1, cells, 4 x bins] peaked at each side's distance / stride."""
+    scores, dists = [], []
+    for s in strides:
+        h, w = -(-hw[0] // s), -(-hw[1] // s)
+        sc = RNG.uniform(0.0, 0.02, (h * w, classes))
+        d = RNG.normal(0, 0.3, (h * w, 4, bins))
+        for stride, cls, cy, cx, side in boxes:
+            if stride == s:
+                cell = cy * w + cx
+                sc[cell, cls] = 0.9
+                d[cell, :, side] += 8.0  # every side `side` bins (side x stride pixels) from the cell centre
+        scores.append(sc[None].astype(np.float32))
+        dists.append(d.reshape(1, h * w, 4 * bins).astype(np.float32))
+    names = [f"score_{s}" for s in strides] + [f"dist_{s}" for s in strides]
+    return names, scores + dists
+
+
+def test_an_undecoded_gfl_head_is_judged_by_the_boxes_it_decodes_to() -> None:
+    """PicoDet/NanoDet-style outputs (per stride: class scores beside 4 x 8-bin box distributions) are one
+    detector: decoded with the image input's size, their confident boxes matched. Small logit noise keeps the
+    boxes; every side moved by two bins (16-64 px) loses them. Judged one by one, the distributions would be
+    'class scores' (argmax over four sides' logits) and the score maps YOLO boxes."""
+    from edgekit.quantize.detections import gfl_groups
+
+    objects = [(8, 0, 5, 4, 2), (16, 1, 3, 3, 3), (32, 2, 1, 1, 2)]
+    names, ref = _gfl_head(objects)
+    assert gfl_groups(names, [ref], (128, 96)) == [[(8, 0, 3), (16, 1, 4), (32, 2, 5)]]
+    noisy = [x + RNG.normal(0, 0.05, x.shape).astype(np.float32) * (1 if i >= 3 else 0.1) for i, x in enumerate(ref)]
+    res = compare_outputs(names, [ref], [noisy], DEFAULT_BAR, (128, 96))
+    assert [o["output"] for o in res] == names and {o["kind"] for o in res} == {"detections"} and {o["layout"] for o in res} == {"gfl"}
+    assert res[0]["boxes_fp32"] == 3 and res[0]["box_f1"] == 1.0 and all(o["passed"] for o in res)
+    moved = [np.roll(x.reshape(*x.shape[:2], 4, 8), 2, axis=-1).reshape(x.shape) if i >= 3 else x for i, x in enumerate(ref)]
+    bad = compare_outputs(names, [ref], [moved], DEFAULT_BAR, (128, 96))
+    assert bad[0]["box_f1"] < 0.9 and not any(o["passed"] for o in bad)
+    assert summary_line({"outputs": bad, "samples": 1}).count("GFL head outputs") == 1  # one verdict, said once
+    assert gfl_groups(names, [ref], None) == [] and gfl_groups(names, [ref], (100, 100)) == []  # no image size, or not its grid
+    assert gfl_groups(names[:1] + names[3:4], [[ref[0], ref[3]]], (128, 96)) == []  # one level is no pyramid

@@ -19,8 +19,9 @@ The default bar (`CheckBar`, documented in the README) is judged per output:
   the sequence a greedy decoder reads (argmax per step, repeats collapsed, that class dropped) is
   the same as FP32's on at least 95% of the held-out sequences. Per-step rules alone miss this: a
   text recognizer that keeps 98% of its steps can still misread one line in five;
-- decoded YOLO-style detector heads ([N, 4 + C, A], [N, A, 5 + C]): the confident boxes after NMS,
-  matched between FP32 and INT8 (edgekit.quantize.detections);
+- decoded YOLO-style detector heads ([N, 4 + C, A], [N, A, 5 + C]) and undecoded GFL heads (PicoDet,
+  NanoDet: per stride, class scores and box distributions): the confident boxes after NMS, matched
+  between FP32 and INT8 (edgekit.quantize.detections);
 - dense maps (segmentation and detection probability maps, class maps, depth, heatmaps): by the
   thresholded map's IoU or the error relative to the map's range, never a row cosine (edgekit.quantize.maps);
 - every other output (embeddings, regressions, states): the worst row cosine is at least 0.99
@@ -46,7 +47,7 @@ import onnx
 
 from edgekit.data.calibration import CalibrationSet
 from edgekit.data.feeds import Feed
-from edgekit.quantize.detections import MIN_BOX_F1, compare_detections, detection_layout
+from edgekit.quantize.detections import MIN_BOX_F1, compare_detections, compare_gfl, detection_layout, gfl_groups
 from edgekit.quantize.maps import MAP_KINDS, compare_map, map_drop, map_layout, map_summary
 
 HOLDOUT_FRACTION = 0.15
@@ -365,11 +366,34 @@ def compare_output(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarra
     return res
 
 
+def image_size(feeds: Sequence[Feed]) -> tuple[int, int] | None:
+    """(height, width) of the feeds' image input: the one float input of rank 4 with 1 or 3 channels, NCHW or NHWC."""
+    if not feeds:
+        return None
+    found = []
+    for v in feeds[0].values():
+        shape = np.shape(v)
+        if np.asarray(v).dtype.kind == "f" and len(shape) == 4:
+            if shape[1] in (1, 3) and shape[3] not in (1, 3):
+                found.append((int(shape[2]), int(shape[3])))
+            elif shape[3] in (1, 3) and shape[1] not in (1, 3):
+                found.append((int(shape[1]), int(shape[2])))
+    return found[0] if len(found) == 1 else None
+
+
 def compare_outputs(names: Sequence[str], reference: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]],
-                    bar: CheckBar) -> list[dict[str, Any]]:
-    """Per float output; integer and boolean outputs (token ids, masks) are left out."""
+                    bar: CheckBar, image_hw: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Per float output; integer and boolean outputs (token ids, masks) are left out. With the image input's
+    size, undecoded GFL heads (`detections.gfl_groups`) are judged together by the boxes they decode to."""
     out = []
+    grouped: dict[str, dict[str, Any]] = {}
+    for group in gfl_groups(names, reference, image_hw):
+        assert image_hw is not None
+        grouped.update((o["output"], o) for o in compare_gfl(names, reference, got, group, image_hw))
     for j, name in enumerate(names):
+        if name in grouped:
+            out.append(grouped[name])
+            continue
         ref_j = [np.asarray(r[j]) for r in reference]
         got_j = [np.asarray(g[j]) for g in got]
         if ref_j[0].dtype.kind in "iub":
@@ -426,7 +450,7 @@ class SliceEvaluator:
         return [sess.run(self.names, f) for f in self.feeds]
 
     def compare(self, got: list[list[np.ndarray]]) -> list[dict[str, Any]]:
-        return compare_outputs(self.names, self.reference, got, self.bar or DEFAULT_BAR)
+        return compare_outputs(self.names, self.reference, got, self.bar or DEFAULT_BAR, image_size(self.feeds))
 
     def drop_of(self, got: list[list[np.ndarray]]) -> float:
         if self.bar is None:
@@ -512,7 +536,10 @@ def summary_line(check: dict[str, Any]) -> str:
         elif o["kind"] in MAP_KINDS:
             parts.append(map_summary(o))
         elif o["kind"] == "detections":
-            parts.append(f"{o['output']} (confident boxes matched F1 {o['box_f1']:.3f} < {MIN_BOX_F1:g}: "
+            if o.get("group") and o["output"] != o["group"][0]:
+                continue  # a GFL head: its outputs share one verdict, said once
+            label = f"{o['output']} and {len(o['group']) - 1} more GFL head outputs" if o.get("group") else o["output"]
+            parts.append(f"{label} (confident boxes matched F1 {o['box_f1']:.3f} < {MIN_BOX_F1:g}: "
                          f"{o['boxes_fp32']} FP32, {o['boxes_int8']} INT8)")
         else:
             parts.append(f"{o['output']} (worst cosine {o['cosine_worst']:.4f})")

@@ -11,6 +11,14 @@ leaves the grid decoding to the host, log-space sizes, is compared as rows), and
 (a softmax over one: a CTC recognizer's [N, T, C] per-step scores are in [0, 1] too, and are sequences). Other box outputs (after
 an NMS in the graph, SSD's separate boxes and scores) are compared as rows.
 
+Anchor-free GFL heads left undecoded (PicoDet, NanoDet, GFL: the graph ends before the post-processing) are
+recognised as a group of outputs (`gfl_groups`): per stride s, class scores [N, H/s x W/s, C] in [0, 1] and box
+distributions [N, H/s x W/s, 4 x (R + 1)] (R + 1 >= 4 bins per side, logits), the cell counts matching the image
+input's grid at strides 4-128 (rounded up). They are decoded as those detectors are (softmax over each side's
+bins, expected bin x s = the side's distance from the cell centre) and judged by the same box rule; every output
+of the group carries the group's verdict. A box distribution judged as class scores (argmax over 32 logits of
+four sides) says nothing about the boxes.
+
 The rule, with hysteresis so a box scored near the threshold that INT8 nudges across it is noise, not
 damage: every FP32 box scoring >= 0.5 after NMS must be found by INT8 (same class, IoU >= 0.5, INT8
 score >= 0.25), and every INT8 box scoring >= 0.5 must be one FP32 has at >= 0.25. Pooled over the
@@ -126,3 +134,91 @@ def compare_detections(name: str, ref: Sequence[np.ndarray], got: Sequence[np.nd
             "max_abs": float(max(np.abs(np.asarray(r, np.float64) - np.asarray(g, np.float64)).max() for r, g in zip(ref, got))),
             "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
             "box_f1": f1, "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8, "shortfall": float(short), "passed": bool(short <= 0)}
+
+
+GFL_STRIDES = (4, 8, 16, 32, 64, 128)
+
+
+def _cells(hw: tuple[int, int], stride: int) -> int:
+    return -(-hw[0] // stride) * -(-hw[1] // stride)
+
+
+def gfl_groups(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], image_hw: tuple[int, int] | None
+               ) -> list[list[tuple[int, int, int]]]:
+    """Undecoded GFL heads among the outputs: groups of (stride, score output index, box output index)."""
+    if image_hw is None:
+        return []
+    shapes = [np.shape(ref[0][j]) for j in range(len(names))]
+    by_cells: dict[int, tuple[list[int], list[int]]] = {}
+    for j, shape in enumerate(shapes):
+        a = np.asarray(ref[0][j])
+        if a.dtype.kind != "f" or len(shape) != 3 or shape[1] < 1:
+            continue
+        vals = [np.asarray(r[j], np.float64) for r in ref]
+        in_unit = all(v.min() >= 0 and v.max() <= 1 for v in vals)
+        scores, boxes = by_cells.setdefault(shape[1], ([], []))
+        if in_unit and 1 <= shape[2] <= 1024:
+            scores.append(j)
+        elif shape[2] % 4 == 0 and shape[2] // 4 >= 4 and not in_unit:
+            boxes.append(j)
+    group = []
+    for cells, (scores, boxes) in by_cells.items():
+        if len(scores) != 1 or len(boxes) != 1:
+            continue
+        stride = [s for s in GFL_STRIDES if _cells(image_hw, s) == cells]
+        if len(stride) == 1:
+            group.append((stride[0], scores[0], boxes[0]))
+    if len(group) < 2 or len({g[0] for g in group}) != len(group):  # one level is no pyramid: too weak a sign
+        return []
+    return [sorted(group)]
+
+
+def _gfl_boxes(outs: Sequence[np.ndarray], group: Sequence[tuple[int, int, int]], image_hw: tuple[int, int]
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: (boxes x1y1x2y2, scores, classes) over SEEN after class-wise NMS, decoded as PicoDet does."""
+    per_image = []
+    for b in range(np.shape(outs[group[0][1]])[0]):
+        boxes, scores, classes = [], [], []
+        for stride, si, bi in group:
+            sc, dist = np.asarray(outs[si][b], np.float64), np.asarray(outs[bi][b], np.float64)
+            h, w = -(-image_hw[0] // stride), -(-image_hw[1] // stride)
+            cy, cx = np.meshgrid((np.arange(h) + 0.5) * stride, (np.arange(w) + 0.5) * stride, indexing="ij")
+            bins = dist.shape[-1] // 4
+            logits = dist.reshape(-1, bins)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            side = ((p / p.sum(1, keepdims=True)) @ np.arange(bins)).reshape(-1, 4) * stride
+            centre = np.stack([cx.ravel(), cy.ravel(), cx.ravel(), cy.ravel()], 1)
+            cls, score = sc.argmax(1), sc.max(1)
+            keep = score >= SEEN
+            boxes.append((centre + side * np.array([-1.0, -1.0, 1.0, 1.0]))[keep])
+            scores.append(score[keep])
+            classes.append(cls[keep])
+        bx, s, c = np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
+        kept = nms(bx + (c[:, None] * (bx.max() + 1) if len(bx) else 0), s)
+        per_image.append((bx[kept], s[kept], c[kept]))
+    return per_image
+
+
+def compare_gfl(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]],
+                group: Sequence[tuple[int, int, int]], image_hw: tuple[int, int]) -> list[dict[str, Any]]:
+    """INT8 against FP32 for a group of GFL head outputs: one verdict from the decoded boxes, for each output."""
+    total = found = boxes_fp32 = boxes_int8 = 0
+    for r, g in zip(ref, got):
+        for a, b in zip(_gfl_boxes(r, group, image_hw), _gfl_boxes(g, group, image_hw)):
+            n, k = _found(a, b)
+            m, j = _found(b, a)
+            total, found = total + n + m, found + k + j
+            boxes_fp32, boxes_int8 = boxes_fp32 + n, boxes_int8 + m
+    f1 = 1.0 if total == 0 else found / total
+    short = MIN_BOX_F1 - f1
+    members = [names[i] for _, si, bi in group for i in (si, bi)]
+    out = []
+    for _, si, bi in group:
+        for i in (si, bi):
+            out.append({"output": names[i], "rows": sum(int(np.shape(r[i])[0]) for r in ref), "kind": "detections", "layout": "gfl",
+                        "group": members, "strides": [s for s, _, _ in group],
+                        "cosine_mean": None, "cosine_worst": None, "sqnr_db": None,
+                        "max_abs": float(max(np.abs(np.asarray(r[i], np.float64) - np.asarray(g[i], np.float64)).max() for r, g in zip(ref, got))),
+                        "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
+                        "box_f1": f1, "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8, "shortfall": float(short), "passed": bool(short <= 0)})
+    return out
