@@ -26,13 +26,20 @@ def _text_map(blobs: list[tuple[int, int, int, int]], size: int = 64) -> np.ndar
 
 def test_an_all_background_map_agrees_with_int8_noise_on_it() -> None:
     """Images with no text: FP32's map is ~0, INT8's a little noise on ~0. A row cosine calls that 0.0;
-    the thresholded maps are both empty, which is full agreement."""
+    the thresholded maps are both empty, which is full agreement for those images. With one image that
+    has text beside them, the map is judged and passes; with none, nothing on the slice could have been
+    lost: the map is not judged (no verdict, not a pass), and the one line says why."""
     ref = [_text_map([]) for _ in range(4)]
     got = [np.clip(r + RNG.normal(0, 0.01, r.shape), 0, 1).astype(np.float32) for r in ref]
     cos = [(a.ravel() @ b.ravel()) for a, b in zip(ref, got)]  # (not what is judged)
     o = _one(ref, got)
-    assert o["kind"] == "probability map" and o["map_iou"] == 1.0 and o["passed"], o
+    assert o["kind"] == "probability map" and o["map_iou"] == 1.0 and o["samples_with_foreground"] == 0, o
+    assert o["unjudged"] and not o["passed"], o
+    assert "not judged: none of the 4 held-out samples shows foreground" in summary_line({"outputs": [o], "samples": 4})
     assert all(c > 0 for c in cos)
+    text = _text_map([(10, 20, 5, 60)])
+    o = _one([*ref, text], [*got, np.clip(text + RNG.normal(0, 0.01, text.shape), 0, 1).astype(np.float32)])
+    assert o["passed"] and not o.get("unjudged") and o["samples_with_foreground"] == 1 and o["map_iou"] >= 0.9, o
 
 
 def test_a_probability_map_fails_when_int8_loses_text() -> None:

@@ -508,6 +508,8 @@ def task_figure(o: dict[str, Any]) -> str:
         return f"decoded same {100 * o['sequence_agreement']:.0f}%"
     if kind in ("class scores", "probability") and o["top1_agreement_confident"] is not None:
         return f"top-1 kept {100 * o['top1_agreement_confident']:.0f}%"
+    if o.get("unjudged"):
+        return "not judged: no foreground"
     if kind in ("probability map", "class map"):
         return f"IoU {o['map_iou']:.3f}"
     if kind == "detections":

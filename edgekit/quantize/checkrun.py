@@ -63,6 +63,12 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     fallback = None
     plain = (model, ranges)
     qmodel, final, drop = full, all_int8, drop_full
+    unjudged = [o["unjudged"] for o in all_int8 if o.get("unjudged")] if not user else []
+    if unjudged:  # the slice shows nothing an output could lose: no PTQ step, fallback or float precision can be judged on it
+        check.update(outputs=all_int8, passed=False, evaluations=evaluator.evaluations, seconds=time.perf_counter() - start,
+                     outcome="refused: the held-out samples cannot judge " + "; ".join(unjudged), unjudged=unjudged)
+        check["summary"] = summary_line(check)
+        return full, check, None
     if calib is not None and getattr(options, "ptq", True):
         from edgekit.quantize import ptq
 
@@ -119,13 +125,19 @@ def refusal(check: dict[str, Any], fallback: dict[str, Any] | None, output: Path
                f"{fallback['drop_final'] if fallback else check['all_int8']['drop']:.4g} > {check['bar']['max_drop']:g} "
                f"with {kept} nodes in float; wrote that model to {output}")
         hint = "raise --max-accuracy-drop, give more calibration data, or try --method percentile"
+    elif check.get("unjudged"):
+        msg = (f"INT8 cannot be checked: {'; '.join(check['unjudged'])}, so the check cannot tell whether INT8 keeps it "
+               f"(on {check['on']}); wrote the all-INT8 model to {output}")
+        hint = ("give calibration data (or --eval DATA) where the map shows foreground: the held-out samples are a slice of it, "
+                "or set your own --max-accuracy-drop")
     else:
         msg = (f"INT8 is {summary_line(check)} on {check['on']} (bar: {check['bar']['text']}), even with {kept} node(s) kept in float; "
                f"wrote that model to {output}")
         hint = "give more (and more varied) calibration data, try --method percentile, or set your own --max-accuracy-drop"
     need = check.get("samples_needed")
     if check.get("ranges_settled") is False and need:
-        hint = f"calibrate on about {need:,} samples (the ranges are still moving), or " + hint.split(", ", 1)[-1]
+        hint = (f"calibrate on about {need:,} samples (the ranges are still moving), or " + hint.split(", ", 1)[-1] if not check.get("unjudged")
+                else hint + f"; the ranges are still moving: about {need:,} samples would settle them")
     alts = check.get("alternatives") or []
     from edgekit.quantize.alternatives import best_line
 

@@ -11,7 +11,11 @@ and its cosine is noise that decides nothing about the task. Each map is judged 
   pixels: small objects count as much as large ones, specks of noise on an empty image do not), taken
   at its one-sided 95% lower confidence bound (mean - t * sd / sqrt(n)): a few held-out images say
   little about the next ones (measured: 3 held-out text scenes at 0.95, 24 others at 0.90). The worst
-  of these >= 0.90; samples whose foreground INT8 loses entirely (or invents) are reported;
+  of these >= 0.90; samples whose foreground INT8 loses entirely (or invents) are reported. Empty
+  against empty is agreement for an image, but no verdict for the model: when no held-out sample shows
+  foreground in FP32's map (p >= 0.5 on >= 0.5% of its pixels) the map is `unjudged` (a matting model
+  checked on three photos without a person kept IoU 1.0 and lost a third of every person; the run
+  says what data it needs and exits 3 instead);
 - class map (C >= 2, a softmax over the channels or logits whose per-pixel softmax is confident, top-1
   p >= 0.5, on most pixels): the
   per-pixel argmax, as mean IoU over the classes either map shows, pooled the same way. Bar: >= 0.90;
@@ -116,11 +120,16 @@ def compare_map(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
             pooled_iou[t] = _pooled_iou(inter, union)
             image_iou[t] = (float(np.mean(per_image)) if per_image else 1.0, lower_bound(per_image))
         iou = min(min(pooled_iou.values()), min(b for _, b in image_iou.values()))
+        with_foreground = sum(int(np.mean(xs >= 0.5) >= MIN_FOREGROUND) for x in a for xs in x)
         res.update(kind="probability map", map_iou=iou, map_iou_pooled={str(t): v for t, v in pooled_iou.items()},
                    map_iou_per_image={str(t): v for t, (v, _) in image_iou.items()},
                    map_iou_per_image_lower_bound={str(t): b for t, (_, b) in image_iou.items()}, samples_foreground_lost_or_invented=lost,
-                   foreground_share=float(np.mean([np.mean(x >= 0.5) for x in a])))
+                   foreground_share=float(np.mean([np.mean(x >= 0.5) for x in a])), samples_with_foreground=with_foreground)
         short = MIN_MAP_IOU - iou
+        if not with_foreground:  # nothing to lose on these samples: the held-out slice cannot judge the map
+            res["unjudged"] = (f"none of the {len(rel)} held-out samples shows foreground in FP32's map {name} "
+                               f"(p >= 0.5 on >= {100 * MIN_FOREGROUND:g}% of its pixels)")
+            short = MIN_MAP_IOU
     elif softmaxed or (channels >= 2 and np.mean([np.mean(_softmax(x, 1).max(1) >= 0.5) for x in a]) >= 0.5):
         inter_c = np.zeros(channels)
         union_c = np.zeros(channels)
@@ -154,6 +163,8 @@ def map_drop(o: dict[str, Any]) -> float:
 
 def map_summary(o: dict[str, Any]) -> str:
     """The part of the check's one line for a map below its bar."""
+    if o.get("unjudged"):
+        return f"{o['output']} (not judged: {o['unjudged']})"
     if o["kind"] == "probability map":
         return f"{o['output']} (thresholded map IoU {o['map_iou']:.3f} < {MIN_MAP_IOU:g})"
     if o["kind"] == "class map":
