@@ -121,30 +121,9 @@ def _exclusions(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
     return sorted(set(out))
 
 
-def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, options: QuantizeOptions = QuantizeOptions()) -> QuantizeReport:
-    """Quantize `model_path` to a QDQ ONNX at `output`, with a sidecar manifest `output.json`."""
-    start = time.perf_counter()
-    model_path, output = Path(model_path), Path(output)
-    if options.method is not None and options.method not in METHODS:
-        raise UsageError(f"unknown calibration method {options.method!r}", hint=f"use one of {', '.join(METHODS)}")
-    if options.samples is not None and options.samples < 1:
-        raise UsageError("--samples must be at least 1")
-    target = load_target(options.target)
-    backend = get_backend(target.backend)
-    notes: list[str] = []
-    with status("preparing the model"):
-        model = prepare_model(model_path, notes)
-    recipe = recipe_for_target(backend, model, target)
-    method = options.method or recipe.method
-    specs = input_specs(model)
-    cset = calibration_set(calib, specs, recipe=options.recipe)
-    held = None
-    if options.check and not options.eval_source:  # hold out a slice to check on; calibrate on the rest
-        from edgekit.quantize.check import HeldOut
-
-        held = HeldOut.split(cset, samples=options.samples)
-        cset = held.calib
-    exclude = _exclusions(model, options.exclude)
+def _calibrate(model: onnx.ModelProto, cset: Any, recipe: Any, method: str, options: QuantizeOptions, notes: list[str]
+               ) -> tuple[dict[str, Any], int, dict[str, Any], str]:
+    """Ranges from `cset` (or the calibration cache): (ranges, samples used, how settled, cache state)."""
     key = _cache_key(model, cset, recipe, method, options.samples, options.percentile)
     cache_file = cache_dir() / f"{key}.json"
     cache_state = "off"
@@ -178,12 +157,55 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
                 write_json(cache_file, {"ranges": ranges, "samples": used, "settled": settled})
             except UsageError:
                 notes.append("could not write the calibration cache")
+    return ranges, used, settled, cache_state
+
+
+def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, options: QuantizeOptions = QuantizeOptions()) -> QuantizeReport:
+    """Quantize `model_path` to a QDQ ONNX at `output`, with a sidecar manifest `output.json`."""
+    start = time.perf_counter()
+    model_path, output = Path(model_path), Path(output)
+    if options.method is not None and options.method not in METHODS:
+        raise UsageError(f"unknown calibration method {options.method!r}", hint=f"use one of {', '.join(METHODS)}")
+    if options.samples is not None and options.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    target = load_target(options.target)
+    backend = get_backend(target.backend)
+    notes: list[str] = []
+    with status("preparing the model"):
+        model = prepare_model(model_path, notes)
+    recipe = recipe_for_target(backend, model, target)
+    method = options.method or recipe.method
+    specs = input_specs(model)
+    cset = calibration_set(calib, specs, recipe=options.recipe)
+    held = None
+    if options.check and not options.eval_source:  # hold out a slice to check on; calibrate on the rest
+        from edgekit.quantize.check import HeldOut
+
+        held = HeldOut.split(cset, samples=options.samples)
+        cset = held.calib
+    exclude = _exclusions(model, options.exclude)
+
+    ranges, used, settled, cache_state = _calibrate(model, cset, recipe, method, options, notes)
     fallback = check = None
     if options.check:
         from edgekit.quantize.checkrun import checked_model
 
         qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled, calib=cset, method=method,
                                                 target=target, source=str(model_path))
+        if check.get("unjudged_outputs") and held is not None and not held.in_sample:
+            from edgekit.quantize.check import resplit_for_foreground
+
+            # the slice showed nothing a map could lose: hold out samples of the source whose FP32 map shows
+            # foreground instead (one FP32 pass over the source, one more calibration), and say so
+            with status("the held-out samples show no foreground: looking for samples that do"):
+                alt, why = resplit_for_foreground(model, held, check["unjudged_outputs"])
+            if alt is not None:
+                held, cset = alt, alt.calib
+                ranges, used, settled, cache_state = _calibrate(model, cset, recipe, method, options, notes)
+                qmodel, check, fallback = checked_model(model, ranges, recipe, exclude, options, held=held, settled=settled, calib=cset,
+                                                        method=method, target=target, source=str(model_path))
+                notes.append(why)
+            check["held_out_resplit"] = why
         if fallback is not None:
             exclude = sorted(set(exclude) | {n for k in fallback["kept_in_float"] for n in k.get("nodes", [k["node"]])})
     else:

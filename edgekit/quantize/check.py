@@ -98,6 +98,7 @@ class HeldOut:
     source: CalibrationSet
     indices: list[int]
     in_sample: bool = False  # one sample only: the check runs on the calibration sample itself
+    resplit: str = ""  # why these samples, when not the default slice
     _kept: dict[int, tuple[str, Feed]] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -147,6 +148,8 @@ class HeldOut:
         return [lb[i] for i in self.indices if i < len(lb)] if lb is not None else None
 
     def describe(self) -> str:
+        if self.resplit:
+            return f"{len(self.indices)} of {self.source.count} calibration samples held out ({self.resplit}; never calibrated on)"
         if self.in_sample:
             return "the only calibration sample (in-sample: optimistic; give more samples)"
         return f"{len(self.indices)} of {self.source.count} calibration samples held out (never calibrated on)"
@@ -426,6 +429,46 @@ def ranking_drop(outputs: Sequence[dict[str, Any]]) -> float:
     return max((drop(o) for o in outputs), default=0.0)
 
 
+RESPLIT_SCAN_MAX = 512  # samples of the source run in FP32 to find ones whose map shows foreground
+
+
+def resplit_for_foreground(model: onnx.ModelProto, held: HeldOut, outputs: Sequence[str]) -> tuple[HeldOut | None, str]:
+    """A held-out slice that shows something for `outputs` (maps with foreground, detectors with a confident
+    box), when the default slice showed too little to judge them: samples of the source are run in FP32 (at
+    most RESPLIT_SCAN_MAX) and each is judged against itself to see whether it gives evidence; as many as the
+    slice had (at least MIN_EVIDENCE) are held out, spread over those that do, the slice's own samples filling
+    it up. (None, why) when too few samples show anything, or when nothing would be left to calibrate on."""
+    from edgekit.backends.onnxruntime import session_from_bytes
+    from edgekit.quantize.maps import MIN_EVIDENCE
+
+    sess = session_from_bytes(model.SerializeToString())
+    names = [o.name for o in model.graph.output]
+    wanted = set(outputs)
+    shows, scanned = [], 0
+    for i, (_, feed) in enumerate(held.source._factory()):
+        if i >= RESPLIT_SCAN_MAX:
+            break
+        scanned += 1
+        outs = sess.run(names, feed)
+        judged = compare_outputs(names, [outs], [outs], DEFAULT_BAR, image_size([feed]))
+        if any(o.get("evidence", 0) >= 1 for o in judged if o["output"] in wanted):
+            shows.append(i)
+    label = ", ".join(outputs)
+    if len(shows) < MIN_EVIDENCE:
+        return None, (f"{'none' if not shows else f'only {len(shows)}'} of the {scanned} samples of the source scanned "
+                      f"{'shows' if len(shows) < 2 else 'show'} foreground or a confident box in {label} (a verdict needs {MIN_EVIDENCE} held out)")
+    k = len(held.indices)
+    take = max(MIN_EVIDENCE, min(k, len(shows) // 2))  # keep some that show it to calibrate on, where there are enough
+    pick = sorted({shows[int((j + 0.5) * len(shows) / take)] for j in range(take)})
+    fill = [i for i in held.indices if i not in pick][: max(0, k - len(pick))]
+    indices = sorted(set(pick) | set(fill))
+    if held.source.count - len(indices) < 1:
+        return None, "the source is too small to hold out samples that show foreground or boxes"
+    why = (f"the default slice showed too little in {label} to judge it: {len(pick)} of the {len(shows)} samples whose "
+           f"FP32 output shows some (of {scanned} scanned) held out instead")
+    return HeldOut(held.source, indices, resplit=why), why
+
+
 @dataclasses.dataclass
 class SliceEvaluator:
     """FP32 outputs of the held-out feeds, computed once; candidates are run in ONNX Runtime on this CPU.
@@ -526,6 +569,10 @@ def summary_line(check: dict[str, Any]) -> str:
         return f"meets the bar on {check['samples']} held-out samples"
     parts = []
     for o in failed:
+        if o.get("unjudged"):
+            if not o.get("group") or o["output"] == o["group"][0]:  # a GFL head's outputs share one verdict, said once
+                parts.append(f"{o['output']} (not judged: {o['unjudged']})")
+            continue
         if o["kind"] in ("id sequences", "sequence scores") and o["sequence_agreement"] < DEFAULT_BAR.min_sequence:
             parts.append(f"{o['output']} (decoded the same on {100 * o['sequence_agreement']:.0f}% of {o['sequences']} sequences)")
         elif o["kind"] in ("class scores", "sequence scores"):

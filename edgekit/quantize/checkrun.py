@@ -66,7 +66,8 @@ def checked_model(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
     unjudged = [o["unjudged"] for o in all_int8 if o.get("unjudged")] if not user else []
     if unjudged:  # the slice shows nothing an output could lose: no PTQ step, fallback or float precision can be judged on it
         check.update(outputs=all_int8, passed=False, evaluations=evaluator.evaluations, seconds=time.perf_counter() - start,
-                     outcome="refused: the held-out samples cannot judge " + "; ".join(unjudged), unjudged=unjudged)
+                     outcome="refused: the held-out samples cannot judge " + "; ".join(unjudged), unjudged=unjudged,
+                     unjudged_outputs=[o["output"] for o in all_int8 if o.get("unjudged")])
         check["summary"] = summary_line(check)
         return full, check, None
     if calib is not None and getattr(options, "ptq", True):
@@ -126,8 +127,9 @@ def refusal(check: dict[str, Any], fallback: dict[str, Any] | None, output: Path
                f"with {kept} nodes in float; wrote that model to {output}")
         hint = "raise --max-accuracy-drop, give more calibration data, or try --method percentile"
     elif check.get("unjudged"):
+        resplit = f"; {check['held_out_resplit']}" if check.get("held_out_resplit") else ""
         msg = (f"INT8 cannot be checked: {'; '.join(check['unjudged'])}, so the check cannot tell whether INT8 keeps it "
-               f"(on {check['on']}); wrote the all-INT8 model to {output}")
+               f"(on {check['on']}{resplit}); wrote the all-INT8 model to {output}")
         hint = ("give calibration data (or --eval DATA) where the map shows foreground: the held-out samples are a slice of it, "
                 "or set your own --max-accuracy-drop")
     else:

@@ -22,8 +22,11 @@ four sides) says nothing about the boxes.
 The rule, with hysteresis so a box scored near the threshold that INT8 nudges across it is noise, not
 damage: every FP32 box scoring >= 0.5 after NMS must be found by INT8 (same class, IoU >= 0.5, INT8
 score >= 0.25), and every INT8 box scoring >= 0.5 must be one FP32 has at >= 0.25. Pooled over the
-held-out images, F1 = 2 x matched / (FP32's confident boxes + INT8's) >= 0.90; no confident box on
-either side is agreement.
+held-out images, F1 = 2 x matched / (FP32's confident boxes + INT8's), and the per-image F1's lower
+confidence bound (`maps.lower_bound`: a few images that agree say little about the next), the lower of
+the two >= 0.90. An image with no confident box on either side is agreement, but fewer than MIN_EVIDENCE
+held-out images with a confident box give no verdict (`unjudged`: the run holds out images that show
+boxes instead, or exits 3 saying what data it needs).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.quantize.maps import sums_to_one
+from edgekit.quantize.maps import MIN_EVIDENCE, lower_bound, sums_to_one
 
 MIN_ANCHORS = 100
 SURE, SEEN = 0.5, 0.25  # a confident box; the score at which the other side counts as having it
@@ -117,23 +120,36 @@ def _found(sure: tuple[np.ndarray, np.ndarray, np.ndarray], other: tuple[np.ndar
     return int(pick.sum()), found
 
 
+def _score_images(pairs: Sequence[tuple[Any, Any]], label: str) -> dict[str, Any]:
+    """The box rule over per-image (FP32, INT8) detections: pooled F1, per-image F1's lower bound, verdict."""
+    total = found = boxes_fp32 = boxes_int8 = 0
+    per_image = []
+    for a, b in pairs:
+        n, k = _found(a, b)
+        m, j = _found(b, a)
+        total, found = total + n + m, found + k + j
+        boxes_fp32, boxes_int8 = boxes_fp32 + n, boxes_int8 + m
+        if n + m:
+            per_image.append((k + j) / (n + m))
+    pooled = 1.0 if total == 0 else found / total
+    f1 = min(pooled, lower_bound(per_image))
+    res: dict[str, Any] = {"box_f1": f1, "box_f1_pooled": pooled, "box_f1_per_image_lower_bound": lower_bound(per_image),
+                           "images_with_boxes": len(per_image), "evidence": len(per_image), "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8}
+    short = MIN_BOX_F1 - f1
+    if len(per_image) < MIN_EVIDENCE:
+        res["unjudged"] = (f"{'none' if not per_image else f'only {len(per_image)}'} of the {len(pairs)} held-out images "
+                           f"{'shows' if len(per_image) < 2 else 'show'} a confident box in {label} (a verdict needs {MIN_EVIDENCE})")
+        short = MIN_BOX_F1
+    return {**res, "shortfall": float(short), "passed": bool(short <= 0)}
+
+
 def compare_detections(name: str, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], layout: str) -> dict[str, Any]:
     """INT8 against FP32 for one decoded detector head over the held-out images, and whether it meets the bar."""
-    total = found = 0
-    boxes_fp32 = boxes_int8 = 0
-    for r, g in zip(ref, got):
-        for a, b in zip(_boxes(r, layout), _boxes(g, layout)):
-            n, k = _found(a, b)
-            m, j = _found(b, a)
-            total, found = total + n + m, found + k + j
-            boxes_fp32, boxes_int8 = boxes_fp32 + n, boxes_int8 + m
-    f1 = 1.0 if total == 0 else found / total
-    short = MIN_BOX_F1 - f1
+    pairs = [p for r, g in zip(ref, got) for p in zip(_boxes(r, layout), _boxes(g, layout))]
     return {"output": name, "rows": sum(int(np.shape(r)[0]) for r in ref), "kind": "detections", "layout": layout,
             "cosine_mean": None, "cosine_worst": None, "sqnr_db": None,
             "max_abs": float(max(np.abs(np.asarray(r, np.float64) - np.asarray(g, np.float64)).max() for r, g in zip(ref, got))),
-            "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
-            "box_f1": f1, "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8, "shortfall": float(short), "passed": bool(short <= 0)}
+            "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None, **_score_images(pairs, name)}
 
 
 GFL_STRIDES = (4, 8, 16, 32, 64, 128)
@@ -202,16 +218,9 @@ def _gfl_boxes(outs: Sequence[np.ndarray], group: Sequence[tuple[int, int, int]]
 def compare_gfl(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]],
                 group: Sequence[tuple[int, int, int]], image_hw: tuple[int, int]) -> list[dict[str, Any]]:
     """INT8 against FP32 for a group of GFL head outputs: one verdict from the decoded boxes, for each output."""
-    total = found = boxes_fp32 = boxes_int8 = 0
-    for r, g in zip(ref, got):
-        for a, b in zip(_gfl_boxes(r, group, image_hw), _gfl_boxes(g, group, image_hw)):
-            n, k = _found(a, b)
-            m, j = _found(b, a)
-            total, found = total + n + m, found + k + j
-            boxes_fp32, boxes_int8 = boxes_fp32 + n, boxes_int8 + m
-    f1 = 1.0 if total == 0 else found / total
-    short = MIN_BOX_F1 - f1
+    pairs = [p for r, g in zip(ref, got) for p in zip(_gfl_boxes(r, group, image_hw), _gfl_boxes(g, group, image_hw))]
     members = [names[i] for _, si, bi in group for i in (si, bi)]
+    scored = _score_images(pairs, f"the GFL head {members[0]} ..")
     out = []
     for _, si, bi in group:
         for i in (si, bi):
@@ -219,6 +228,5 @@ def compare_gfl(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: 
                         "group": members, "strides": [s for s, _, _ in group],
                         "cosine_mean": None, "cosine_worst": None, "sqnr_db": None,
                         "max_abs": float(max(np.abs(np.asarray(r[i], np.float64) - np.asarray(g[i], np.float64)).max() for r, g in zip(ref, got))),
-                        "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None,
-                        "box_f1": f1, "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8, "shortfall": float(short), "passed": bool(short <= 0)})
+                        "top1_agreement": None, "top1_agreement_confident": None, "confident_rows": None, **scored})
     return out
