@@ -195,9 +195,10 @@ def quantize_model(model_path: str | Path, output: str | Path, *, calib: str, op
         if check.get("unjudged_outputs") and held is not None and not held.in_sample:
             from edgekit.quantize.check import resplit_for_foreground
 
-            # the slice showed nothing a map could lose: hold out samples of the source whose FP32 map shows
-            # foreground instead (one FP32 pass over the source, one more calibration), and say so
-            with status("the held-out samples show no foreground: looking for samples that do"):
+            # the slice showed too little for a map (foreground) or a detector (confident boxes) to lose: hold out
+            # samples of the source whose FP32 output shows some instead (one FP32 pass over the source, one more
+            # calibration), and say so
+            with status("the held-out samples show too little to judge: looking for samples that show more"):
                 alt, why = resplit_for_foreground(model, held, check["unjudged_outputs"])
             if alt is not None:
                 held, cset = alt, alt.calib

@@ -130,8 +130,8 @@ def refusal(check: dict[str, Any], fallback: dict[str, Any] | None, output: Path
         resplit = f"; {check['held_out_resplit']}" if check.get("held_out_resplit") else ""
         msg = (f"INT8 cannot be checked: {'; '.join(check['unjudged'])}, so the check cannot tell whether INT8 keeps it "
                f"(on {check['on']}{resplit}); wrote the all-INT8 model to {output}")
-        hint = ("give calibration data (or --eval DATA) where the map shows foreground: the held-out samples are a slice of it, "
-                "or set your own --max-accuracy-drop")
+        hint = ("give calibration data (or --eval DATA) with more samples where the map shows foreground or the detector finds "
+                "objects: the held-out samples are a slice of it, or set your own --max-accuracy-drop")
     else:
         msg = (f"INT8 is {summary_line(check)} on {check['on']} (bar: {check['bar']['text']}), even with {kept} node(s) kept in float; "
                f"wrote that model to {output}")
