@@ -12,10 +12,11 @@ and its cosine is noise that decides nothing about the task. Each map is judged 
   at its one-sided 95% lower confidence bound (mean - t * sd / sqrt(n)): a few held-out images say
   little about the next ones (measured: 3 held-out text scenes at 0.95, 24 others at 0.90). The worst
   of these >= 0.90; samples whose foreground INT8 loses entirely (or invents) are reported. Empty
-  against empty is agreement for an image, but no verdict for the model: when no held-out sample shows
-  foreground in FP32's map (p >= 0.5 on >= 0.5% of its pixels) the map is `unjudged` (a matting model
-  checked on three photos without a person kept IoU 1.0 and lost a third of every person; the run
-  says what data it needs and exits 3 instead);
+  against empty is agreement for an image, but no verdict for the model: when fewer than MIN_EVIDENCE
+  held-out samples show foreground in FP32's map (p >= 0.5 on >= 0.5% of its pixels) the map is
+  `unjudged` (a matting model checked on three photos without a person kept IoU 1.0 and lost a third of
+  every person); the run then holds out samples that show foreground instead, or says what data it
+  needs and exits 3;
 - class map (C >= 2, a softmax over the channels or logits whose per-pixel softmax is confident, top-1
   p >= 0.5, on most pixels): the
   per-pixel argmax, as mean IoU over the classes either map shows, pooled the same way. Bar: >= 0.90;
