@@ -157,6 +157,8 @@ def load_onnx(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Model
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise UsageError(f"{path} is not an ONNX model (no graph)", hint="give a .onnx file exported by a framework")
+    if not model.graph.output:  # ONNX Runtime refuses to run it ("at least one output should be requested")
+        raise UsageError(f"{path} has no graph outputs: nothing to compute", hint="export the model again with its outputs")
     _check_dims(model, path)
     _check_external_data(model, path.parent)
     try:

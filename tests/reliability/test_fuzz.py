@@ -50,3 +50,16 @@ def test_mutated_calibration_arrays(tmp_path_factory, shape, dtype, poison, name
     assert res.exit_code in (0, 2), (res.exit_code, repr(res.exception), res.output)
     if res.exit_code == 2:
         assert len(res.stderr.strip().splitlines()) == 1 and not (d / "q.onnx").exists()
+
+
+def test_a_model_with_no_outputs_is_a_usage_error(tmp_path) -> None:  # noqa: ANN001
+    """Found by the fuzzer above: a graph whose outputs are gone made ONNX Runtime raise (exit 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [])
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    for args in (["inspect", str(p)], ["export", str(p), "-o", str(tmp_path / "o.onnx")]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and "has no graph outputs" in res.output, (args[0], res.output)
