@@ -429,7 +429,7 @@ def ranking_drop(outputs: Sequence[dict[str, Any]]) -> float:
     return max((drop(o) for o in outputs), default=0.0)
 
 
-RESPLIT_SCAN_MAX = 512  # samples of the source run in FP32 to find ones whose map shows foreground
+RESPLIT_SCAN_MAX = 512  # samples of the source run in FP32 to find ones that show foreground or a confident box
 
 
 def resplit_for_foreground(model: onnx.ModelProto, held: HeldOut, outputs: Sequence[str]) -> tuple[HeldOut | None, str]:
@@ -552,7 +552,7 @@ def task_figure(o: dict[str, Any]) -> str:
     if kind in ("class scores", "probability") and o["top1_agreement_confident"] is not None:
         return f"top-1 kept {100 * o['top1_agreement_confident']:.0f}%"
     if o.get("unjudged"):
-        return "not judged: no foreground"
+        return "not judged: too little shown"
     if kind in ("probability map", "class map"):
         return f"IoU {o['map_iou']:.3f}"
     if kind == "detections":

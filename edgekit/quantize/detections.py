@@ -132,8 +132,9 @@ def _score_images(pairs: Sequence[tuple[Any, Any]], label: str) -> dict[str, Any
         if n + m:
             per_image.append((k + j) / (n + m))
     pooled = 1.0 if total == 0 else found / total
-    f1 = min(pooled, lower_bound(per_image))
-    res: dict[str, Any] = {"box_f1": f1, "box_f1_pooled": pooled, "box_f1_per_image_lower_bound": lower_bound(per_image),
+    bound = lower_bound(per_image)
+    f1 = min(pooled, bound)
+    res: dict[str, Any] = {"box_f1": f1, "box_f1_pooled": pooled, "box_f1_per_image_lower_bound": bound,
                            "images_with_boxes": len(per_image), "evidence": len(per_image), "boxes_fp32": boxes_fp32, "boxes_int8": boxes_int8}
     short = MIN_BOX_F1 - f1
     if len(per_image) < MIN_EVIDENCE:

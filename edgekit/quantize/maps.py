@@ -174,8 +174,6 @@ def map_drop(o: dict[str, Any]) -> float:
 
 def map_summary(o: dict[str, Any]) -> str:
     """The part of the check's one line for a map below its bar."""
-    if o.get("unjudged"):
-        return f"{o['output']} (not judged: {o['unjudged']})"
     if o["kind"] == "probability map":
         return f"{o['output']} (thresholded map IoU {o['map_iou']:.3f} < {MIN_MAP_IOU:g})"
     if o["kind"] == "class map":

@@ -10,7 +10,9 @@ from test_hostile_inputs import tiny_model
 
 from edgekit.cli import cli
 
-SETTINGS = settings(max_examples=40, deadline=20_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the same 40 cases every run, so the suite cannot go red by a new draw (a new case is found by
+# running it locally with derandomize=False; the case the loaded run 3 found is a test of its own below)
+SETTINGS = settings(max_examples=40, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
