@@ -10,9 +10,10 @@ from test_hostile_inputs import tiny_model
 
 from edgekit.cli import cli
 
-# derandomized: the same 40 cases every run, so the suite cannot go red by a new draw (a new case is found by
-# running it locally with derandomize=False; the case the loaded run 3 found is a test of its own below)
-SETTINGS = settings(max_examples=40, deadline=20_000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the same cases every run, so the suite cannot go red by a new draw (a new case is found by
+# running it locally with derandomize=False; the case the loaded run 3 found is a test of its own below);
+# no deadline: a per-example time limit is a timing test, and a busy machine would fail it by chance
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
@@ -38,7 +39,7 @@ def test_mutated_onnx_bytes(tmp_path_factory, data) -> None:  # noqa: ANN001
             assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
 
 
-@settings(max_examples=15, deadline=30_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.lists(st.integers(0, 6), min_size=0, max_size=5), dtype=st.sampled_from(["float32", "float64", "int64", "uint8"]),
        poison=st.sampled_from([None, np.nan, np.inf, -np.inf, 1e38]), name=st.sampled_from(["x", "y", "X"]))
 def test_mutated_calibration_arrays(tmp_path_factory, shape, dtype, poison, name) -> None:  # noqa: ANN001
