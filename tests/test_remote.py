@@ -20,6 +20,7 @@ import venv
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -192,8 +193,12 @@ def _bench_running(server: Sshd) -> bool:
     return any(c[1:4] == ["-m", "edgekit", "bench"] for c in _cmdlines(server))
 
 
-def _p50(path: Path) -> float:
-    return json.loads(path.read_text())["results"][0]["latency_ms"]["p50"]["value"]
+def _floor(path: Path) -> float:
+    """The run's floor (mean of its fastest 5%): what the build costs when nothing interferes. A neighbour only
+    ever adds time, so floors agree on a busy machine where a p50 can be 3x off (seen: 26.6 vs 8.0 ms)."""
+    from edgekit.bench.stats import floor_ms
+
+    return floor_ms(np.asarray(json.loads(path.read_text())["results"][0]["samples_ms"]))
 
 
 # --- the tests -----------------------------------------------------------------------------------
@@ -209,9 +214,9 @@ def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, py
             args = ["bench", str(int8_ov), "--min-duration", "1", "--json", f"{where}-{i}.json"] + (["--device", "lab"] if where == "device" else [])
             res = CliRunner().invoke(cli, args)  # here, in-process; there, the device's own Python and edgekit
             assert res.exit_code == 0, res.output
-            (device if where == "device" else local).append(_p50(tmp_path / f"{where}-{i}.json"))
-    ratio = sorted(device)[len(device) // 2] / sorted(local)[len(local) // 2]
-    print(f"p50 device {device} ms, local {local} ms: device/local {ratio:.3f}")
+            (device if where == "device" else local).append(_floor(tmp_path / f"{where}-{i}.json"))
+    ratio = min(device) / min(local)  # the least disturbed round of each side
+    print(f"floor device {device} ms, local {local} ms: device/local {ratio:.3f}")
     assert 0.6 < ratio < 1.67, (device, local)
 
     r = json.loads((tmp_path / "device-0.json").read_text())["results"][0]
