@@ -18,7 +18,7 @@ from edgekit.errors import BackendUnavailable, UsageError
 _EXTRAS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "export from PyTorch"),
     "openvino": ("openvino", "the OpenVINO backend"),
-    "nncf": ("bench", "NNCF, a peer that bench/ scripts compare against"),
+    "nncf": ("lm", "NNCF: weight compression of decoders for OpenVINO (and a peer bench/ scripts compare against)"),
     "tensorrt": ("tensorrt", "the TensorRT backend"),
     "cuda": ("tensorrt", "device memory and streams for TensorRT engines (cuda-python)"),
     "modelopt": ("tensorrt-fp16", "TensorRT fp16 engines (NVIDIA ModelOpt's AutoCast)"),

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("edgekit.cli.compile", "Build a target's artifact (OpenVINO IR, TensorRT engine, optimised ONNX)."),
     "optimize": ("edgekit.cli.optimize", "The fastest artifact for a target that meets the accuracy and latency budgets, chosen by measuring."),
     "bench": ("edgekit.cli.bench", "Latency statistics against budgets and a baseline (exit 3 when a gate fails)."),
+    "lm": ("edgekit.cli.lm", "Generative decoders: export with the KV cache, weight-only INT8/INT4, bench in tokens per second."),
     "doctor": ("edgekit.cli.doctor", "Which backends work on this machine, and why not where they don't."),
     "targets": ("edgekit.cli.targets", "The target profiles --target finds (yours first, then the built-in ones) and where each came from."),
     "pack": ("edgekit.cli.pack", "Bundle compiled artifacts, their source ONNX and manifest for a device."),

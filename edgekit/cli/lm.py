@@ -1,0 +1,116 @@
+"""`edgekit lm export|quantize|bench`: generative decoders through the same pipeline, in their own units."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from edgekit.cli.common import human_bytes, json_option, out, run_and_emit, table
+
+
+@click.group("lm")
+def command() -> None:
+    """Generative decoders (causal LMs): export with the KV cache, weight-only INT8/INT4, bench in tokens.
+
+    \b
+      edgekit lm export edgekit.examples.smollm2:model -o out/lm
+      edgekit lm quantize out/lm -o out/lm-ov-int8 --target openvino --bits 8
+      edgekit lm bench out/lm-ov-int8 --budget ttft=500ms --budget tpot_p99=100ms --json out/lm-bench.json
+    """
+
+
+@command.command("export")
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write (model.onnx, tokenizer, lm.json).")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--text", default="python-docs", show_default=True, help="Real text for the parity check: a UTF-8 file or python-docs.")
+@json_option
+def export_cmd(source: str, output: str, opset: int, text: str, json_path: str | None) -> None:
+    """Export SOURCE (a Hugging Face folder, a .gguf file, or module:callable -> (model, tokenizer)) to ONNX with
+    its KV cache, and check prefill logits and greedy decode steps against PyTorch on real text (exit 3 if not)."""
+    from edgekit.llm.export import export_causal_lm
+
+    run_and_emit(json_path, lambda: export_causal_lm(source, output, opset=opset, text=text), _render_export)
+
+
+def _render_export(r: dict[str, Any]) -> None:
+    m, p = r["meta"], r["parity"]
+    out(f"{r['out']}: {m['extra'].get('architecture')} with {m['extra'].get('parameters', 0) / 1e6:.1f} M parameters, "
+        f"{m['layers']} layers, cache {m['kv_heads']} heads x {m['head_dim']}")
+    out(f"parity with PyTorch on {p['prompt_tokens']} tokens of real text: prefill logits {p['prefill_logits_max_rel_diff']:.2e} relative "
+        f"(bar {p['rtol']:g}), {p['greedy_steps']} greedy tokens {'equal' if p['greedy_tokens_equal'] else 'DIFFER'}: "
+        + ("ok" if p["passed"] else "FAILED"))
+
+
+@command.command("quantize")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write.")
+@click.option("--target", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@click.option("--bits", type=click.Choice(["4", "8", "none"]), default="8", show_default=True,
+              help="Weight bits; none: OpenVINO's FP32 stateful model (no compression).")
+@click.option("--group-size", type=int, default=128, show_default=True, help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too).")
+@click.option("--asymmetric", is_flag=True, help="A zero point per group (default: symmetric).")
+@click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
+@click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF).")
+@click.option("--text", default="python-docs", show_default=True, help="Real text for calibration and the check: a UTF-8 file or python-docs.")
+@click.option("--max-ppl-increase", type=float, default=0.10, show_default=True, help="The bar: relative perplexity increase over FP32 on held-out text.")
+@click.option("--min-agreement", type=float, default=None, help="Also a bar on greedy agreement with FP32 (0-1).")
+@click.option("--held-out", type=int, default=8, show_default=True, help="Held-out windows of text for the check.")
+@click.option("--window", type=int, default=256, show_default=True, help="Tokens per window.")
+@click.option("--threads", type=int, default=None)
+@json_option
+def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: int, asymmetric: bool, lm_head: str, data_aware: bool,
+                 text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
+                 json_path: str | None) -> None:
+    """Weight-only quantize the exported LM folder SOURCE and check it on held-out text: perplexity against FP32's
+    (and greedy agreement); below the bar nothing is written and it exits 3."""
+    from edgekit.llm.check import LMBar
+    from edgekit.llm.weights import WeightOptions, compress_weights_lm
+
+    options = WeightOptions(target=target, bits=None if bits == "none" else int(bits), group_size=group_size, symmetric=not asymmetric,
+                            lm_head=lm_head, data_aware=data_aware, text=text, threads=threads, held_out=held_out, window=window,
+                            bar=LMBar(max_ppl_increase=max_ppl_increase, min_agreement=min_agreement))
+    run_and_emit(json_path, lambda: compress_weights_lm(source, output, options=options), _render_quantize)
+
+
+def _render_quantize(r: dict[str, Any]) -> None:
+    c = r["check"]
+    out(f"{r['out']}: {r['weights']} for {r['target']} ({r.get('quantizer') or 'no weight compression'}), "
+        f"{human_bytes(r['model_bytes'])} (FP32 {human_bytes(r['fp32_model_bytes'])}), {r['quantize_s']:.1f} s")
+    out(f"check on {c['held_out_tokens']} held-out tokens: perplexity {c['perplexity']:.3f} vs FP32 {c['fp32_perplexity']:.3f} "
+        f"({c['perplexity_increase']:+.1%}, bar {c['bar']['max_ppl_increase']:+.0%}), greedy agreement {c['greedy_agreement']:.2f}: "
+        + ("ok" if c["meets_bar"] else "BELOW THE BAR"))
+
+
+@command.command("bench")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt-tokens", type=int, default=128, show_default=True)
+@click.option("--new-tokens", type=int, default=32, show_default=True)
+@click.option("--runs", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--budget", "budgets", multiple=True, metavar="METRIC=MS", help="ttft=200ms, ttft_p90=..., tpot=30ms, tpot_p99=50ms (repeatable).")
+@click.option("--strict-undecided", is_flag=True, help="A budget the runs cannot decide fails the run (exit 3).")
+@click.option("--text", default="python-docs", show_default=True, help="Where the prompt's tokens come from.")
+@json_option
+def bench_cmd(model: str, prompt_tokens: int, new_tokens: int, runs: int, warmup: int, threads: int | None, budgets: tuple[str, ...],
+              strict_undecided: bool, text: str, json_path: str | None) -> None:
+    """Time to first token, time per output token and tokens/s of greedy generation from MODEL (an LM folder),
+    against budgets (exit 3 when one fails)."""
+    from edgekit.llm.bench import GenerationOptions, LMBudget, bench_generation
+
+    options = GenerationOptions(prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup, threads=threads,
+                                budgets=tuple(LMBudget.parse(b) for b in budgets), strict_undecided=strict_undecided, text=text)
+    run_and_emit(json_path, lambda: bench_generation(model, options=options), _render_bench)
+
+
+def _render_bench(r: dict[str, Any]) -> None:
+    out(f"{r['model']}: {r['weights']} on {r['runtime']} ({r['precision']} activations), {r['prompt_tokens']}-token prompt, "
+        f"{r['new_tokens']} new tokens x {r['runs']} runs; CPU {r['cpu']['name']} ({', '.join(r['cpu']['int8_features']) or 'no INT8 features'})")
+    t, p = r["ttft_ms"], r["tpot_ms"]
+    out(table(["", "p50 ms", "p90 ms", "p99 ms"], [("time to first token", t["p50"]["value"], t["p90"]["value"], t["p99"]["value"]),
+                                                  ("time per output token", p["p50"]["value"], p["p90"]["value"], p["p99"]["value"])]))
+    out(f"{r['tokens_per_s']:.1f} tokens/s end to end, {r['decode_tokens_per_s']:.1f} in decode; peak memory {human_bytes(r['peak_rss_bytes'])}, "
+        f"model {human_bytes(r['model_bytes'])}")
+    for b in r["budgets"]:
+        out(f"budget {b['budget']}: {b['verdict']} ({b['stat']} {b['value']:.2f} ms, 95% interval [{b['ci_low']:.2f}, {b['ci_high']:.2f}])")

