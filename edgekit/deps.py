@@ -22,6 +22,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "tensorrt": ("tensorrt", "the TensorRT backend"),
     "cuda": ("tensorrt", "device memory and streams for TensorRT engines (cuda-python)"),
     "modelopt": ("tensorrt-fp16", "TensorRT fp16 engines (NVIDIA ModelOpt's AutoCast)"),
+    "transformers": ("lm", "generative decoders (edgekit lm): their model and tokenizer"),
     "onnxscript": ("torch", "the dynamo ONNX exporter"),
     "PIL": ("runtime", "image preprocessing (image calibration data, engine.run_image)"),
     "matplotlib": ("plot", "latency plots"),
@@ -58,6 +59,10 @@ def torch() -> ModuleType:
         base = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgekit")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, "torchinductor")
     return _load("torch")
+
+
+def transformers() -> ModuleType:
+    return _load("transformers")
 
 
 def openvino() -> ModuleType:

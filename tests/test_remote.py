@@ -208,14 +208,20 @@ def test_device_bench_agrees_with_a_local_bench_and_leaves_nothing(lab: dict, py
     server, work = lab["servers"][0], tmp_path / "device-work"
     _project(tmp_path, _device_table("lab", server, lab, pythons["device"], work))
     monkeypatch.chdir(tmp_path)  # ./edgekit.toml names the device
+    # decide or extend: a neighbour only ever slows a round, so the least disturbed round of each side converges on
+    # what the build costs; more rounds are run (alternating, up to 6 pairs) until the two agree. One loaded run saw
+    # both local rounds 2x slow while the device's were not: two rounds alone are a test that fails by chance.
     local, device = [], []
-    for i in range(2):  # alternate rounds: the machine's load drifts, the order must not decide
+    ratio = float("nan")
+    for i in range(6):
         for where in (("local", "device") if i % 2 == 0 else ("device", "local")):
             args = ["bench", str(int8_ov), "--min-duration", "1", "--json", f"{where}-{i}.json"] + (["--device", "lab"] if where == "device" else [])
             res = CliRunner().invoke(cli, args)  # here, in-process; there, the device's own Python and edgekit
             assert res.exit_code == 0, res.output
             (device if where == "device" else local).append(_floor(tmp_path / f"{where}-{i}.json"))
-    ratio = min(device) / min(local)  # the least disturbed round of each side
+        ratio = min(device) / min(local)  # the least disturbed round of each side
+        if i >= 1 and 0.6 < ratio < 1.67:
+            break
     print(f"floor device {device} ms, local {local} ms: device/local {ratio:.3f}")
     assert 0.6 < ratio < 1.67, (device, local)
 

@@ -77,11 +77,8 @@ def _decide(samples: np.ndarray, b: LMBudget, confidence: float) -> dict[str, An
 def bench_generation(folder: str | Path, *, options: GenerationOptions = GenerationOptions()) -> dict[str, Any]:
     """Bench greedy generation of the LM in `folder`; exit 3 when a budget fails (or is undecided, if strict)."""
     _check(options)
-    from transformers import AutoTokenizer
-
     meta = read_meta(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    ids = np.asarray(tokenizer(texts.corpus(options.text), return_tensors="np")["input_ids"][0], np.int64)
+    ids = texts.encode(folder, texts.corpus(options.text))
     if ids.size < options.prompt_tokens:
         raise UsageError(f"the text has {ids.size} tokens, fewer than --prompt-tokens {options.prompt_tokens}", hint="give a longer text")
     prompt = ids[:options.prompt_tokens]

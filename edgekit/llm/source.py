@@ -13,14 +13,6 @@ HINT = ("give a Hugging Face model folder (config.json + weights + tokenizer), a
         "returning (model, tokenizer)")
 
 
-def _transformers() -> Any:
-    if not deps.available("transformers"):
-        deps.torch()
-        from edgekit.errors import BackendUnavailable
-        raise BackendUnavailable("transformers is not importable; it is needed to export a causal LM", hint="pip install 'edgekit[lm]'")
-    return importlib.import_module("transformers")
-
-
 def load_causal_lm(spec: str) -> tuple[Any, Any]:
     """The PyTorch model (FP32, eval mode) and its tokenizer. A GGUF file's weights are dequantized to FP32:
     that dequantized model is the float reference every later check compares with."""
@@ -29,7 +21,7 @@ def load_causal_lm(spec: str) -> tuple[Any, Any]:
     if path.suffix == ".gguf" or path.is_dir():
         if not path.exists():
             raise UsageError(f"{spec} does not exist", hint=HINT)
-        tf = _transformers()
+        tf = deps.transformers()
         where, kw = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
         if path.suffix == ".gguf" and not deps.available("gguf"):
             from edgekit.errors import BackendUnavailable

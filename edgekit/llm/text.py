@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,23 @@ class TextSplit:
                 "window_tokens": int(self.held_out[0].size) if self.held_out else 0}
 
 
+def encode(folder: str | Path, text: str) -> np.ndarray:
+    """The token ids of `text` by the tokenizer saved in an LM folder. `tokenizer.json` is read by the
+    `tokenizers` library alone (a device needs no transformers); other tokenizers by transformers."""
+    path = Path(folder) / "tokenizer.json"
+    if path.is_file() and importlib.util.find_spec("tokenizers") is not None:
+        tok = importlib.import_module("tokenizers").Tokenizer.from_file(str(path))
+        return np.asarray(tok.encode(text).ids, np.int64)
+    from edgekit import deps
+
+    return np.asarray(deps.transformers().AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"], np.int64)
+
+
 def token_windows(tokenizer: Any, text: str, *, window: int, held_out: int, calibration: int) -> TextSplit:
-    """Cut the text's tokens into windows of `window` tokens; the held-out ones come from the end, the
+    """`tokenizer`: a transformers tokenizer or an LM folder. Cut the text's tokens into windows of `window` tokens; the held-out ones come from the end, the
     calibration ones from the start, so no token is in both."""
-    ids = np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], dtype=np.int64)
+    ids = encode(tokenizer, text) if isinstance(tokenizer, (str, Path)) else \
+        np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], dtype=np.int64)
     n = len(ids) // window
     if n < held_out + 1:
         raise UsageError(f"the text has {len(ids)} tokens: too few for {held_out} held-out windows of {window}",

@@ -166,10 +166,7 @@ def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOpti
     if meta.format != "onnx" or meta.weights != "fp32":
         raise UsageError(f"{src} holds a {meta.weights} {meta.format} model; weight quantization starts from the FP32 export",
                          hint="give the folder `edgekit lm export` wrote")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    split = texts.token_windows(tokenizer, texts.corpus(options.text), window=options.window, held_out=options.held_out,
+    split = texts.token_windows(src, texts.corpus(options.text), window=options.window, held_out=options.held_out,
                                 calibration=options.calibration)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
