@@ -106,7 +106,7 @@ def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[
 def stateful(ov_model: Any, layers: int) -> Any:
     """Keep the KV cache inside: each `past_key_values.N.*` input and its `present.N.*` output become one
     variable, initialised to an empty cache of the batch `input_ids` has (as OpenVINO GenAI's models are)."""
-    ov = deps.openvino()
+    deps.openvino()  # exit 4, naming the extra, when OpenVINO is missing
     from openvino import opset13 as ops
     from openvino._offline_transformations import apply_make_stateful_transformation
 
@@ -118,7 +118,6 @@ def stateful(ov_model: Any, layers: int) -> Any:
             dims = [batch if k == 0 else ops.constant(np.array([shape[k].get_min_length()], np.int64)) for k in range(shape.rank.get_length())]
             op.set_arguments([ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), ops.concat(dims, axis=0))])
     ov_model.validate_nodes_and_infer_types()
-    del ov
     return ov_model
 
 
@@ -132,7 +131,7 @@ def _ov_lm_head(model: Any) -> str | None:
 
 def _nncf_dataset(nncf: Any, windows: list[np.ndarray], meta: LMMeta) -> Any:
     """Each window a prefill from an empty cache. Fed to the model before it is made stateful: a stateful model
-    would carry one window's cache into the next (seen: AWQ statistics so taken gave perplexity 1.4e7)."""
+    would carry one window's cache into the next."""
     empty = np.zeros((1, meta.kv_heads, 0, meta.head_dim), np.float32)
 
     def feed(w: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,10 +148,11 @@ def _openvino(src: Path, dest: Path, meta: LMMeta, o: WeightOptions, calibration
         nncf = deps.nncf()
         mode = {(4, True): "INT4_SYM", (4, False): "INT4_ASYM", (8, True): "INT8_SYM", (8, False): "INT8_ASYM"}[(o.bits, o.symmetric)]
         kw: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, mode)}
+        head = _ov_lm_head(model) if o.lm_head == "float" else None
+        if head:
+            kw["ignored_scope"] = nncf.IgnoredScope(names=[head])
         if o.bits == 4:
-            head = _ov_lm_head(model) if o.lm_head == "float" else None
-            ignored = nncf.IgnoredScope(names=[head]) if head else None
-            kw.update(group_size=o.group_size, ratio=1.0, ignored_scope=ignored,
+            kw.update(group_size=o.group_size, ratio=1.0,
                       advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST))
             if o.data_aware:
                 kw.update(dataset=_nncf_dataset(nncf, calibration, meta), awq=True, scale_estimation=True, subset_size=len(calibration))
