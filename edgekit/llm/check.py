@@ -55,11 +55,10 @@ def agreement(reference: list[list[int]], candidate: list[list[int]]) -> float:
     return float(np.mean(shares))
 
 
-def check_lm(reference: LM, candidate: LM, windows: list[np.ndarray], *, bar: LMBar = LMBar(),
-             reference_ppl: float | None = None, reference_continuations: list[list[int]] | None = None) -> dict[str, Any]:
+def check_lm(reference: LM, candidate: LM, windows: list[np.ndarray], *, bar: LMBar = LMBar()) -> dict[str, Any]:
     """Perplexity and greedy agreement of `candidate` against `reference` (FP32) on held-out `windows`."""
-    ref_ppl = perplexity(reference, windows) if reference_ppl is None else reference_ppl
-    ref_cont = continuations(reference, windows, bar) if reference_continuations is None else reference_continuations
+    ref_ppl = perplexity(reference, windows)
+    ref_cont = continuations(reference, windows, bar)
     ppl = perplexity(candidate, windows)
     agree = agreement(ref_cont, continuations(candidate, windows, bar))
     increase = ppl / ref_ppl - 1.0

@@ -1,7 +1,7 @@
 """Real text for calibration and the check: a built-in English corpus or the user's own text file.
 
 `python-docs` is the Python standard library's own help texts (`pydoc_data.topics`, shipped with every
-CPython): about 700 kB of real English prose and code written by people, on every machine, offline. The
+CPython): about 465 kB (113k SmolLM2 tokens) of real English prose and code written by people, on every machine, offline. The
 check holds out windows the calibration never sees.
 """
 from __future__ import annotations
