@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.bench.baseline import artifact_sha256, baseline_identity, model_changed_error, resolve_baseline
-from edgekit.bench.stats import PairedSide, bootstrap, paired_regression_test, regression_test, summary
+from edgekit.bench.stats import PairedSide, bootstrap, budget_verdict, paired_regression_test, regression_test, summary
 from edgekit.bench.timer import Samples, measure, measure_interleaved
 from edgekit.config import BenchSettings, Budget, Target, load_target
 from edgekit.errors import UsageError
@@ -162,12 +162,7 @@ def check_bench(artifact: str | Path, *, target: Target | str | None = None, opt
 
 def _decide(samples: np.ndarray, budget: Budget, confidence: float) -> tuple[str, dict[str, Any]]:
     st = bootstrap(samples, budget.stat, confidence=confidence)
-    if st.ci_high <= budget.ms:
-        verdict = "pass"
-    elif st.ci_low > budget.ms:
-        verdict = "fail"
-    else:
-        verdict = "undecided"
+    verdict = budget_verdict(st, budget.ms)
     return verdict, {"budget": str(budget), "stat": budget.stat, "limit_ms": budget.ms, **st.to_dict()}
 
 

@@ -43,6 +43,11 @@ def bootstrap(samples: np.ndarray, name: str, *, confidence: float = 0.95, resam
     return Stat(value, float(lo), float(hi))
 
 
+def budget_verdict(st: Stat, limit_ms: float) -> str:
+    """pass when the whole interval is at or under the limit, fail when all of it is over, undecided between."""
+    return "pass" if st.ci_high <= limit_ms else "fail" if st.ci_low > limit_ms else "undecided"
+
+
 def summary(samples: np.ndarray, *, confidence: float = 0.95) -> dict[str, object]:
     out: dict[str, object] = {name: bootstrap(samples, name, confidence=confidence).to_dict() for name in PERCENTILES}
     out.update({

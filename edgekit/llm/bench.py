@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import machine
-from edgekit.bench.stats import bootstrap, summary
+from edgekit.bench.stats import bootstrap, budget_verdict, summary
 from edgekit.errors import GateFailed, UsageError
 from edgekit.llm import text as texts
 from edgekit.llm.runtime import load_lm, read_meta
@@ -70,7 +70,7 @@ def _check(o: GenerationOptions) -> None:
 
 def _decide(samples: np.ndarray, b: LMBudget, confidence: float) -> dict[str, Any]:
     st = bootstrap(samples, b.stat, confidence=confidence)
-    verdict = "pass" if st.ci_high <= b.ms else "fail" if st.ci_low > b.ms else "undecided"
+    verdict = budget_verdict(st, b.ms)
     return {"budget": str(b), "metric": b.metric, "stat": b.stat, "limit_ms": b.ms, "verdict": verdict, **st.to_dict()}
 
 
