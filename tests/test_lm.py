@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -75,6 +76,16 @@ def test_int8_meets_the_bar_and_benches_against_token_budgets(exported: Path, tm
     q = json.loads((tmp_path / "q.json").read_text())
     assert q["check"]["meets_bar"] and abs(q["check"]["perplexity_increase"]) < 0.10 and q["model_bytes"] < 0.5 * q["fp32_model_bytes"]
     assert json.loads((out / "lm.json").read_text())["weights"] == {"onnxruntime": "int8-g128-sym", "openvino": "int8-channel-sym"}[target]
+
+    # generation's runner computes the last position's logits only (a slice before the LM head on OpenVINO, the cache
+    # kept in ONNX Runtime's buffers): the same tokens as the runner the check uses, and the same last logits
+    from edgekit.llm import load_lm
+    from edgekit.llm import text as texts
+
+    prompt = texts.encode(out, texts.corpus("python-docs"))[:40]
+    full, last = load_lm(out), load_lm(out, last_only=True)
+    np.testing.assert_allclose(last.step(prompt)[0], full.step(prompt)[-1], rtol=1e-4, atol=1e-4)
+    assert last.generate_ids(prompt, 8, stop_at_eos=False) == full.generate_ids(prompt, 8, stop_at_eos=False)
 
     # a budget no CPU misses and one no CPU meets: each verdict holds however busy the machine is
     res = CliRunner().invoke(cli, ["lm", "bench", str(out), "--prompt-tokens", "32", "--new-tokens", "8", "--runs", "2",

@@ -83,7 +83,7 @@ def bench_generation(folder: str | Path, *, options: GenerationOptions = Generat
         raise UsageError(f"the text has {ids.size} tokens, fewer than --prompt-tokens {options.prompt_tokens}", hint="give a longer text")
     prompt = ids[:options.prompt_tokens]
     t_load = time.perf_counter()
-    lm = load_lm(folder, threads=options.threads)
+    lm = load_lm(folder, threads=options.threads, last_only=True)
     load_s = time.perf_counter() - t_load
     ttft, tpot, e2e = [], [], []
     for r in track(range(options.warmup + options.runs), label="generating", total=options.warmup + options.runs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from edgekit.errors import GateFailed, UsageError
 from edgekit.files import atomic_dir
 from edgekit.llm import text as texts
 from edgekit.llm.check import LMBar, check_lm
-from edgekit.llm.runtime import META, LMMeta, load_lm, read_meta
+from edgekit.llm.runtime import META, LMMeta, load_lm, ov_lm_head, read_meta
 from edgekit.progress import status
 
 TARGETS = ("onnxruntime", "openvino")
@@ -90,6 +91,10 @@ def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    # its import sets the root logger to INFO and it logs every node; an API caller gets its lines only with edgekit's -v
+    if not logging.getLogger("edgekit").isEnabledFor(logging.DEBUG):
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
     model = onnx.load(str(src / meta.model))
     exclude = [n for n in [_lm_head_node(model)] if n] if o.lm_head == "float" else []
     config = DefaultWeightOnlyQuantConfig(block_size=o.group_size, is_symmetric=o.symmetric, bits=o.bits or 4, accuracy_level=4)
@@ -122,11 +127,8 @@ def stateful(ov_model: Any, layers: int) -> Any:
 
 
 def _ov_lm_head(model: Any) -> str | None:
-    """The MatMul that produces `logits` (through any Add/Reshape after it)."""
-    node = model.output("logits").get_node().input_value(0).get_node()
-    while node.get_type_name() != "MatMul" and node.get_input_size():
-        node = node.input_value(0).get_node()
-    return node.get_friendly_name() if node.get_type_name() == "MatMul" else None
+    node = ov_lm_head(model)
+    return node.get_friendly_name() if node is not None else None
 
 
 def _nncf_dataset(nncf: Any, windows: list[np.ndarray], meta: LMMeta) -> Any:
