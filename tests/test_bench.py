@@ -122,6 +122,9 @@ def test_the_gate_decides_on_intervals_and_says_undecided(tmp_path: Path) -> Non
     assert busy["verdict"] == "undecided" and "but the CPU time per run is x" in busy["busy_reason"], busy
     busy_slow = paired_regression_test(side(base * 1.5, 15, 0.01), side(base, 10, 0.01), max_regression=0.10, busy=True)
     assert busy_slow["verdict"] == "regressed"  # more CPU work per run is a regression however busy the machine
+    # beside bursty neighbours an A/A wall ratio can read x2 while the CPU clock, itself blurred, cannot tell: undecided
+    bursty = paired_regression_test(side(base * 2.0, 10, 0.3), side(base, 10, 0.3), max_regression=0.10, busy=True)
+    assert bursty["wall_verdict"] == "regressed" and bursty["cpu"]["verdict"] == "undecided" and bursty["verdict"] == "undecided", bursty
 
 
 def test_a_recorded_gate_does_not_decide_on_a_busy_machine() -> None:
