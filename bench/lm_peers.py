@@ -42,7 +42,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -194,17 +194,9 @@ class EdgekitRunner:
         self.lm = load_lm(folder, threads=threads)
 
     def generate(self, prompt: np.ndarray, n: int) -> tuple[float, list[float]]:
-        lm = self.lm
-        lm.reset()
-        t0 = time.perf_counter()
-        nxt = int(np.argmax(lm.step(prompt)[-1]))
-        ttft = time.perf_counter() - t0
-        steps = []
-        for _ in range(n - 1):
-            s0 = time.perf_counter()
-            nxt = int(np.argmax(lm.step(np.array([nxt], np.int64))[-1]))
-            steps.append(time.perf_counter() - s0)
-        return ttft * 1e3, [s * 1e3 for s in steps]
+        from edgekit.llm.bench import time_generation
+
+        return time_generation(self.lm, prompt, n)
 
     def logits(self, w: np.ndarray) -> np.ndarray:
         self.lm.reset()
@@ -346,17 +338,6 @@ class LlamaRunner:
         return np.array(self._all.scores[:w.size])
 
 
-def perplexity(logits_of: Callable[[np.ndarray], np.ndarray], windows: list[np.ndarray]) -> float:
-    from edgekit.llm.check import _log_softmax
-
-    nll, n = 0.0, 0
-    for w in windows:
-        logp = _log_softmax(logits_of(w))
-        nll -= float(logp[np.arange(w.size - 1), w[1:]].sum())
-        n += w.size - 1
-    return float(np.exp(nll / n))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "edgekit-lm-peers")
@@ -370,6 +351,7 @@ def main() -> None:
 
     from edgekit import machine
     from edgekit.llm import text as texts
+    from edgekit.llm.check import perplexity_of
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -409,12 +391,12 @@ def main() -> None:
     ppl: dict[str, float] = {}
     for k, r in runners.items():
         if hasattr(r, "logits"):
-            ppl[k] = perplexity(r.logits, split.held_out)
+            ppl[k] = perplexity_of(r.logits, split.held_out)
     for k in runners:  # openvino-genai runs optimum-intel's IR: the same weights, the same perplexity
         if k.startswith("openvino-genai/") and k.replace("openvino-genai", "optimum-intel") in ppl:
             ppl[k] = ppl[k.replace("openvino-genai", "optimum-intel")]
         elif k.startswith("openvino-genai/"):
-            ppl[k] = perplexity(OptimumRunner(contenders[k][2], args.threads).logits, split.held_out)
+            ppl[k] = perplexity_of(OptimumRunner(contenders[k][2], args.threads).logits, split.held_out)
     _step("perplexity done; timing")
 
     keys = list(runners)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,10 +34,17 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def perplexity(lm: LM, windows: list[np.ndarray]) -> float:
+    def logits_of(w: np.ndarray) -> np.ndarray:
+        lm.reset()
+        return lm.step(w)
+    return perplexity_of(logits_of, windows)
+
+
+def perplexity_of(logits_of: Callable[[np.ndarray], np.ndarray], windows: list[np.ndarray]) -> float:
+    """Teacher-forced perplexity from any runtime's logits of a whole window ([len, vocab])."""
     nll, n = 0.0, 0
     for w in windows:
-        lm.reset()
-        logp = _log_softmax(lm.step(w))
+        logp = _log_softmax(logits_of(w))
         nll -= float(logp[np.arange(w.size - 1), w[1:]].sum())
         n += w.size - 1
     return float(np.exp(nll / n))
