@@ -1,6 +1,8 @@
 """What the runtime will execute, per zoo model x CPU backend: a check that carries across CPUs.
 
-INT8 speed depends on the CPU (VNNI, AMX); the structure the runtime builds does not. For each model
+INT8 speed depends on the CPU (VNNI, AMX); the structure the runtime builds much less (on an x86 CPU without
+VNNI OpenVINO runs some activation x activation MatMuls in f32, for NNCF's model as for ours: there the bar is
+the peer's structure on the same CPU, not "every layer in 8 bits"). For each model
 edgekit's QDQ model is compiled and read back: OpenVINO's runtime model (per-layer type and
 `runtimePrecision`, only the layers that execute) and ONNX Runtime's optimized graph (its op types).
 Every quantized Conv/MatMul must run in 8 bits, and edgekit's graph may not have more requantize /
@@ -21,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import zoo
+from edgekit.backends.base import cpu_has_vnni
 from edgekit.data.calibration import calibration_set
 from edgekit.export import ExportOptions, export_model
 from edgekit.onnxmodel import TensorSpec
@@ -111,14 +114,20 @@ def test_openvino_runs_every_quantized_layer_in_8_bits_with_no_more_eltwise_than
     ours = _ov_executed(ov.convert_model(str(_edgekit(zoo_model, "openvino"))), feed)
     peer = _ov_executed(_nncf_openvino(zoo_model), feed)
     compute = [p for t, p in ours if t in OV_COMPUTE]
-    assert compute and all(p in ("u8", "i8") for p in compute), collections.Counter((t, p) for t, p in ours if t in OV_COMPUTE)
-    assert len(compute) >= sum(1 for t, p in peer if t in OV_COMPUTE and p in ("u8", "i8"))
+    peer_compute = [p for t, p in peer if t in OV_COMPUTE]
+    said = (collections.Counter((t, p) for t, p in ours if t in OV_COMPUTE), collections.Counter((t, p) for t, p in peer if t in OV_COMPUTE))
+    if cpu_has_vnni():
+        assert compute and all(p in ("u8", "i8") for p in compute), said
+    else:  # AVX2 only (Zen 2 measured): the plugin runs some activation x activation MatMuls in f32, NNCF's model too
+        assert compute and sum(p == "f32" for p in compute) <= sum(p == "f32" for p in peer_compute), said
+    assert sum(p in ("u8", "i8") for p in compute) >= sum(p in ("u8", "i8") for p in peer_compute), said
     overhead = collections.Counter(t for t, _ in ours if t in OV_OVERHEAD)
     peer_overhead = collections.Counter(t for t, _ in peer if t in OV_OVERHEAD)
     assert sum(overhead.values()) <= sum(peer_overhead.values()), (overhead, peer_overhead)
-    if zoo_model["transformer"]:  # attention stays one fused kernel, fed in 8 bits, as NNCF's does
+    if zoo_model["transformer"]:  # attention stays one fused kernel, fed in 8 bits, as NNCF's does (with VNNI: without, neither is)
         fused = sum(1 for t, p in ours if t == "Subgraph" and p == "i8")
-        assert fused >= sum(1 for t, p in peer if t == "Subgraph" and p == "i8") > 0
+        peer_fused = sum(1 for t, p in peer if t == "Subgraph" and p == "i8")
+        assert fused >= peer_fused and (peer_fused > 0 or not cpu_has_vnni()), (fused, peer_fused)
 
 
 # --- ONNX Runtime -------------------------------------------------------------------------------

@@ -316,9 +316,10 @@ def test_labels_and_top_k(bundle_tar: Path, labels_file: Path, compiled_int8: li
     with edgekit.load(bundle_tar, backend="onnxruntime", cache_dir=False) as engine:
         top = engine.top_k(photo("chelsea.png"), 3)
         logits = engine.run_image(photo("chelsea.png"))["output"][0]
-    assert [i for i, _, _ in top] == list(np.argsort(-logits)[:3])
+    # the three largest logits (an INT8 model can tie two: 0.3792 and 0.3792 on a Zen 2, so values, not positions)
+    assert len({i for i, _, _ in top}) == 3 and list(logits[[i for i, _, _ in top]]) == list(np.sort(logits)[::-1][:3])
     assert top[0][1] in CAT_CLASSES.values() and all(label == CAT_CLASSES.get(i, f"imagenet-{i}") for i, label, _ in top)
-    assert 1 >= top[0][2] > top[1][2] > top[2][2] > 0  # softmax probabilities of the logits
+    assert 1 >= top[0][2] >= top[1][2] >= top[2][2] > 0  # softmax probabilities of the logits
     short = tmp_path / "short.txt"
     short.write_text("cat\ndog\n")
     res = CliRunner().invoke(cli, ["pack", str(compiled_int8[-1]), "--labels", str(short), "-o", str(tmp_path / "b.tar")])
