@@ -56,6 +56,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _size(path: Path) -> int:
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    if (path / "model.onnx").exists():  # an edgekit export folder holds OpenVINO's conversion too: not ONNX Runtime's model
+        files = [f for f in files if not f.name.startswith("openvino_model")]
     return sum(f.stat().st_size for f in files if f.suffix in (".onnx", ".data", ".bin", ".gguf", ".safetensors") or f.name.endswith(".onnx.data"))
 
 
@@ -191,12 +193,13 @@ class EdgekitRunner:
     def __init__(self, folder: Path, threads: int) -> None:
         from edgekit.llm.runtime import load_lm
 
-        self.lm = load_lm(folder, threads=threads)
+        self.lm = load_lm(folder, threads=threads)  # every position's logits, for perplexity
+        self.gen = load_lm(folder, threads=threads, last_only=True)  # the last one's, as `edgekit lm bench` generates
 
     def generate(self, prompt: np.ndarray, n: int) -> tuple[float, list[float]]:
         from edgekit.llm.bench import time_generation
 
-        return time_generation(self.lm, prompt, n)
+        return time_generation(self.gen, prompt, n)
 
     def logits(self, w: np.ndarray) -> np.ndarray:
         self.lm.reset()

@@ -32,6 +32,10 @@ def test_export_matches_pytorch_on_prefill_and_greedy_decode(exported: Path) -> 
     r = json.loads(Path(str(exported) + ".json").read_text())
     p = r["parity"]
     assert p["passed"] and p["greedy_tokens_equal"] and p["prefill_logits_max_rel_diff"] <= 1e-3 and p["greedy_steps"] >= 8
+    if "parity_openvino" in r:  # OpenVINO's own conversion from PyTorch, beside the ONNX graph, held to the same bar
+        v = r["parity_openvino"]
+        assert v["passed"] and v["greedy_tokens_equal"] and v["prefill_logits_max_rel_diff"] <= 1e-3
+        assert (exported / "openvino_model.xml").exists() and r["meta"]["extra"]["openvino_model"] == "openvino_model.xml"
     meta = json.loads((exported / "lm.json").read_text())
     assert meta["layers"] == 30 and meta["kv_heads"] == 3 and meta["head_dim"] == 64 and meta["weights"] == "fp32"
     assert (exported / "model.onnx").exists() and (exported / "model.onnx.data").exists() and (exported / "tokenizer.json").exists()
@@ -76,6 +80,21 @@ def test_int8_meets_the_bar_and_benches_against_token_budgets(exported: Path, tm
     q = json.loads((tmp_path / "q.json").read_text())
     assert q["check"]["meets_bar"] and abs(q["check"]["perplexity_increase"]) < 0.10 and q["model_bytes"] < 0.5 * q["fp32_model_bytes"]
     assert json.loads((out / "lm.json").read_text())["weights"] == {"onnxruntime": "int8-g128-sym", "openvino": "int8-channel-sym"}[target]
+    if target == "openvino":
+        # from the export's own OpenVINO IR: every layer's attention runs as one op that reads and appends the cache
+        # in place (the CPU plugin's fusion, on any x86 CPU), the cache in the precision the check measured
+        from edgekit.llm import load_lm
+
+        assert q["graph"] == "openvino_model.xml" and q["kv_cache"] == "u8"
+        assert load_lm(out).fused_attention == 30
+        # the check's perplexity reads the cache (each window's second half through it), so its precision shows
+        from edgekit.llm.check import perplexity
+        from edgekit.llm.runtime import OvLM, read_meta
+        from edgekit.llm import text as texts
+
+        windows = texts.token_windows(out, texts.corpus("python-docs"), window=128, held_out=2, calibration=0).held_out
+        u8, f32 = (perplexity(OvLM(out, read_meta(out), kv_cache=kv), windows) for kv in ("u8", "f32"))
+        assert u8 != f32 and abs(u8 / f32 - 1) < 0.01, (u8, f32)
 
     # generation's runner computes the last position's logits only (a slice before the LM head on OpenVINO, the cache
     # kept in ONNX Runtime's buffers): the same tokens as the runner the check uses, and the same last logits
@@ -94,6 +113,7 @@ def test_int8_meets_the_bar_and_benches_against_token_budgets(exported: Path, tm
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["ttft_ms"]["iterations"] == 2 and b["tpot_ms"]["iterations"] == 2 * 7 and b["tokens_per_s"] > 0
     assert [x["verdict"] for x in b["budgets"]] == ["pass", "pass"] and b["precision"] == "fp32" and b["cpu"]["name"]
+    assert b["kv_cache"] == {"onnxruntime": "f32", "openvino": "u8"}[target]
     res = CliRunner().invoke(cli, ["lm", "bench", str(out), "--prompt-tokens", "16", "--new-tokens", "4", "--runs", "1",
                                    "--budget", "tpot=0.001ms"])
     assert res.exit_code == 3 and "tpot_p50<=0.001ms fail" in res.stderr, res.output

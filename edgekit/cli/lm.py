@@ -24,22 +24,27 @@ def command() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write (model.onnx, tokenizer, lm.json).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--text", default="python-docs", show_default=True, help="Real text for the parity check: a UTF-8 file or python-docs.")
+@click.option("--openvino/--no-openvino", default=None,
+              help="Also OpenVINO's own conversion from PyTorch (openvino_model.xml: fused attention, the fast decode of "
+                   "--target openvino). Default: when OpenVINO is installed.")
 @json_option
-def export_cmd(source: str, output: str, opset: int, text: str, json_path: str | None) -> None:
+def export_cmd(source: str, output: str, opset: int, text: str, openvino: bool | None, json_path: str | None) -> None:
     """Export SOURCE (a Hugging Face folder, a .gguf file, or module:callable -> (model, tokenizer)) to ONNX with
     its KV cache, and check prefill logits and greedy decode steps against PyTorch on real text (exit 3 if not)."""
     from edgekit.llm.export import export_causal_lm
 
-    run_and_emit(json_path, lambda: export_causal_lm(source, output, opset=opset, text=text), _render_export)
+    run_and_emit(json_path, lambda: export_causal_lm(source, output, opset=opset, text=text, openvino=openvino), _render_export)
 
 
 def _render_export(r: dict[str, Any]) -> None:
-    m, p = r["meta"], r["parity"]
+    m = r["meta"]
     out(f"{r['out']}: {m['extra'].get('architecture')} with {m['extra'].get('parameters', 0) / 1e6:.1f} M parameters, "
         f"{m['layers']} layers, cache {m['kv_heads']} heads x {m['head_dim']}")
-    out(f"parity with PyTorch on {p['prompt_tokens']} tokens of real text: prefill logits {p['prefill_logits_max_rel_diff']:.2e} relative "
-        f"(bar {p['rtol']:g}), {p['greedy_steps']} greedy tokens {'equal' if p['greedy_tokens_equal'] else 'DIFFER'}: "
-        + ("ok" if p["passed"] else "FAILED"))
+    for name, p in (("ONNX", r["parity"]), ("OpenVINO", r.get("parity_openvino"))):
+        if p:
+            out(f"{name} parity with PyTorch on {p['prompt_tokens']} tokens of real text: prefill logits {p['prefill_logits_max_rel_diff']:.2e} "
+                f"relative (bar {p['rtol']:g}), {p['greedy_steps']} greedy tokens {'equal' if p['greedy_tokens_equal'] else 'DIFFER'}: "
+                + ("ok" if p["passed"] else "FAILED"))
 
 
 @command.command("quantize")
@@ -53,6 +58,8 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
 @click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF). On SmolLM2-135M it gave a broken model "
                    "(perplexity 1.4e7), which the check refuses: not yet a way to a better INT4.")
+@click.option("--kv-cache", type=click.Choice(["u8", "f16", "f32"]), default="u8", show_default=True,
+              help="OpenVINO: the precision of the KV cache (u8 is its CPU plugin's own default and fastest); the check measures it.")
 @click.option("--text", default="python-docs", show_default=True, help="Real text for calibration and the check: a UTF-8 file or python-docs.")
 @click.option("--max-ppl-increase", type=float, default=0.10, show_default=True, help="The bar: relative perplexity increase over FP32 on held-out text.")
 @click.option("--min-agreement", type=float, default=None, help="Also a bar on greedy agreement with FP32 (0-1).")
@@ -61,7 +68,7 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--threads", type=int, default=None)
 @json_option
 def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: int, asymmetric: bool, lm_head: str, data_aware: bool,
-                 text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
+                 kv_cache: str, text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
                  json_path: str | None) -> None:
     """Weight-only quantize the exported LM folder SOURCE and check it on held-out text: perplexity against FP32's
     (and greedy agreement); below the bar nothing is written and it exits 3."""
@@ -69,14 +76,15 @@ def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: i
     from edgekit.llm.weights import WeightOptions, compress_weights_lm
 
     options = WeightOptions(target=target, bits=None if bits == "none" else int(bits), group_size=group_size, symmetric=not asymmetric,
-                            lm_head=lm_head, data_aware=data_aware, text=text, threads=threads, held_out=held_out, window=window,
+                            lm_head=lm_head, data_aware=data_aware, kv_cache=kv_cache, text=text, threads=threads, held_out=held_out, window=window,
                             bar=LMBar(max_ppl_increase=max_ppl_increase, min_agreement=min_agreement))
     run_and_emit(json_path, lambda: compress_weights_lm(source, output, options=options), _render_quantize)
 
 
 def _render_quantize(r: dict[str, Any]) -> None:
     c = r["check"]
-    out(f"{r['out']}: {r['weights']} for {r['target']} ({r.get('quantizer') or 'no weight compression'}), "
+    kv = f", KV cache {r['kv_cache']}" if r.get("kv_cache") else ""
+    out(f"{r['out']}: {r['weights']} for {r['target']} ({r.get('quantizer') or 'no weight compression'}{kv}), "
         f"{human_bytes(r['model_bytes'])} (FP32 {human_bytes(r['fp32_model_bytes'])}), {r['quantize_s']:.1f} s")
     out(f"check on {c['held_out_tokens']} held-out tokens: perplexity {c['perplexity']:.3f} vs FP32 {c['fp32_perplexity']:.3f} "
         f"({c['perplexity_increase']:+.1%}, bar {c['bar']['max_ppl_increase']:+.0%}), greedy agreement {c['greedy_agreement']:.2f}: "
@@ -106,7 +114,7 @@ def bench_cmd(model: str, prompt_tokens: int, new_tokens: int, runs: int, warmup
 
 
 def _render_bench(r: dict[str, Any]) -> None:
-    out(f"{r['model']}: {r['weights']} on {r['runtime']} ({r['precision']} activations), {r['prompt_tokens']}-token prompt, "
+    out(f"{r['model']}: {r['weights']} on {r['runtime']} ({r['precision']} activations, {r.get('kv_cache', 'f32')} KV cache), {r['prompt_tokens']}-token prompt, "
         f"{r['new_tokens']} new tokens x {r['runs']} runs; CPU {r['cpu']['name']} ({', '.join(r['cpu']['int8_features']) or 'no INT8 features'})")
     t, p = r["ttft_ms"], r["tpot_ms"]
     out(table(["", "p50 ms", "p90 ms", "p99 ms"], [("time to first token", t["p50"]["value"], t["p90"]["value"], t["p99"]["value"]),

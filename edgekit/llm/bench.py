@@ -110,7 +110,7 @@ def bench_generation(folder: str | Path, *, options: GenerationOptions = Generat
     budgets = [_decide(samples[b.metric], b, options.confidence) for b in options.budgets]
     size = sum(f.stat().st_size for f in Path(folder).iterdir() if f.name.startswith("model."))
     result = {
-        "model": str(folder), "weights": meta.weights, "format": meta.format, "precision": lm.precision,
+        "model": str(folder), "weights": meta.weights, "format": meta.format, "precision": lm.precision, "kv_cache": getattr(lm, "kv_cache", "f32"),
         "runtime": "openvino" if meta.format == "openvino" else "onnxruntime",
         "prompt_tokens": options.prompt_tokens, "new_tokens": options.new_tokens, "runs": options.runs,
         "ttft_ms": summary(samples["ttft"], confidence=options.confidence),

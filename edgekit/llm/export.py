@@ -19,11 +19,12 @@ from edgekit import deps
 from edgekit.errors import GateFailed
 from edgekit.files import atomic_dir
 from edgekit.llm import text as texts
-from edgekit.llm.runtime import META, LMMeta, load_lm, past_names, present_names
+from edgekit.llm.runtime import LM, META, LMMeta, OvLM, load_lm, past_names, present_names
 from edgekit.llm.source import kv_shape, load_causal_lm
 from edgekit.progress import status
 
 MODEL = "model.onnx"
+OV_MODEL = "openvino_model.xml"
 PARITY_STEPS = 8  # greedy decode steps that must give PyTorch's tokens
 PARITY_RTOL = 1e-3  # prefill logits: max |ONNX - PyTorch| relative to max |PyTorch|
 
@@ -38,6 +39,17 @@ def _layer_kv(cache: Any, i: int) -> tuple[Any, Any]:
     if hasattr(cache, "layers"):
         return cache.layers[i].keys, cache.layers[i].values
     return cache.key_cache[i], cache.value_cache[i]
+
+
+def _set_layer(cache: Any, i: int, keys: Any, values: Any) -> None:
+    """Layer `i` of `cache` holds the past `keys`/`values` as they are. transformers 5's `update` on an empty layer
+    concatenates a 1-D empty tensor with them, which the trace records and OpenVINO's converter rejects."""
+    layer = cache.layers[i] if hasattr(cache, "layers") and i < len(cache.layers) else None
+    if layer is None or not hasattr(layer, "lazy_initialization"):
+        cache.update(keys, values, i)
+        return
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
 
 
 def _wrapper(model: Any) -> Any:
@@ -58,7 +70,7 @@ def _wrapper(model: Any) -> Any:
             except TypeError:
                 cache = DynamicCache()
             for i in range(layers):
-                cache.update(past[2 * i], past[2 * i + 1], i)
+                _set_layer(cache, i, past[2 * i], past[2 * i + 1])
             out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=True, **{kwarg: cache})
             new = getattr(out, "cache", None) or out.past_key_values
@@ -70,15 +82,22 @@ def _wrapper(model: Any) -> Any:
     return FlatCache()
 
 
+def _example(model: Any) -> tuple[tuple[Any, ...], list[str], list[str]]:
+    """Inputs to trace with (a past of 3 and 4 new tokens: neither is a size a traced branch could special-case),
+    and the graph's input and output names."""
+    torch = deps.torch()
+    layers, kv_heads, head_dim = kv_shape(model.config)
+    b, p, s = 1, 3, 4
+    args = (torch.randint(0, 100, (b, s)), torch.ones(b, p + s, dtype=torch.long), torch.arange(p, p + s)[None],
+            *[torch.zeros(b, kv_heads, p, head_dim) for _ in range(2 * layers)])
+    return args, ["input_ids", "attention_mask", "position_ids", *past_names(layers)], ["logits", *present_names(layers)]
+
+
 def _export(model: Any, dest: Path, *, opset: int) -> None:
     torch = deps.torch()
     import onnx
 
-    layers, kv_heads, head_dim = kv_shape(model.config)
-    b, p, s = 1, 3, 4  # a past of 3 and 4 new tokens: neither is a size a traced branch could special-case
-    args = (torch.randint(0, 100, (b, s)), torch.ones(b, p + s, dtype=torch.long), torch.arange(p, p + s)[None],
-            *[torch.zeros(b, kv_heads, p, head_dim) for _ in range(2 * layers)])
-    ins, outs = ["input_ids", "attention_mask", "position_ids", *past_names(layers)], ["logits", *present_names(layers)]
+    args, ins, outs = _example(model)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
                                        "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     axes.update({n: {0: "batch", 2: "past"} for n in ins[3:]})
@@ -91,15 +110,39 @@ def _export(model: Any, dest: Path, *, opset: int) -> None:
         onnx.save(proto, str(dest / MODEL), save_as_external_data=True, location=MODEL + ".data")
 
 
-def parity(model: Any, tokenizer: Any, folder: Path, *, prompt: np.ndarray) -> dict[str, Any]:
-    """Prefill logits and PARITY_STEPS greedy tokens of the ONNX model against PyTorch, on `prompt`."""
+def _export_openvino(model: Any, dest: Path) -> None:
+    """The same graph converted by OpenVINO from PyTorch itself, as optimum-intel does: attention stays one
+    ScaledDotProductAttention op, which the CPU plugin fuses with the cache once the model is stateful (ONNX
+    has no such op at opset 17, so the ONNX graph reaches OpenVINO as MatMul/Softmax pieces and decodes ~1.5x
+    slower). Saved FP32 and stateless (cache in and out, like the ONNX graph); `edgekit lm quantize --target
+    openvino` compresses it and keeps the cache inside."""
+    torch, ov = deps.torch(), deps.openvino()
+    layers, kv_heads, head_dim = kv_shape(model.config)
+    args, ins, outs = _example(model)
+    with torch.no_grad():
+        om = ov.convert_model(_wrapper(model), example_input=args)
+    for port, name in zip(om.inputs, ins):
+        port.get_tensor().set_names({name})
+        port.get_node().set_partial_shape(ov.PartialShape([-1, -1] if name in ins[:3] else [-1, kv_heads, -1, head_dim]))
+    for port, name in zip(om.outputs, outs):
+        port.get_tensor().set_names({name})
+    om.validate_nodes_and_infer_types()
+    ov.save_model(om, str(dest / OV_MODEL), compress_to_fp16=False)
+
+
+def _reference(model: Any, tokenizer: Any, prompt: np.ndarray) -> tuple[np.ndarray, list[int]]:
     torch = deps.torch()
     with torch.no_grad():
         ref = model(torch.tensor(prompt[None])).logits[0].numpy()
-        ref_ids = model.generate(torch.tensor(prompt[None]), attention_mask=torch.ones(1, prompt.size, dtype=torch.long),
-                                 max_new_tokens=PARITY_STEPS, min_new_tokens=PARITY_STEPS, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)[0, prompt.size:].tolist()
-    lm = load_lm(folder)
+        ids = model.generate(torch.tensor(prompt[None]), attention_mask=torch.ones(1, prompt.size, dtype=torch.long),
+                             max_new_tokens=PARITY_STEPS, min_new_tokens=PARITY_STEPS, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)[0, prompt.size:].tolist()
+    return ref, ids
+
+
+def parity(lm: LM, reference: tuple[np.ndarray, list[int]], *, prompt: np.ndarray) -> dict[str, Any]:
+    """Prefill logits and PARITY_STEPS greedy tokens of `lm` against PyTorch's (`_reference`), on `prompt`."""
+    ref, ref_ids = reference
     lm.reset()
     got = lm.step(prompt)
     rel = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
@@ -108,9 +151,13 @@ def parity(model: Any, tokenizer: Any, folder: Path, *, prompt: np.ndarray) -> d
             "greedy_steps": PARITY_STEPS, "greedy_tokens_equal": ids == ref_ids, "passed": rel <= PARITY_RTOL and ids == ref_ids}
 
 
-def export_causal_lm(source: str | tuple[Any, Any], out: str | Path, *, opset: int = 17, text: str = "python-docs") -> dict[str, Any]:
+def export_causal_lm(source: str | tuple[Any, Any], out: str | Path, *, opset: int = 17, text: str = "python-docs",
+                     openvino: bool | None = None) -> dict[str, Any]:
     """Export `source` (a spec for `load_causal_lm`, or (model, tokenizer)) into the folder `out`: `model.onnx`
-    (+ `.data`), the tokenizer's files and `lm.json`. Exit 3 (nothing written) when the parity check fails."""
+    (+ `.data`), the tokenizer's files and `lm.json`; and, with `openvino` (by default when OpenVINO is
+    installed), `openvino_model.xml`, OpenVINO's own conversion. Exit 3 (nothing written) when a parity check fails."""
+    if openvino is None:
+        openvino = deps.available("openvino")
     with status("loading the model"):
         model, tokenizer = load_causal_lm(source) if isinstance(source, str) else source
     layers, kv_heads, head_dim = kv_shape(model.config)
@@ -119,18 +166,27 @@ def export_causal_lm(source: str | tuple[Any, Any], out: str | Path, *, opset: i
     with atomic_dir(out) as tmp:
         with status("exporting to ONNX with the KV cache"):
             _export(model, tmp, opset=opset)
+        if openvino:
+            with status("converting to OpenVINO from PyTorch"):
+                _export_openvino(model, tmp)
         tokenizer.save_pretrained(str(tmp))
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(model.config, "eos_token_id", None)
         meta = LMMeta(format="onnx", model=MODEL, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
                       eos_token_id=int(eos) if isinstance(eos, int) else None, weights="fp32",
                       extra={"architecture": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters())),
-                             "vocab_size": int(model.config.vocab_size), "source": source if isinstance(source, str) else "python object"})
+                             "vocab_size": int(model.config.vocab_size), "source": source if isinstance(source, str) else "python object",
+                             **({"openvino_model": OV_MODEL} if openvino else {})})
         (tmp / META).write_text(json.dumps(meta.to_dict(), indent=2))
         with status("checking parity with PyTorch on real text"):
-            check = parity(model, tokenizer, tmp, prompt=prompt)
-        result = {"out": str(out), "meta": meta.to_dict(), "parity": check}
-        if not check["passed"]:
-            raise GateFailed(f"the exported LM differs from PyTorch: prefill logits {check['prefill_logits_max_rel_diff']:.2e} "
-                             f"relative (bar {PARITY_RTOL:g}), greedy tokens equal: {check['greedy_tokens_equal']}",
+            reference = _reference(model, tokenizer, prompt)
+            checks = {"onnx": parity(load_lm(tmp), reference, prompt=prompt)}
+            if openvino:
+                checks["openvino"] = parity(OvLM(tmp, meta, model_file=OV_MODEL, kv_cache="f32"), reference, prompt=prompt)
+        result = {"out": str(out), "meta": meta.to_dict(), "parity": checks["onnx"], **({"parity_openvino": checks["openvino"]} if openvino else {})}
+        failed = [k for k, c in checks.items() if not c["passed"]]
+        if failed:
+            c = checks[failed[0]]
+            raise GateFailed(f"the exported LM ({failed[0]}) differs from PyTorch: prefill logits {c['prefill_logits_max_rel_diff']:.2e} "
+                             f"relative (bar {PARITY_RTOL:g}), greedy tokens equal: {c['greedy_tokens_equal']}",
                              hint="report it with the model's config; nothing was written", result=result)
     return result

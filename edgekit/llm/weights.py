@@ -28,7 +28,7 @@ from edgekit.errors import GateFailed, UsageError
 from edgekit.files import atomic_dir
 from edgekit.llm import text as texts
 from edgekit.llm.check import LMBar, check_lm
-from edgekit.llm.runtime import META, LMMeta, load_lm, ov_lm_head, read_meta
+from edgekit.llm.runtime import KV_CACHE, META, LMMeta, load_lm, ov_lm_head, read_meta, stateful
 from edgekit.progress import status
 
 TARGETS = ("onnxruntime", "openvino")
@@ -44,6 +44,7 @@ class WeightOptions:
     symmetric: bool = True
     lm_head: str = "quantize"  # "quantize" or "float"
     data_aware: bool = False  # OpenVINO: AWQ + scale estimation on calibration text
+    kv_cache: str = "u8"  # OpenVINO: the cache's precision (the check measures its effect with the weights')
     text: str = "python-docs"
     window: int = 256
     held_out: int = 8
@@ -74,6 +75,8 @@ def _check_options(o: WeightOptions) -> None:
         raise UsageError(f"--window {o.window} must be longer than the greedy check's {o.bar.prompt_tokens}-token prompt", hint="use --window 64 or more")
     if o.lm_head not in ("quantize", "float"):
         raise UsageError(f"--lm-head {o.lm_head!r}", hint="use quantize or float")
+    if o.kv_cache not in KV_CACHE:
+        raise UsageError(f"--kv-cache {o.kv_cache!r}", hint=f"use one of {', '.join(KV_CACHE)}")
     if o.data_aware and o.target != "openvino":
         raise UsageError("data-aware weight quantization (AWQ, scale estimation) runs through NNCF on OpenVINO",
                          hint="drop --data-aware, or use --target openvino")
@@ -108,24 +111,6 @@ def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[
             "model": "model.onnx", "format": "onnx"}
 
 
-def stateful(ov_model: Any, layers: int) -> Any:
-    """Keep the KV cache inside: each `past_key_values.N.*` input and its `present.N.*` output become one
-    variable, initialised to an empty cache of the batch `input_ids` has (as OpenVINO GenAI's models are)."""
-    deps.openvino()  # exit 4, naming the extra, when OpenVINO is missing
-    from openvino import opset13 as ops
-    from openvino._offline_transformations import apply_make_stateful_transformation
-
-    apply_make_stateful_transformation(ov_model, {f"past_key_values.{i}.{kv}": f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")})
-    batch = ops.gather(ops.shape_of(ov_model.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "ReadValue":
-            shape = op.get_output_partial_shape(0)
-            dims = [batch if k == 0 else ops.constant(np.array([shape[k].get_min_length()], np.int64)) for k in range(shape.rank.get_length())]
-            op.set_arguments([ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), ops.concat(dims, axis=0))])
-    ov_model.validate_nodes_and_infer_types()
-    return ov_model
-
-
 def _ov_lm_head(model: Any) -> str | None:
     node = ov_lm_head(model)
     return node.get_friendly_name() if node is not None else None
@@ -144,8 +129,12 @@ def _nncf_dataset(nncf: Any, windows: list[np.ndarray], meta: LMMeta) -> Any:
 
 def _openvino(src: Path, dest: Path, meta: LMMeta, o: WeightOptions, calibration: list[np.ndarray]) -> dict[str, Any]:
     ov = deps.openvino()
-    model = ov.Core().read_model(str(src / meta.model))
-    info: dict[str, Any] = {"quantizer": None, "model": "model.xml", "format": "openvino"}
+    # the export's own OpenVINO IR (converted from PyTorch: attention stays one op the CPU plugin fuses with the
+    # cache); from an older export folder without it, the ONNX graph (attention in pieces, slower decode)
+    ir = meta.extra.get("openvino_model")
+    graph = ir if ir and (src / ir).exists() else meta.model
+    model = ov.Core().read_model(str(src / graph))
+    info: dict[str, Any] = {"quantizer": None, "model": "model.xml", "format": "openvino", "graph": graph, "kv_cache": o.kv_cache}
     if o.bits is not None:
         nncf = deps.nncf()
         mode = {(4, True): "INT4_SYM", (4, False): "INT4_ASYM", (8, True): "INT8_SYM", (8, False): "INT8_ASYM"}[(o.bits, o.symmetric)]
@@ -185,7 +174,8 @@ def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOpti
             if (src / name).exists():
                 shutil.copy2(src / name, tmp / name)
         new = dataclasses.replace(meta, format=info["format"], model=info["model"], weights=options.label(),
-                                  extra={**meta.extra, "quantizer": info["quantizer"], "target": options.target})
+                                  extra={**{k: v for k, v in meta.extra.items() if k != "openvino_model"}, "quantizer": info["quantizer"],
+                                         "target": options.target, **({"kv_cache": info["kv_cache"]} if "kv_cache" in info else {})})
         (tmp / META).write_text(json.dumps(new.to_dict(), indent=2))
         quantize_s = time.perf_counter() - t0
         with status("checking perplexity and greedy agreement on held-out text"):
