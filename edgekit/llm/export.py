@@ -113,11 +113,11 @@ def _export(model: Any, dest: Path, *, opset: int) -> None:
 def _export_openvino(model: Any, dest: Path) -> None:
     """The same graph converted by OpenVINO from PyTorch itself, as optimum-intel does: attention stays one
     ScaledDotProductAttention op, which the CPU plugin fuses with the cache once the model is stateful (ONNX
-    has no such op at opset 17, so the ONNX graph reaches OpenVINO as MatMul/Softmax pieces and decodes ~1.5x
-    slower). Saved FP32 and stateless (cache in and out, like the ONNX graph); `edgekit lm quantize --target
+    has no such op at opset 17, so the ONNX graph reaches OpenVINO as MatMul/Softmax pieces and decodes 1.85x
+    slower at INT8, measured). Saved FP32 and stateless (cache in and out, like the ONNX graph); `edgekit lm quantize --target
     openvino` compresses it and keeps the cache inside."""
     torch, ov = deps.torch(), deps.openvino()
-    layers, kv_heads, head_dim = kv_shape(model.config)
+    _, kv_heads, head_dim = kv_shape(model.config)
     args, ins, outs = _example(model)
     with torch.no_grad():
         om = ov.convert_model(_wrapper(model), example_input=args)
