@@ -89,6 +89,9 @@ def _render_quantize(r: dict[str, Any]) -> None:
     out(f"check on {c['held_out_tokens']} held-out tokens: perplexity {c['perplexity']:.3f} vs FP32 {c['fp32_perplexity']:.3f} "
         f"({c['perplexity_increase']:+.1%}, bar {c['bar']['max_ppl_increase']:+.0%}), greedy agreement {c['greedy_agreement']:.2f}: "
         + ("ok" if c["meets_bar"] else "BELOW THE BAR"))
+    if r.get("graph") == "model.onnx":
+        out("note: made from the ONNX graph (this export folder has no openvino_model.xml): its attention runs in pieces, "
+            "decoding ~1.85x slower; re-export with OpenVINO installed (edgekit lm export --openvino)")
 
 
 @command.command("bench")
