@@ -127,3 +127,13 @@ def test_bad_input_is_one_line_exit_2(exported: Path, tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.output)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_transformers_whose_mask_code_breaks_the_trace_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.5.4" if name == "transformers" else real(name))  # failed for real
+    res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "transformers 5.5.4 cannot export" in res.stderr and "transformers>=5.12" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.errors import GateFailed
+from edgekit.errors import GateFailed, UsageError
 from edgekit.files import atomic_dir
 from edgekit.llm import text as texts
 from edgekit.llm.runtime import LM, META, LMMeta, OvLM, load_lm, past_names, present_names
@@ -80,6 +80,19 @@ def _wrapper(model: Any) -> Any:
             return (out.logits, *flat)
 
     return FlatCache()
+
+
+def _check_transformers() -> None:
+    """transformers 5.x before 5.12 is refused: 5.5.4 and 5.6.2 cannot be traced through their causal-mask code
+    (`sdpa_mask` takes the traced query length for a deprecated tensor argument: IndexError); 5.12.1 and 5.25.0
+    can (all four tested; 5.7-5.11 not)."""
+    import re
+    from importlib.metadata import version
+
+    v = version("transformers")
+    if (5, 0) <= tuple(int(x) for x in re.findall(r"\d+", v)[:2]) < (5, 12):
+        raise UsageError(f"transformers {v} cannot export a causal LM: its mask code breaks under the trace",
+                         hint="pip install 'transformers>=5.12' (edgekit[lm] asks for it)")
 
 
 def _example(model: Any) -> tuple[tuple[Any, ...], list[str], list[str]]:
@@ -158,6 +171,7 @@ def export_causal_lm(source: str | tuple[Any, Any], out: str | Path, *, opset: i
     installed), `openvino_model.xml`, OpenVINO's own conversion. Exit 3 (nothing written) when a parity check fails."""
     if openvino is None:
         openvino = deps.available("openvino")
+    _check_transformers()
     with status("loading the model"):
         model, tokenizer = load_causal_lm(source) if isinstance(source, str) else source
     layers, kv_heads, head_dim = kv_shape(model.config)
