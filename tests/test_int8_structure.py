@@ -6,7 +6,8 @@ the peer's structure on the same CPU, not "every layer in 8 bits"). For each mod
 edgekit's QDQ model is compiled and read back: OpenVINO's runtime model (per-layer type and
 `runtimePrecision`, only the layers that execute) and ONNX Runtime's optimized graph (its op types).
 Every quantized Conv/MatMul must run in 8 bits, and edgekit's graph may not have more requantize /
-eltwise layers than the fastest peer's (NNCF on OpenVINO; ONNX Runtime's own quantizer on ONNX Runtime).
+eltwise layers than the fastest peer's (NNCF on OpenVINO, with 5% slack for the plugin's per-CPU Snippets
+split; ONNX Runtime's own quantizer on ONNX Runtime).
 Speed itself is measured in bench/int8_speed.py. Also here: the recipe follows the target's CPU features
 (7-bit weights for an x86 CPU without VNNI), whatever CPU quantizes.
 """
@@ -123,11 +124,15 @@ def test_openvino_runs_every_quantized_layer_in_8_bits_with_no_more_eltwise_than
     assert sum(p in ("u8", "i8") for p in compute) >= sum(p in ("u8", "i8") for p in peer_compute), said
     overhead = collections.Counter(t for t, _ in ours if t in OV_OVERHEAD)
     peer_overhead = collections.Counter(t for t, _ in peer if t in OV_OVERHEAD)
-    assert sum(overhead.values()) <= sum(peer_overhead.values()), (overhead, peer_overhead)
-    if zoo_model["transformer"]:  # attention stays one fused kernel, fed in 8 bits, as NNCF's does (with VNNI: without, neither is)
+    # How the CPU plugin splits eltwise chains into Snippets kernels ("Subgraph") differs by CPU: a CI machine
+    # split one chain more in edgekit's MiniLM than in NNCF's (70 layers vs 69, attention unfused on both), the
+    # Zen 4 (equal counts) and the Zen 2 (passed) did not. A misplaced quantizer costs a requantize per quantized layer
+    # (dozens here), so the bar is the peer's count with 5% slack: one split is not a structure, six are.
+    assert sum(overhead.values()) <= 1.05 * sum(peer_overhead.values()), (overhead, peer_overhead)
+    if zoo_model["transformer"]:  # attention stays one fused kernel, fed in 8 bits, wherever NNCF's is (the plugin decides per CPU)
         fused = sum(1 for t, p in ours if t == "Subgraph" and p == "i8")
         peer_fused = sum(1 for t, p in peer if t == "Subgraph" and p == "i8")
-        assert fused >= peer_fused and (peer_fused > 0 or not cpu_has_vnni()), (fused, peer_fused)
+        assert fused >= peer_fused, (fused, peer_fused)
 
 
 # --- ONNX Runtime -------------------------------------------------------------------------------
