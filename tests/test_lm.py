@@ -3,6 +3,7 @@ export parity with PyTorch, the perplexity check's refusal (exit 3, nothing writ
 meets it on both runtimes (ONNX Runtime's MatMulNBits, OpenVINO stateful + NNCF), and a bench with token budgets."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -44,9 +45,14 @@ def test_export_matches_pytorch_on_prefill_and_greedy_decode(exported: Path) -> 
 
     m = onnx.load(str(exported / "model.onnx"), load_external_data=False)
     names = [i.name for i in m.graph.input]
-    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and len(names) == 3 + 60
     past = next(i for i in m.graph.input if i.name == "past_key_values.0.key").type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in past] == ["batch", 3, "past", 64]  # one graph: prefill (past 0) and decode
+    if importlib.util.find_spec("onnxruntime_genai"):  # onnxruntime-genai's builder made the graph: ONNX Runtime's fused attention
+        assert meta["extra"]["onnx_graph"] == "onnxruntime-genai model builder" and meta["extra"]["kv_buffer"] == "shared"
+        assert sum(n.op_type == "GroupQueryAttention" for n in m.graph.node) == 30 and (exported / "genai_config.json").exists()
+        assert names[:2] == ["input_ids", "attention_mask"] and len(names) == 2 + 60
+    else:
+        assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and len(names) == 3 + 60
+    assert past[1].dim_value == 3 and not past[2].dim_value  # one graph: prefill (past 0) and decode (past any length)
 
     # a prompt it never saw in the check: the ONNX model continues it as PyTorch does
     from edgekit.examples.smollm2 import model
@@ -59,6 +65,37 @@ def test_export_matches_pytorch_on_prefill_and_greedy_decode(exported: Path) -> 
     with torch.no_grad():
         ref = torch_model.generate(torch.tensor(ids[None]), max_new_tokens=6, do_sample=False)[0, ids.size:].tolist()
     assert load_lm(exported).generate_ids(ids, 6) == ref
+
+
+def test_a_sequence_longer_than_the_shared_cache_buffer_continues_as_before(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder's graph reads and appends one preallocated cache per layer in place; a sequence that outgrows it
+    gets a bigger one (the rows so far copied over) and the same logits as one that never did."""
+    from edgekit.llm import load_lm
+    from edgekit.llm import text as texts
+    from edgekit.llm.runtime import OrtLM
+
+    lm = load_lm(exported)
+    if not getattr(lm, "shared", False):
+        pytest.skip("the traced graph passes the cache in and out (no shared buffer): onnxruntime-genai is not installed")
+    prompt = texts.encode(exported, texts.corpus("python-docs"))[:20]
+    want = lm.generate_ids(prompt, 12, stop_at_eos=False)
+    monkeypatch.setattr(OrtLM, "CAPACITY", 8)  # the prompt alone outgrows it, and the decode twice more
+    small = load_lm(exported)
+    assert small.generate_ids(prompt, 12, stop_at_eos=False) == want and small._buffers[0].shape[2] >= 32
+
+
+def test_the_traced_graph_matches_pytorch_too(tmp_path: Path) -> None:
+    """--onnx-graph trace: the model's own attention code traced through transformers' cache (any architecture
+    transformers runs; the fallback where onnxruntime-genai's builder does not know one), held to the same parity."""
+    res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(tmp_path / "t"), "--onnx-graph", "trace",
+                                   "--no-openvino", "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert r["parity"]["passed"] and r["meta"]["extra"]["onnx_graph"] == "torch.onnx (TorchScript trace)" and "kv_buffer" not in r["meta"]["extra"]
+    import onnx
+
+    names = [i.name for i in onnx.load(str(tmp_path / "t" / "model.onnx"), load_external_data=False).graph.input]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and not (tmp_path / "t" / "openvino_model.xml").exists()
 
 
 def test_int4_below_the_perplexity_bar_exits_3_and_writes_nothing(exported: Path, tmp_path: Path) -> None:

@@ -27,19 +27,25 @@ def command() -> None:
 @click.option("--openvino/--no-openvino", default=None,
               help="Also OpenVINO's own conversion from PyTorch (openvino_model.xml: fused attention, the fast decode of "
                    "--target openvino). Default: when OpenVINO is installed.")
+@click.option("--onnx-graph", "graph", type=click.Choice(["auto", "builder", "trace"]), default="auto", show_default=True,
+              help="Who makes the ONNX graph: onnxruntime-genai's model builder (fused GroupQueryAttention, the fast decode "
+                   "of --target onnxruntime), the trace of the PyTorch model (any architecture), or auto: the builder when "
+                   "onnxruntime-genai is installed and knows the architecture, else the trace.")
 @json_option
-def export_cmd(source: str, output: str, opset: int, text: str, openvino: bool | None, json_path: str | None) -> None:
+def export_cmd(source: str, output: str, opset: int, text: str, openvino: bool | None, graph: str, json_path: str | None) -> None:
     """Export SOURCE (a Hugging Face folder, a .gguf file, or module:callable -> (model, tokenizer)) to ONNX with
     its KV cache, and check prefill logits and greedy decode steps against PyTorch on real text (exit 3 if not)."""
     from edgekit.llm.export import export_causal_lm
 
-    run_and_emit(json_path, lambda: export_causal_lm(source, output, opset=opset, text=text, openvino=openvino), _render_export)
+    run_and_emit(json_path, lambda: export_causal_lm(source, output, opset=opset, text=text, openvino=openvino, graph=graph), _render_export)
 
 
 def _render_export(r: dict[str, Any]) -> None:
     m = r["meta"]
     out(f"{r['out']}: {m['extra'].get('architecture')} with {m['extra'].get('parameters', 0) / 1e6:.1f} M parameters, "
         f"{m['layers']} layers, cache {m['kv_heads']} heads x {m['head_dim']}")
+    out(f"ONNX graph by {m['extra'].get('onnx_graph')}" + (f" (the builder did not: {m['extra']['onnx_graph_builder_refused']})"
+                                                           if m["extra"].get("onnx_graph_builder_refused") else ""))
     for name, p in (("ONNX", r["parity"]), ("OpenVINO", r.get("parity_openvino"))):
         if p:
             out(f"{name} parity with PyTorch on {p['prompt_tokens']} tokens of real text: prefill logits {p['prefill_logits_max_rel_diff']:.2e} "

@@ -87,6 +87,13 @@ class LM:
 
 
 class OrtLM(LM):
+    """ONNX Runtime, the cache in and out. A graph whose attention is `GroupQueryAttention` (lm.json's
+    `kv_buffer: shared`, onnxruntime-genai's builder) reads and appends one preallocated buffer per layer in place,
+    bound as both the past input and the present output (as onnxruntime-genai's own loop does); any other graph
+    gets each step's present back as the next step's past."""
+
+    CAPACITY = 256  # initial cache length of a shared buffer; it doubles (one copy) when a sequence outgrows it
+
     def __init__(self, folder: Path, meta: LMMeta, *, threads: int | None = None, last_only: bool = False) -> None:
         super().__init__()
         import onnxruntime as ort
@@ -96,23 +103,65 @@ class OrtLM(LM):
             so.intra_op_num_threads = threads
         self.meta, self.precision, self.last_only = meta, "fp32", last_only
         self.session = ort.InferenceSession(str(folder / meta.model), so, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
         self._ortvalue = ort.OrtValue.ortvalue_from_numpy
         self._past_names = past_names(meta.layers)
-        self._outputs = ["logits", *present_names(meta.layers)]
+        self._present_names = present_names(meta.layers)
+        self._outputs = ["logits", *self._present_names]
+        self.shared = meta.extra.get("kv_buffer") == "shared"
+        self._binding = self.session.io_binding() if self.shared else None
+        if self._binding is not None:
+            self._binding.bind_output("logits")  # first: the binding's output 0 (ONNX Runtime allocates it per step)
         self.reset()
 
     def reset(self) -> None:
         super().reset()
-        empty = self._ortvalue(np.zeros((1, self.meta.kv_heads, 0, self.meta.head_dim), np.float32))
-        self.past = {n: empty for n in self._past_names}
+        if self.shared:
+            self._buffers: list[np.ndarray] = []
+            self._grow(self.CAPACITY)
+        else:
+            empty = self._ortvalue(np.zeros((1, self.meta.kv_heads, 0, self.meta.head_dim), np.float32))
+            self.past = {n: empty for n in self._past_names}
+
+    def _grow(self, capacity: int) -> None:
+        m = self.meta
+        new = [np.zeros((1, m.kv_heads, capacity, m.head_dim), np.float32) for _ in self._past_names]
+        for old, buf in zip(self._buffers, new):
+            buf[:, :, : self.position] = old[:, :, : self.position]
+        self._buffers = new
+        b = self._binding
+        assert b is not None
+        for past, present, buf in zip(self._past_names, self._present_names, new):
+            value = self._ortvalue(buf)  # shares the numpy array's memory: ONNX Runtime writes the new rows into it
+            b.bind_ortvalue_input(past, value)
+            b.bind_ortvalue_output(present, value)
+
+    def _feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v for k, v in super()._feeds(ids).items() if k in self._inputs}
 
     def step(self, ids: np.ndarray) -> np.ndarray:
+        if self.shared:
+            return self._step_shared(ids)
         # the cache stays in ONNX Runtime's own buffers from one step to the next (OrtValues, never numpy copies)
         feeds = {k: self._ortvalue(v) for k, v in self._feeds(ids).items()}
         outs = self.session.run_with_ort_values(self._outputs, {**feeds, **self.past})
         self.past = dict(zip(self._past_names, outs[1:]))
         self.position += int(ids.size)
         logits = outs[0].numpy()[0]
+        return logits[-1:] if self.last_only else logits
+
+    def _step_shared(self, ids: np.ndarray) -> np.ndarray:
+        need = self.position + int(ids.size)
+        if need > self._buffers[0].shape[2]:
+            self._grow(max(2 * self._buffers[0].shape[2], need))
+        b = self._binding
+        assert b is not None
+        for name, value in self._feeds(ids).items():
+            b.bind_cpu_input(name, value)
+        b.bind_output("logits")
+        self.session.run_with_iobinding(b)
+        self.position = need
+        logits = b.get_outputs()[0].numpy()[0]
         return logits[-1:] if self.last_only else logits
 
 

@@ -33,7 +33,7 @@ from edgekit.progress import status
 
 TARGETS = ("onnxruntime", "openvino")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "chat_template.jinja", "generation_config.json")
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json", "genai_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
