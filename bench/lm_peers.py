@@ -77,14 +77,14 @@ def build_hf(work: Path) -> Path:
     if not (hf / "config.json").exists():
         from edgekit.examples.smollm2 import model
 
+        from edgekit.llm.export import _save_hf  # transformers 5.25 refuses to save a GGUF-loaded model as it is
+
         _step("FP32 Hugging Face folder from the GGUF")
-        m, tok = model()
-        m.save_pretrained(hf, safe_serialization=True)
-        tok.save_pretrained(hf)
+        _save_hf(*model(), hf)
     return hf
 
 
-def build_edgekit(work: Path, threads: int) -> dict[str, Path]:
+def build_edgekit(work: Path, threads: int, tools: set[str]) -> dict[str, Path]:
     from edgekit.llm.check import LMBar
     from edgekit.llm.export import export_causal_lm
     from edgekit.llm.weights import WeightOptions, compress_weights_lm
@@ -97,6 +97,8 @@ def build_edgekit(work: Path, threads: int) -> dict[str, Path]:
     out = {"edgekit-ort/fp32": fp32}
     lifted = LMBar(max_ppl_increase=10.0)  # the table wants INT4 rows edgekit would refuse
     for target, tag in (("onnxruntime", "ort"), ("openvino", "ov")):
+        if f"edgekit-{tag}" not in tools:
+            continue
         for bits in ((None, 8, 4) if target == "openvino" else (8, 4)):
             name = {None: "fp32", 8: "int8", 4: "int4"}[bits]
             dest = work / "edgekit" / f"{tag}-{name}"
@@ -368,7 +370,7 @@ def main() -> None:
     hf = build_hf(work) if peers else work / "hf"  # the peers' source; edgekit starts from the GGUF itself
     contenders: dict[str, tuple[str, str, Path, type]] = {}  # key -> (tool, weights, path, runner)
     if want("edgekit-ort") or want("edgekit-ov"):
-        for key, path in build_edgekit(work, args.threads).items():
+        for key, path in build_edgekit(work, args.threads, {t for t in ("edgekit-ort", "edgekit-ov") if want(t)}).items():
             tool, weights = key.split("/")
             if want(tool):
                 contenders[key] = (tool, weights, path, EdgekitRunner)

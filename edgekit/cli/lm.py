@@ -59,7 +59,8 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--target", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
 @click.option("--bits", type=click.Choice(["4", "8", "none"]), default="8", show_default=True,
               help="Weight bits; none: OpenVINO's FP32 stateful model (no compression).")
-@click.option("--group-size", type=int, default=128, show_default=True, help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too).")
+@click.option("--group-size", type=int, default=None,
+              help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too). Default: 32 on ONNX Runtime, 128 on OpenVINO.")
 @click.option("--asymmetric", is_flag=True, help="A zero point per group (default: symmetric).")
 @click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
 @click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF). On SmolLM2-135M it gave a broken model "
@@ -73,7 +74,7 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--window", type=int, default=256, show_default=True, help="Tokens per window.")
 @click.option("--threads", type=int, default=None)
 @json_option
-def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: int, asymmetric: bool, lm_head: str, data_aware: bool,
+def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: int | None, asymmetric: bool, lm_head: str, data_aware: bool,
                  kv_cache: str, text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
                  json_path: str | None) -> None:
     """Weight-only quantize the exported LM folder SOURCE and check it on held-out text: perplexity against FP32's

@@ -102,7 +102,11 @@ class OrtLM(LM):
         if threads:
             so.intra_op_num_threads = threads
         self.meta, self.precision, self.last_only = meta, "fp32", last_only
-        self.session = ort.InferenceSession(str(folder / meta.model), so, providers=["CPUExecutionProvider"])
+        model: Any = str(folder / meta.model)
+        if last_only:  # the graph, changed in memory, reads its weights from the folder's external data file
+            model = onnx_slice_before_head(model)
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._ortvalue = ort.OrtValue.ortvalue_from_numpy
         self._past_names = past_names(meta.layers)
@@ -163,6 +167,36 @@ class OrtLM(LM):
         self.position = need
         logits = b.get_outputs()[0].numpy()[0]
         return logits[-1:] if self.last_only else logits
+
+
+def onnx_slice_before_head(path: str) -> bytes:
+    """The ONNX graph at `path` (its weights left in the external data file) with the LM head fed the last
+    position only, as `slice_before_head` does for OpenVINO: `logits` becomes [batch, 1, vocab]."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(path, load_external_data=False)
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    head = producers.get("logits")
+    while head is not None and head.op_type not in ("MatMul", "MatMulNBits", "Gemm"):
+        head = producers.get(head.input[0])
+    if head is None:
+        return model.SerializeToString()
+    i64 = np.int64
+    consts = {"edgekit_last_start": np.array([-1], i64), "edgekit_last_end": np.array([np.iinfo(i64).max], i64),
+              "edgekit_last_axis": np.array([1], i64)}
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    nodes = list(g.node)
+    nodes.insert(nodes.index(head), helper.make_node("Slice", [head.input[0], *consts], ["edgekit_last_hidden"], name="edgekit_last_position"))
+    head.input[0] = "edgekit_last_hidden"
+    del g.node[:]
+    g.node.extend(nodes)  # still in topological order: the Slice comes right before the head
+    for o in g.output:
+        if o.name == "logits" and len(o.type.tensor_type.shape.dim) == 3:
+            o.type.tensor_type.shape.dim[1].Clear()
+            o.type.tensor_type.shape.dim[1].dim_value = 1
+    return model.SerializeToString()
 
 
 def ov_lm_head(model: Any) -> Any:
