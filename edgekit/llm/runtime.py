@@ -115,7 +115,7 @@ class OrtLM(LM):
         self.shared = meta.extra.get("kv_buffer") == "shared"
         self._binding = self.session.io_binding() if self.shared else None
         if self._binding is not None:
-            self._binding.bind_output("logits")  # first: the binding's output 0 (ONNX Runtime allocates it per step)
+            self._binding.bind_output("logits")  # bound first, so it stays the binding's output 0 when the cache is re-bound
         self.reset()
 
     def reset(self) -> None:
@@ -162,7 +162,7 @@ class OrtLM(LM):
         assert b is not None
         for name, value in self._feeds(ids).items():
             b.bind_cpu_input(name, value)
-        b.bind_output("logits")
+        b.bind_output("logits")  # anew each step: the last step's logits, of another length, are not reused as a buffer
         self.session.run_with_iobinding(b)
         self.position = need
         logits = b.get_outputs()[0].numpy()[0]
