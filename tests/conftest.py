@@ -35,7 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--cpu-load", default=False):
+    # once per run: in pytest-xdist's controller (or a run without workers), never again in each worker
+    if config.getoption("--cpu-load", default=False) and not hasattr(config, "workerinput"):
         import cpuload
 
         config._edgekit_cpu_load = cpuload.start()  # type: ignore[attr-defined]
