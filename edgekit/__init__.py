@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the loader imports numpy and the backends: only when load()
     import os
     from collections.abc import Sequence
 
+    from edgekit.llm.engine import LMEngine
     from edgekit.loader import BundleEngine
 
 __all__ = ["__version__", "load"]
@@ -27,9 +28,10 @@ __all__ = ["__version__", "load"]
 
 def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
          trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True,
-         min_release: int | None = None) -> BundleEngine:
+         min_release: int | None = None) -> BundleEngine | LMEngine:
     """Verify a bundle (hashes, schema, compatibility) and load the artifact that suits this machine:
-    `with edgekit.load("model.tar") as e: e.top_k(frame, 5, channels="BGR")`. See `edgekit.loader.load`.
+    `with edgekit.load("model.tar") as e: e.top_k(frame, 5, channels="BGR")`; a language model's bundle
+    gives `e.generate(text)`. See `edgekit.loader.load`.
 
     `trusted_keys`: public key files or folders of `*.pub` (also EDGEKIT_TRUSTED_KEYS); when any is
     given, only a bundle signed by one of them, unchanged since, is loaded (GateFailed otherwise).

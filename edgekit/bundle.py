@@ -32,7 +32,7 @@ LABELS = "labels.txt"
 # The choice rule, most preferred first. Lower precision runs faster on every runtime here
 # (int8 < fp16/bf16 < fp32); between runtimes at the same precision, a device-specific one
 # beats the generic reference (ONNX Runtime). Backends not listed come after these.
-PRECISION_ORDER = ("int8", "fp16", "bf16", "fp32")
+PRECISION_ORDER = ("int4", "int8", "fp16", "bf16", "fp32")  # int4: weight-only, language models
 BACKEND_ORDER = ("tensorrt", "openvino", "onnxruntime")
 RULE = ("artifacts that run here; the one named (backend= or artifact=), else the lowest precision "
         f"({' < '.join(PRECISION_ORDER)}), then the device-specific runtime ({', '.join(BACKEND_ORDER)}), then pack order")
@@ -428,10 +428,11 @@ def is_bundle(path: Path) -> bool:
 
 @contextlib.contextmanager
 def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: str | None = None,
-                         announce: Callable[[str], None] | None = None) -> Iterator[Path]:
+                         announce: Callable[[str], None] | None = None, lm: bool = False) -> Iterator[Path]:
     """For `edgekit bench BUNDLE`: the verified, extracted folder of the artifact `edgekit.load` would
     choose (or the one `name`d). Its manifest carries the budgets it was packed with. A path that is
-    not a bundle comes back unchanged."""
+    not a bundle comes back unchanged. `lm`: for `edgekit lm bench`, which takes a language model's bundle
+    (and only that kind; `edgekit bench` only the other)."""
     path = Path(path)
     if not is_bundle(path):
         if name is not None:
@@ -444,6 +445,10 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
         report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature, keys=keys)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
+        is_lm = report["manifest"]["artifacts"][idx].get("kind") == "edgekit.lm"
+        if is_lm != lm:
+            raise UsageError(f"{path} holds {'a language model' if is_lm else 'a compiled model, not a language model'}",
+                             hint=f"bench it with: edgekit {'lm bench' if is_lm else 'bench'} {path}")
         if announce is not None:
             announce(f"bundle {path}: benching {why}")
         yield root / report["manifest"]["artifacts"][idx]["dir"]

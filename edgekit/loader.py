@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from edgekit.compile import MANIFEST, target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
 from edgekit.data.preprocess import ImageInput, ImageRecipe
+
+if TYPE_CHECKING:
+    from edgekit.llm.engine import LMEngine
+
+LM_KIND = "edgekit.lm"  # as edgekit.pack writes it
 
 log = logging.getLogger("edgekit.loader")
 
@@ -42,7 +47,7 @@ def default_cache_dir() -> Path:
 
 def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact: str | None = None, target: str | None = None,
          trusted_keys: Sequence[str | os.PathLike[str]] | None = None, cache_dir: str | os.PathLike[str] | bool = True,
-         min_release: int | None = None) -> BundleEngine:
+         min_release: int | None = None) -> BundleEngine | LMEngine:
     """Verify a bundle (.tar or folder) and load the artifact that suits this machine; use as a context manager.
 
     backend: only consider that backend's artifacts. artifact: load this one (its folder name, as
@@ -53,6 +58,9 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
     only a bundle signed by one of them, unchanged since, is loaded (GateFailed otherwise). cache_dir: True = the per-user default (`default_cache_dir()`), a path,
     or False for none; used where the runtime has a model cache (OpenVINO's CACHE_DIR). min_release: refuse
     a bundle whose release number is older (rollback protection, as `edgekit verify --min-release`).
+
+    A bundle of a language model (packed from `edgekit lm quantize` folders) gives an `edgekit.llm.engine.LMEngine`:
+    `generate(text)` and `stream(text)` instead of `run(feed)`.
     """
     t0 = time.perf_counter()
     path = Path(bundle)
@@ -69,6 +77,13 @@ def load(bundle: str | os.PathLike[str], *, backend: str | None = None, artifact
         m = report["manifest"]
         a = m["artifacts"][idx]
         folder = root / a["dir"]
+        if a.get("kind") == LM_KIND:  # a language model: text in, text out
+            from edgekit.llm.engine import LMEngine
+
+            lm = LMEngine.open(folder, manifest=m, info={"artifact": a["dir"], "chosen": why})
+            lm.info["load_s"] = round(time.perf_counter() - t0, 4)
+            log.info("loaded %s in %.2f s: %s", path, lm.info["load_s"], why)
+            return lm  # the runtime and the tokenizer hold the model in memory: the extraction goes as the block ends
         art_manifest = json.loads((folder / MANIFEST).read_text())
         tgt = target_for(art_manifest, target)
         options, cache = _with_cache(tgt.options, cache_dir, a["backend"])

@@ -25,6 +25,8 @@ from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
 from edgekit.version import VERSION
 
+LM_KIND = "edgekit.lm"
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -79,10 +81,14 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
         raise UsageError("nothing to pack", hint="give one or more folders written by `edgekit compile`")
     entries, sources = [], {}
     for a in artifacts:
-        found = read_artifact(Path(a)) if Path(a).exists() else None
+        found = (_lm_artifact(Path(a)) or read_artifact(Path(a))) if Path(a).exists() else None
         if found is None:
-            raise UsageError(f"{a} is not a compiled artifact", hint="give folders written by `edgekit compile`")
+            raise UsageError(f"{a} is not a compiled artifact", hint="give folders written by `edgekit compile` or `edgekit lm quantize`")
         entries.append(found)
+    kinds = {m.get("kind") for _, m in entries}
+    if len(kinds) > 1:
+        raise UsageError("a bundle holds one model: these are a language model and a compiled artifact",
+                         hint="pack the language model's folders in a bundle of their own")
     with tempfile.TemporaryDirectory(prefix="edgekit-pack-") as tmp:
         root = Path(tmp) / "bundle"
         root.mkdir()
@@ -91,6 +97,14 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             name = f"{i}-{manifest['backend']}-{manifest['precision']}"
             dest = root / "artifacts" / name
             dest.mkdir(parents=True)
+            if manifest.get("kind") == LM_KIND:
+                for f in manifest["files"]:
+                    (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(folder / f, dest / f)
+                items.append({"dir": f"artifacts/{name}", "kind": LM_KIND,
+                              **{k: manifest[k] for k in ("backend", "device", "precision", "weights", "entry", "versions", "check")},
+                              "settings": {}, "target": {}, "source": None})
+                continue
             for f in list(manifest["files"]) + [MANIFEST]:
                 shutil.copy2(folder / f, dest / f)
             src = Path(manifest["source"]["path"])
@@ -111,7 +125,7 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
             items.append({"dir": f"artifacts/{name}", "backend": manifest["backend"], "device": manifest["device"],
                           "precision": manifest["precision"], "entry": manifest["entry"], "versions": manifest["versions"],
                           "settings": manifest.get("settings", {}), "target": manifest.get("target", {}), "source": src_rel})
-        quant = (entries[0][1]["source"].get("manifest") or {})
+        quant = (entries[0][1].get("source", {}).get("manifest") or {})
         bench = json.loads(Path(bench_report).read_text()) if bench_report else None
         if bench is not None:
             for r in bench.get("results", [bench]):
@@ -151,6 +165,30 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
                 shutil.copytree(root, tmp_dir, dirs_exist_ok=True)
                 os.chmod(tmp_dir, 0o777 & ~mask)  # mkdtemp makes 0700
     return manifest
+
+
+def _lm_artifact(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(folder, an artifact manifest) for a language model's folder (`lm.json`, as `edgekit lm export|quantize` wrote it);
+    None for anything else. Its check (perplexity and agreement against FP32) comes from its quantize.json."""
+    from edgekit.llm.runtime import META, read_meta
+
+    if not (folder.is_dir() and (folder / META).is_file()):
+        return None
+    meta = read_meta(folder)
+    backend = {"onnx": "onnxruntime", "openvino": "openvino"}.get(meta.format)
+    if backend is None:
+        raise UsageError(f"{folder}/{META} names an unknown format {meta.format!r}", hint="re-export it with this edgekit")
+    versions = tool_versions()
+    if backend == "openvino":
+        from edgekit.backends import get_backend
+
+        versions["openvino"] = get_backend("openvino").status().version or ""
+    q = folder / "quantize.json"
+    check = json.loads(q.read_text()).get("check") if q.is_file() else None
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return folder, {"kind": LM_KIND, "backend": backend, "device": "cpu", "precision": meta.weights.split("-")[0],
+                    "weights": meta.weights, "entry": meta.model, "versions": versions, "files": files,
+                    "check": {k: check[k] for k in ("meets_bar", "perplexity", "fp32_perplexity", "perplexity_increase", "greedy_agreement", "bar") if k in check} if check else None}
 
 
 def _normal_member(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -5,7 +5,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -31,6 +31,27 @@ def status(message: str) -> Iterator[None]:
     sys.stderr.flush()
     try:
         yield
+    finally:
+        sys.stderr.write(f"\x1b[2K{message}: {time.perf_counter() - start:.1f} s\n")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def status_line(message: str) -> Iterator[Callable[[str], None]]:
+    """Like `status`, with a `say(text)` that rewrites the line as the work goes (`message: text`); silent off a terminal."""
+    if not interactive():
+        yield lambda text: None
+        return
+    start = time.perf_counter()
+
+    def say(text: str) -> None:
+        sys.stderr.write(f"\x1b[2K{message}: {text}\r")
+        sys.stderr.flush()
+
+    sys.stderr.write(f"{message}...\r")
+    sys.stderr.flush()
+    try:
+        yield say
     finally:
         sys.stderr.write(f"\x1b[2K{message}: {time.perf_counter() - start:.1f} s\n")
         sys.stderr.flush()

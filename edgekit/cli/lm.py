@@ -102,7 +102,7 @@ def _render_quantize(r: dict[str, Any]) -> None:
 
 
 @command.command("bench")
-@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("model", type=click.Path(exists=True))
 @click.option("--prompt-tokens", type=int, default=128, show_default=True)
 @click.option("--new-tokens", type=int, default=32, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True)
@@ -111,16 +111,37 @@ def _render_quantize(r: dict[str, Any]) -> None:
 @click.option("--budget", "budgets", multiple=True, metavar="METRIC=MS", help="ttft=200ms, ttft_p90=..., tpot=30ms, tpot_p99=50ms (repeatable).")
 @click.option("--strict-undecided", is_flag=True, help="A budget the runs cannot decide fails the run (exit 3).")
 @click.option("--text", default="python-docs", show_default=True, help="Where the prompt's tokens come from.")
+@click.option("--baseline", default=None, type=click.Path(exists=True),
+              help="The baseline LM folder (or bundle): measured beside MODEL in turns; exit 3 when MODEL is slower per token or to the first token by more than --max-regression.")
+@click.option("--max-regression", default="10%", show_default=True, help="Slowdown the baseline gate allows (on each ratio's confidence interval).")
+@click.option("--max-duration", type=float, default=120.0, show_default=True, help="Seconds of measuring in turns before the baseline gate says undecided.")
 @json_option
 def bench_cmd(model: str, prompt_tokens: int, new_tokens: int, runs: int, warmup: int, threads: int | None, budgets: tuple[str, ...],
-              strict_undecided: bool, text: str, json_path: str | None) -> None:
-    """Time to first token, time per output token and tokens/s of greedy generation from MODEL (an LM folder),
-    against budgets (exit 3 when one fails)."""
+              strict_undecided: bool, text: str, baseline: str | None, max_regression: str, max_duration: float, json_path: str | None) -> None:
+    """Time to first token, time per output token and tokens/s of greedy generation from MODEL (an LM folder,
+    or a bundle `edgekit pack` made of one), against budgets (exit 3 when one fails), and with --baseline against
+    another build measured beside it in turns (exit 3 when slower by more than --max-regression)."""
     from edgekit.llm.bench import GenerationOptions, LMBudget, bench_generation
 
     options = GenerationOptions(prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup, threads=threads,
                                 budgets=tuple(LMBudget.parse(b) for b in budgets), strict_undecided=strict_undecided, text=text)
-    run_and_emit(json_path, lambda: bench_generation(model, options=options), _render_bench)
+    from edgekit.bundle import artifact_from_bundle
+
+    # a bundle (edgekit pack of an LM folder): its verified, extracted LM folder, removed when the command ends
+    ctx = click.get_current_context()
+    announce = out if json_path != "-" else None
+    folder = str(ctx.with_resource(artifact_from_bundle(model, lm=True, announce=announce)))
+    if baseline is None:
+        run_and_emit(json_path, lambda: bench_generation(folder, options=options, label=model), _render_bench)
+        return
+    from edgekit.bench.project import parse_percent
+    from edgekit.llm.bench import GateOptions, compare_generation
+
+    base_folder = str(ctx.with_resource(artifact_from_bundle(baseline, lm=True, announce=announce)))
+    gate = GateOptions(max_regression=parse_percent(max_regression, "--max-regression"), max_duration_s=max_duration,
+                       strict_undecided=strict_undecided)
+    run_and_emit(json_path, lambda: compare_generation(folder, base_folder, options=options, gate=gate, label=model, baseline_label=baseline),
+                 _render_bench)
 
 
 def _render_bench(r: dict[str, Any]) -> None:
@@ -133,3 +154,11 @@ def _render_bench(r: dict[str, Any]) -> None:
         f"model {human_bytes(r['model_bytes'])}")
     for b in r["budgets"]:
         out(f"budget {b['budget']}: {b['verdict']} ({b['stat']} {b['value']:.2f} ms, 95% interval [{b['ci_low']:.2f}, {b['ci_high']:.2f}])")
+    g = r.get("baseline")
+    if g:
+        load = f", other work on {g['others_cores']:.1f} core(s)" if g.get("others_cores") is not None else ""
+        out(f"baseline {g['model']} ({g['weights']}), {g['rounds']} rounds in turns{load}: {g['verdict']} "
+            f"(per token x{g['tpot']['ratio']:.3f} [{g['tpot']['ci_low']:.3f}, {g['tpot']['ci_high']:.3f}], "
+            f"first token x{g['ttft']['ratio']:.3f} [{g['ttft']['ci_low']:.3f}, {g['ttft']['ci_high']:.3f}]; allowed x{1 + g['max_regression']:.2f})")
+        if g.get("reason"):
+            out(f"note: {g['reason']}")

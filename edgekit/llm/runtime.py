@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,20 @@ class LM:
                 "attention_mask": np.ones((1, self.position + s), np.int64),
                 "position_ids": np.arange(self.position, self.position + s, dtype=np.int64)[None]}
 
-    def generate_ids(self, prompt: np.ndarray, max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
-        """Greedy continuation of `prompt` (token ids), the new tokens only."""
+    def greedy(self, prompt: np.ndarray, max_new_tokens: int, *, stop_at_eos: bool = True) -> Iterator[int]:
+        """Greedy continuation of `prompt` (token ids), one new token at a time (EOS included when it comes)."""
         self.reset()
         logits = self.step(np.asarray(prompt, np.int64))
-        out: list[int] = []
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             nxt = int(np.argmax(logits[-1]))
-            out.append(nxt)
-            if stop_at_eos and nxt == self.meta.eos_token_id:
-                break
+            yield nxt
+            if (stop_at_eos and nxt == self.meta.eos_token_id) or i == max_new_tokens - 1:
+                return
             logits = self.step(np.array([nxt], np.int64))
-        return out
+
+    def generate_ids(self, prompt: np.ndarray, max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
+        """Greedy continuation of `prompt` (token ids), the new tokens only."""
+        return list(self.greedy(prompt, max_new_tokens, stop_at_eos=stop_at_eos))
 
 
 class OrtLM(LM):

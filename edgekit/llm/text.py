@@ -47,16 +47,30 @@ class TextSplit:
                 "window_tokens": int(self.held_out[0].size) if self.held_out else 0}
 
 
-def encode(folder: str | Path, text: str) -> np.ndarray:
-    """The token ids of `text` by the tokenizer saved in an LM folder. `tokenizer.json` is read by the
-    `tokenizers` library alone (a device needs no transformers); other tokenizers by transformers."""
-    path = Path(folder) / "tokenizer.json"
-    if path.is_file() and importlib.util.find_spec("tokenizers") is not None:
-        tok = importlib.import_module("tokenizers").Tokenizer.from_file(str(path))
-        return np.asarray(tok.encode(text).ids, np.int64)
-    from edgekit import deps
+class Tokenizer:
+    """The tokenizer saved in an LM folder, held in memory. `tokenizer.json` is read by the `tokenizers`
+    library alone (a device needs no transformers); other tokenizers by transformers."""
 
-    return np.asarray(deps.transformers().AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"], np.int64)
+    def __init__(self, folder: str | Path) -> None:
+        path = Path(folder) / "tokenizer.json"
+        if path.is_file() and importlib.util.find_spec("tokenizers") is not None:
+            self._fast, self._tok = True, importlib.import_module("tokenizers").Tokenizer.from_file(str(path))
+        else:
+            from edgekit import deps
+
+            self._fast, self._tok = False, deps.transformers().AutoTokenizer.from_pretrained(str(folder))
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self._tok.encode(text).ids if self._fast else self._tok(text)["input_ids"]
+        return np.asarray(ids, np.int64)
+
+    def decode(self, ids: list[int] | np.ndarray) -> str:
+        return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=True))
+
+
+def encode(folder: str | Path, text: str) -> np.ndarray:
+    """The token ids of `text` by the tokenizer saved in an LM folder (`Tokenizer`)."""
+    return Tokenizer(folder).encode(text)
 
 
 def token_windows(tokenizer: Any, text: str, *, window: int, held_out: int, calibration: int) -> TextSplit:
