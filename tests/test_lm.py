@@ -210,3 +210,32 @@ def test_a_transformers_whose_mask_code_breaks_the_trace_is_refused_in_one_line(
     res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "transformers 5.5.4 cannot export" in res.stderr and "transformers>=5.12" in res.stderr, res.output
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_an_lm_benches_on_a_device_over_ssh_with_the_devices_verdict(exported: Path, tmp_path: Path) -> None:
+    """`edgekit lm bench --device`: the INT8 folder packed, sent to a real sshd on 127.0.0.1, verified and benched by
+    the device's own edgekit (a Python without torch), the report and its verdict brought back."""
+    from test_remote import Sshd, _device_table, _keygen, _run, device_python, require_sshd
+
+    require_sshd()
+    out = tmp_path / "int8"
+    res = CliRunner().invoke(cli, ["lm", "quantize", str(exported), "-o", str(out), "--target", "onnxruntime", "--bits", "8", *SMALL])
+    assert res.exit_code == 0, res.output
+    key = _keygen(tmp_path / "id_user")
+    server = Sshd(tmp_path / "sshd", key)
+    try:
+        (tmp_path / "known_hosts").write_text(server.known_hosts_line())
+        lab = {"key": key, "known_hosts": tmp_path / "known_hosts"}
+        work = tmp_path / "device-work"
+        (tmp_path / "edgekit.toml").write_text(_device_table("lab", server, lab, device_python(tmp_path / "device"), work))
+        quick = ["--prompt-tokens", "16", "--new-tokens", "4", "--runs", "2"]
+        r = _run(["lm", "bench", str(out), "--device", "lab", *quick, "--budget", "tpot_p99=60s", "--json", str(tmp_path / "r.json")], tmp_path)
+        assert r.returncode == 0, r.stderr
+        rep = json.loads((tmp_path / "r.json").read_text())
+        assert rep["device"]["name"] == "lab" and rep["model"] == str(out) and rep["ttft_ms"]["iterations"] == 2
+        assert rep["budgets"][0]["verdict"] == "pass" and any(n.startswith("measured on device lab") for n in rep["notes"])
+        r = _run(["lm", "bench", str(out), "--device", "lab", *quick, "--budget", "tpot=0.001ms"], tmp_path)
+        assert r.returncode == 3 and "on device lab: tpot_p50<=0.001ms fail" in r.stderr, r.stderr
+        assert list(work.iterdir()) == [], "the device's run folder stayed"
+    finally:
+        server.stop()

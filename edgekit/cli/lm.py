@@ -115,33 +115,65 @@ def _render_quantize(r: dict[str, Any]) -> None:
               help="The baseline LM folder (or bundle): measured beside MODEL in turns; exit 3 when MODEL is slower per token or to the first token by more than --max-regression.")
 @click.option("--max-regression", default="10%", show_default=True, help="Slowdown the baseline gate allows (on each ratio's confidence interval).")
 @click.option("--max-duration", type=float, default=120.0, show_default=True, help="Seconds of measuring in turns before the baseline gate says undecided.")
+@click.option("--device", default=None, metavar="NAME", help="Measure on this device over SSH: a [devices.NAME] of edgekit.toml (--config, else ./edgekit.toml) or ssh://user@host:port.")
+@click.option("--config", default=None, type=click.Path(dir_okay=False), help="The project file that names --device (default ./edgekit.toml).")
 @json_option
 def bench_cmd(model: str, prompt_tokens: int, new_tokens: int, runs: int, warmup: int, threads: int | None, budgets: tuple[str, ...],
-              strict_undecided: bool, text: str, baseline: str | None, max_regression: str, max_duration: float, json_path: str | None) -> None:
+              strict_undecided: bool, text: str, baseline: str | None, max_regression: str, max_duration: float, device: str | None,
+              config: str | None, json_path: str | None) -> None:
     """Time to first token, time per output token and tokens/s of greedy generation from MODEL (an LM folder,
     or a bundle `edgekit pack` made of one), against budgets (exit 3 when one fails), and with --baseline against
-    another build measured beside it in turns (exit 3 when slower by more than --max-regression)."""
-    from edgekit.llm.bench import GenerationOptions, LMBudget, bench_generation
+    another build measured beside it in turns (exit 3 when slower by more than --max-regression). With --device
+    the device's own edgekit measures (over SSH, as `edgekit bench --device`)."""
+    from edgekit.bench.project import parse_percent
+    from edgekit.bundle import artifact_from_bundle
+    from edgekit.llm.bench import GateOptions, GenerationOptions, LMBudget, bench_generation, compare_generation
 
     options = GenerationOptions(prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs, warmup=warmup, threads=threads,
                                 budgets=tuple(LMBudget.parse(b) for b in budgets), strict_undecided=strict_undecided, text=text)
-    from edgekit.bundle import artifact_from_bundle
-
+    gate = GateOptions(max_regression=parse_percent(max_regression, "--max-regression"), max_duration_s=max_duration,
+                       strict_undecided=strict_undecided)
     # a bundle (edgekit pack of an LM folder): its verified, extracted LM folder, removed when the command ends
     ctx = click.get_current_context()
     announce = out if json_path != "-" else None
     folder = str(ctx.with_resource(artifact_from_bundle(model, lm=True, announce=announce)))
-    if baseline is None:
+    base_folder = str(ctx.with_resource(artifact_from_bundle(baseline, lm=True, announce=announce))) if baseline is not None else None
+    if device is not None:
+        run_and_emit(json_path, lambda: _on_device(device, config, folder, base_folder, options, gate, model, baseline), _render_bench)
+    elif base_folder is None:
         run_and_emit(json_path, lambda: bench_generation(folder, options=options, label=model), _render_bench)
-        return
-    from edgekit.bench.project import parse_percent
-    from edgekit.llm.bench import GateOptions, compare_generation
+    else:
+        run_and_emit(json_path, lambda: compare_generation(folder, base_folder, options=options, gate=gate, label=model, baseline_label=baseline),
+                     _render_bench)
 
-    base_folder = str(ctx.with_resource(artifact_from_bundle(baseline, lm=True, announce=announce)))
-    gate = GateOptions(max_regression=parse_percent(max_regression, "--max-regression"), max_duration_s=max_duration,
-                       strict_undecided=strict_undecided)
-    run_and_emit(json_path, lambda: compare_generation(folder, base_folder, options=options, gate=gate, label=model, baseline_label=baseline),
-                 _render_bench)
+
+def _on_device(device: str, config: str | None, folder: str, base_folder: str | None, options: Any, gate: Any, model: str,
+               baseline: str | None) -> dict[str, Any]:
+    from edgekit.devices import resolve_device
+    from edgekit.devices.remote import lm_bench_on_device
+    from edgekit.errors import GateFailed, UsageError
+    from edgekit.llm.text import BUILTIN
+
+    if options.text not in BUILTIN:
+        raise UsageError(f"--text {options.text}: with --device the prompt comes from a built-in text", hint=f"use one of {', '.join(BUILTIN)}")
+    args = ["--prompt-tokens", str(options.prompt_tokens), "--new-tokens", str(options.new_tokens), "--runs", str(options.runs),
+            "--warmup", str(options.warmup), "--text", options.text]
+    args += ["--threads", str(options.threads)] if options.threads else []
+    for b in options.budgets:
+        args += ["--budget", f"{b.metric}_{b.stat}={b.ms:g}ms"]
+    args += ["--strict-undecided"] if options.strict_undecided else []
+    if base_folder is not None:
+        args += ["--max-regression", f"{100 * gate.max_regression:g}%", "--max-duration", f"{gate.max_duration_s:g}"]
+    dev = resolve_device(device, config=config)
+    r, code = lm_bench_on_device(dev, folder, args, baseline=base_folder, label=model, baseline_label=baseline)
+    if code == 3:  # the device's edgekit said a gate failed: say which, here
+        why = [f"{b['budget']} {b['verdict']} ({b['stat']} {b['value']:.1f} ms)" for b in r["budgets"]
+               if b["verdict"] == "fail" or (options.strict_undecided and b["verdict"] == "undecided")]
+        g = r.get("baseline")
+        if g and g["verdict"] != "pass":
+            why.append(f"baseline gate {g['verdict']} (per token x{g['tpot']['ratio']:.3f}, first token x{g['ttft']['ratio']:.3f})")
+        raise GateFailed(f"on device {dev.name}: " + ("; ".join(why) or "a gate failed"), hint="see the report's budgets and baseline", result=r)
+    return r
 
 
 def _render_bench(r: dict[str, Any]) -> None:
@@ -154,6 +186,8 @@ def _render_bench(r: dict[str, Any]) -> None:
         f"model {human_bytes(r['model_bytes'])}")
     for b in r["budgets"]:
         out(f"budget {b['budget']}: {b['verdict']} ({b['stat']} {b['value']:.2f} ms, 95% interval [{b['ci_low']:.2f}, {b['ci_high']:.2f}])")
+    for n in r.get("notes", []):
+        out(f"note: {n}")
     g = r.get("baseline")
     if g:
         load = f", other work on {g['others_cores']:.1f} core(s)" if g.get("others_cores") is not None else ""

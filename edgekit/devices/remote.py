@@ -138,7 +138,12 @@ def _backends(plan: Plan) -> str:
 
     from edgekit.compile import MANIFEST
 
-    names = sorted({json.loads((f / MANIFEST).read_text())["backend"] for f in plan.folders} - {"onnxruntime"})  # onnxruntime: in edgekit itself
+    def backend(f: Path) -> str:
+        if (f / MANIFEST).is_file():
+            return str(json.loads((f / MANIFEST).read_text())["backend"])
+        return "openvino" if json.loads((f / "lm.json").read_text()).get("format") == "openvino" else "onnxruntime"  # a language model's folder
+
+    names = sorted({backend(f) for f in plan.folders} - {"onnxruntime"})  # onnxruntime: in edgekit itself
     return ",".join(names)
 
 
@@ -266,3 +271,28 @@ def bench_on_devices(groups: dict[Device, list[DeviceJob]]) -> dict[Device, list
             first.args = (first.message if not first.hint else f"{first.message}; {first.hint}",)
         raise first  # type: ignore[misc]
     return {d: f.result() for d, f in futures.items()}
+
+
+def lm_bench_on_device(device: Device, folder: str | Path, args: list[str], *, baseline: str | Path | None = None,
+                       label: str | None = None, baseline_label: str | None = None) -> tuple[dict[str, Any], int]:
+    """`edgekit lm bench --device`: the LM folder (and the baseline's, for the paired gate, measured there in turns)
+    packed as one bundle, verified and benched by the device's own edgekit with the command line `args`; (its report,
+    with `device` and a note of where it was measured, and the device's exit code: 0, or 3 when a gate failed there)."""
+    plan = Plan()
+    idx = plan.folder_index(Path(folder).resolve())
+    base_idx = plan.folder_index(Path(baseline).resolve()) if baseline is not None else None
+
+    def header_jobs(dirs: list[str]) -> list[dict[str, Any]]:
+        argv = ["lm", "bench", dirs[idx], *args] + (["--baseline", dirs[base_idx]] if base_idx is not None else [])
+        return [{"argv": argv}]
+
+    final, _events, hello = ship_and_run(device, plan, header_jobs)
+    got = final["reports"][0]
+    r = got["report"]
+    r["model"] = label or str(folder)
+    if r.get("baseline"):
+        r["baseline"]["model"] = baseline_label or str(baseline)
+    r["device"] = {**device.to_dict(), "edgekit": hello.get("edgekit"), "throttled": got["throttled"], "throttle_evidence": got["throttle_evidence"],
+                   **final["device"]}
+    r["notes"] = list(r.get("notes", [])) + [measured_note(device, final["device"], hello, r.get("cpu", {}).get("name"), got)]
+    return r, int(got["exit_code"])
