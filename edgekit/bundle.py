@@ -28,6 +28,7 @@ from edgekit.files import sha256_file
 BUNDLE_MANIFEST = "bundle.json"
 SIGNATURE = "bundle.sig"  # edgekit.signing: a detached signature over the manifest
 LABELS = "labels.txt"
+LM_KIND = "edgekit.lm"  # a bundle artifact that is a language model's folder (edgekit.pack, edgekit.loader)
 
 # The choice rule, most preferred first. Lower precision runs faster on every runtime here
 # (int8 < fp16/bf16 < fp32); between runtimes at the same precision, a device-specific one
@@ -445,7 +446,7 @@ def artifact_from_bundle(path: str | Path, *, name: str | None = None, target: s
         report = verify_root(root, label=path, target=target, digests=digests, check_all=False, signature=signature, keys=keys)
         check_verified(report, need_preprocessing=False)
         idx, why = choose_artifact(report, artifact=name)
-        is_lm = report["manifest"]["artifacts"][idx].get("kind") == "edgekit.lm"
+        is_lm = report["manifest"]["artifacts"][idx].get("kind") == LM_KIND
         if is_lm != lm:
             raise UsageError(f"{path} holds {'a language model' if is_lm else 'a compiled model, not a language model'}",
                              hint=f"bench it with: edgekit {'lm bench' if is_lm else 'bench'} {path}")

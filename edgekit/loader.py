@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.backends import get_backend
 from edgekit.backends.base import EngineBase
-from edgekit.bundle import check_verified, choose_artifact, opened_bundle, signature_before_opening, trusted_key_list, verify_root
+from edgekit.bundle import LM_KIND, check_verified, choose_artifact, opened_bundle, signature_before_opening, trusted_key_list, verify_root
 from edgekit.compile import MANIFEST, target_for
 from edgekit.errors import UsageError
 from edgekit.onnxmodel import TensorSpec
@@ -32,7 +32,6 @@ from edgekit.data.preprocess import ImageInput, ImageRecipe
 if TYPE_CHECKING:
     from edgekit.llm.engine import LMEngine
 
-LM_KIND = "edgekit.lm"  # as edgekit.pack writes it
 
 log = logging.getLogger("edgekit.loader")
 

@@ -19,13 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle import BUNDLE_MANIFEST, LABELS, SIGNATURE, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
+from edgekit.bundle import BUNDLE_MANIFEST, LABELS, LM_KIND, SIGNATURE, check_verified, files_under, safe_extract, verify_bundle  # noqa: F401 - re-exported
 from edgekit.compile import MANIFEST, read_artifact, source_manifest, tool_versions
 from edgekit.errors import UsageError
 from edgekit.files import atomic_dir, atomic_path, sha256_file
 from edgekit.version import VERSION
 
-LM_KIND = "edgekit.lm"
 
 
 def _umask() -> int:
