@@ -169,12 +169,12 @@ def pack_bundle(artifacts: list[str | Path], output: str | Path, *, bench_report
 def _lm_artifact(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """(folder, an artifact manifest) for a language model's folder (`lm.json`, as `edgekit lm export|quantize` wrote it);
     None for anything else. Its check (perplexity and agreement against FP32) comes from its quantize.json."""
-    from edgekit.llm.runtime import META, read_meta
+    from edgekit.llm.runtime import META, RUNTIMES, read_meta
 
     if not (folder.is_dir() and (folder / META).is_file()):
         return None
     meta = read_meta(folder)
-    backend = {"onnx": "onnxruntime", "openvino": "openvino"}.get(meta.format)
+    backend = RUNTIMES.get(meta.format)
     if backend is None:
         raise UsageError(f"{folder}/{META} names an unknown format {meta.format!r}", hint="re-export it with this edgekit")
     versions = tool_versions()
@@ -182,10 +182,12 @@ def _lm_artifact(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         from edgekit.backends import get_backend
 
         versions["openvino"] = get_backend("openvino").status().version or ""
+    elif backend == "tensorrt":  # the version the engine was built with (the packing machine may have none)
+        versions.update(meta.extra.get("tensorrt") or {})
     q = folder / "quantize.json"
     check = json.loads(q.read_text()).get("check") if q.is_file() else None
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return folder, {"kind": LM_KIND, "backend": backend, "device": "cpu", "precision": meta.weights.split("-")[0],
+    return folder, {"kind": LM_KIND, "backend": backend, "device": "GPU" if backend == "tensorrt" else "cpu", "precision": meta.weights.split("-")[0],
                     "weights": meta.weights, "entry": meta.model, "versions": versions, "files": files,
                     "check": {k: check[k] for k in ("meets_bar", "perplexity", "fp32_perplexity", "perplexity_increase", "greedy_agreement", "bar") if k in check} if check else None}
 

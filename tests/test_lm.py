@@ -84,18 +84,81 @@ def test_a_sequence_longer_than_the_shared_cache_buffer_continues_as_before(expo
     assert small.generate_ids(prompt, 12, stop_at_eos=False) == want and small._buffers[0].shape[2] >= 32
 
 
-def test_the_traced_graph_matches_pytorch_too(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lm") / "trace"
+    res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(out), "--onnx-graph", "trace",
+                                   "--no-openvino", "--json", str(out) + ".json"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_the_traced_graph_matches_pytorch_too(traced: Path) -> None:
     """--onnx-graph trace: the model's own attention code traced through transformers' cache (any architecture
     transformers runs; the fallback where onnxruntime-genai's builder does not know one), held to the same parity."""
-    res = CliRunner().invoke(cli, ["lm", "export", "edgekit.examples.smollm2:model", "-o", str(tmp_path / "t"), "--onnx-graph", "trace",
-                                   "--no-openvino", "--json", str(tmp_path / "t.json")])
-    assert res.exit_code == 0, res.output
-    r = json.loads((tmp_path / "t.json").read_text())
+    r = json.loads(Path(str(traced) + ".json").read_text())
     assert r["parity"]["passed"] and r["meta"]["extra"]["onnx_graph"] == "torch.onnx (TorchScript trace)" and "kv_buffer" not in r["meta"]["extra"]
     import onnx
 
-    names = [i.name for i in onnx.load(str(tmp_path / "t" / "model.onnx"), load_external_data=False).graph.input]
-    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and not (tmp_path / "t" / "openvino_model.xml").exists()
+    names = [i.name for i in onnx.load(str(traced / "model.onnx"), load_external_data=False).graph.input]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and not (traced / "openvino_model.xml").exists()
+
+
+@pytest.fixture(scope="module")
+def trt_int8(traced: Path) -> Path:
+    out = traced.parent / "trt-int8"
+    res = CliRunner().invoke(cli, ["lm", "quantize", str(traced), "-o", str(out), "--target", "tensorrt", *SMALL, "--json", str(out) + ".json"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_tensorrt_weights_are_its_weight_only_graph_checked_here_and_the_engine_needs_tensorrt(traced: Path, trt_int8: Path, exported: Path,
+                                                                                               tmp_path: Path) -> None:
+    """--target tensorrt: every weight MatMul of the traced graph gets an int8 DequantizeLinear per output channel
+    (TensorRT's form, edgekit.llm.tensorrt), the graph runs on ONNX Runtime for the perplexity check, and
+    `edgekit lm compile` builds from it where TensorRT is (exit 4 naming the extra here). The builder's graph, with
+    ONNX Runtime's fused operators, is refused in one line naming --onnx-graph trace."""
+    import onnx
+
+    from edgekit.llm.tensorrt import graph_problems
+
+    out = trt_int8
+    r = json.loads(Path(str(out) + ".json").read_text())
+    assert r["weights"] == "int8-channel-sym" and r["check"]["meets_bar"] and r["check"]["perplexity_increase"] > 0
+    assert json.loads((out / "lm.json").read_text())["extra"]["target"] == "tensorrt"
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    fp32 = onnx.load(str(traced / "model.onnx"), load_external_data=False)
+    inits = {i.name for i in fp32.graph.initializer}
+    weights = sum(1 for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in inits)
+    assert graph_problems(graph) == [] and r["quantized_matmuls"] == weights == sum(1 for n in graph.graph.node if n.op_type == "DequantizeLinear")
+    refused = CliRunner().invoke(cli, ["lm", "quantize", str(exported), "-o", str(tmp_path / "no"), "--target", "tensorrt", *SMALL])
+    assert refused.exit_code == 2 and "--onnx-graph trace" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "no").exists()
+    if importlib.util.find_spec("tensorrt") is None:
+        res = CliRunner().invoke(cli, ["lm", "compile", str(out), "-o", str(tmp_path / "engine")])
+        assert res.exit_code == 4 and "tensorrt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "engine").exists()
+
+
+@pytest.mark.requires_tensorrt
+def test_a_tensorrt_engine_generates_the_tokens_of_its_graph_and_benches_against_a_token_budget(trt_int8: Path, tmp_path: Path) -> None:
+    """On a GPU host: the engine (fp32 activations, so ONNX Runtime's run of the same graph is the reference) greedy-decodes
+    the same tokens, packs into a bundle that loads as a generator, and benches against budgets."""
+    from edgekit.llm import text as texts
+    from edgekit.llm.runtime import load_lm
+
+    engine = tmp_path / "engine"
+    res = CliRunner().invoke(cli, ["lm", "compile", str(trt_int8), "-o", str(engine), "--precision", "fp32", "--max-context", "256"])
+    assert res.exit_code == 0, res.output
+    prompt = texts.token_windows(trt_int8, texts.corpus("python-docs"), window=32, held_out=1, calibration=0).held_out[0]
+    want = load_lm(trt_int8).generate_ids(prompt, 16, stop_at_eos=False)
+    lm = load_lm(engine)
+    assert lm.generate_ids(prompt, 16, stop_at_eos=False) == want
+    assert lm.generate_ids(prompt, 16, stop_at_eos=False) == want  # the second sequence starts from an empty cache again
+    res = CliRunner().invoke(cli, ["lm", "bench", str(engine), "--prompt-tokens", "32", "--new-tokens", "16", "--runs", "3",
+                                   "--budget", "tpot_p99=10s", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b.json").read_text())["runtime"] == "tensorrt"
 
 
 def test_int4_below_the_perplexity_bar_exits_3_and_writes_nothing(exported: Path, tmp_path: Path) -> None:
@@ -239,3 +302,22 @@ def test_an_lm_benches_on_a_device_over_ssh_with_the_devices_verdict(exported: P
         assert list(work.iterdir()) == [], "the device's run folder stayed"
     finally:
         server.stop()
+
+
+def test_lm_optimize_writes_the_fastest_format_that_meets_the_bar_and_says_why_when_none_does(exported: Path, tmp_path: Path) -> None:
+    """INT4 in blocks of 128 misses the bar on this model (its figures in the table, never measured); INT8 wins and its
+    folder is written with optimize.json. With a budget no candidate can meet: exit 3, one line naming the best, nothing written."""
+    fast = ["--phases", "2", "--prompt-tokens", "16", "--new-tokens", "4", *SMALL]
+    res = CliRunner().invoke(cli, ["lm", "optimize", str(exported), "-o", str(tmp_path / "best"), "--candidates", "int8,int4-g128",
+                                   "--budget", "tpot_p99=60s", *fast, "--json", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "o.json").read_text())
+    rows = {c["candidate"]: c for c in r["candidates"]}
+    assert r["winner"] == "int8" and rows["int8"]["winner"] and rows["int8"]["check"]["meets_bar"] and rows["int8"]["tpot_ms"] > 0
+    assert "misses the bar" in rows["int4-g128"]["reason"] and "tpot_ms" not in rows["int4-g128"]
+    assert json.loads((tmp_path / "best" / "lm.json").read_text())["weights"] == "int8-g32-sym" and (tmp_path / "best" / "optimize.json").is_file()
+    assert r["cpu"]["int8_features"] is not None and [p.name for p in tmp_path.iterdir() if p.name.startswith("edgekit-lm-optimize-")] == []
+    res = CliRunner().invoke(cli, ["lm", "optimize", str(exported), "-o", str(tmp_path / "none"), "--candidates", "int8",
+                                   "--budget", "tpot=0.001ms", *fast])
+    assert res.exit_code == 3 and "no candidate of int8 meets" in res.stderr and "the best was int8" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()

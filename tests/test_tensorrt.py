@@ -282,15 +282,15 @@ def test_timing_cache_path_never_lands_in_the_working_directory(tmp_path: Path, 
 
 
 def test_feeds_cast_only_without_loss() -> None:
-    from edgekit.backends.tensorrt import _feed_for
+    from edgekit.backends.tensorrt import feed_for
     from edgekit.errors import UsageError
 
-    assert _feed_for("x", np.ones((2, 3), np.float64), np.dtype(np.float32)).dtype == np.float32
-    assert _feed_for("ids", np.array([[101, 2023]], np.int64), np.dtype(np.int32)).dtype == np.int32
+    assert feed_for("x", np.ones((2, 3), np.float64), np.dtype(np.float32)).dtype == np.float32
+    assert feed_for("ids", np.array([[101, 2023]], np.int64), np.dtype(np.int32)).dtype == np.int32
     with pytest.raises(UsageError, match="int64; this engine takes int32"):
-        _feed_for("ids", np.array([2**40], np.int64), np.dtype(np.int32))
+        feed_for("ids", np.array([2**40], np.int64), np.dtype(np.int32))
     with pytest.raises(UsageError, match="float32; this engine takes int32"):
-        _feed_for("ids", np.ones(3, np.float32), np.dtype(np.int32))
+        feed_for("ids", np.ones(3, np.float32), np.dtype(np.int32))
 
 
 def test_fp16_without_modelopt_is_exit_4_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

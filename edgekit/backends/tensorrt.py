@@ -90,7 +90,7 @@ def _default_profiles(model: onnx.ModelProto, request: CompileRequest, options: 
     return profiles
 
 
-def _feed_for(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def feed_for(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """The feed in the engine's input dtype: a lossless cast within a kind (float64 -> float32, int64 -> int32
     when the values fit); anything else is the caller's error, never a silent conversion."""
     value = np.asarray(value)
@@ -158,7 +158,7 @@ class TensorRtEngine(EngineBase):
         if missing:
             raise UsageError(f"the feed lacks input {missing[0]!r}", hint=f"this engine takes {', '.join(self._in)}")
         for n in self._in:
-            value = _feed_for(n, feed[n], self._dtype[n])
+            value = feed_for(n, feed[n], self._dtype[n])
             # set_input_shape returns False for a shape outside the optimisation profile (pyCore.cpp release/10.0
             # lines 1043-1048 bind IExecutionContext::setInputShape, which returns bool); running anyway would hand
             # back whatever the output buffers held

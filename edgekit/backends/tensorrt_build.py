@@ -102,7 +102,7 @@ def fp16_onnx(model: Path, dest: Path) -> Path:
 
 
 def build_engine(trt: Any, model: Path, out_dir: Path, *, request: CompileRequest, options: Any,
-                 profiles: dict[str, list[list[int]]]) -> dict[str, Any]:
+                 profiles: dict[str, list[list[int]]] | list[dict[str, list[list[int]]]]) -> dict[str, Any]:
     """Parse `model`, build with the target's options, write `out_dir/model.engine`; the manifest's backend part."""
     from edgekit.backends.tensorrt_cuda import device_info
 
@@ -150,9 +150,12 @@ def build_engine(trt: Any, model: Path, out_dir: Path, *, request: CompileReques
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatibility != "none":
         config.hardware_compatibility_level = _hardware_level(trt, options.hardware_compatibility)
-    if profiles:
+    # one profile, or several (a decoder's prefill and decode): profile k is the k-th dict
+    for shapes in ([profiles] if isinstance(profiles, dict) else profiles):
+        if not shapes:
+            continue
         profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profiles.items():
+        for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
     cache_path = compat.timing_cache_path(options.timing_cache)

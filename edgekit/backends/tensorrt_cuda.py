@@ -92,10 +92,11 @@ class DeviceBuffers:
             _check(self._cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, kind, self.stream), "cudaMemcpyAsync")
         return ptr
 
-    def download(self, name: str, out: np.ndarray) -> None:
+    def download(self, name: str, out: np.ndarray, *, offset: int = 0) -> None:
+        """Copy `out.nbytes` from the buffer `name`, starting `offset` bytes in, into `out`."""
         if out.nbytes:
             kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, kind, self.stream), "cudaMemcpyAsync")
+            _check(self._cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0] + offset, out.nbytes, kind, self.stream), "cudaMemcpyAsync")
 
     def synchronize(self) -> None:
         _check(self._cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")

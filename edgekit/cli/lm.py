@@ -56,11 +56,12 @@ def _render_export(r: dict[str, Any]) -> None:
 @command.command("quantize")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write.")
-@click.option("--target", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@click.option("--target", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="tensorrt: the weight-only ONNX graph TensorRT builds (checked here on ONNX Runtime); then `edgekit lm compile` on the GPU host.")
 @click.option("--bits", type=click.Choice(["4", "8", "none"]), default="8", show_default=True,
               help="Weight bits; none: OpenVINO's FP32 stateful model (no compression).")
 @click.option("--group-size", type=int, default=None,
-              help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too). Default: 32 on ONNX Runtime, 128 on OpenVINO.")
+              help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too). Default: 32 on ONNX Runtime, 128 on OpenVINO and TensorRT (64 or 128).")
 @click.option("--asymmetric", is_flag=True, help="A zero point per group (default: symmetric).")
 @click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
 @click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF). On SmolLM2-135M it gave a broken model "
@@ -99,6 +100,87 @@ def _render_quantize(r: dict[str, Any]) -> None:
     if r.get("graph") == "model.onnx":
         out("note: made from the ONNX graph (this export folder has no openvino_model.xml): its attention runs in pieces, "
             "decoding ~1.85x slower; re-export with OpenVINO installed (edgekit lm export --openvino)")
+
+
+@command.command("compile")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write (model.engine, tokenizer, lm.json).")
+@click.option("--target", type=click.Choice(["tensorrt"]), default="tensorrt", show_default=True)
+@click.option("--max-context", type=int, default=2048, show_default=True, help="The longest sequence, prompt and output, the engine holds.")
+@click.option("--max-prompt", type=int, default=None, help="The longest prompt (default: --max-context).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="The activations; fp16 by NVIDIA ModelOpt's AutoCast (edgekit[tensorrt-fp16]), the I/O and the cache stay fp32.")
+@click.option("--workspace-mib", type=int, default=2048, show_default=True)
+@click.option("--timing-cache", default="", help="A timing cache file (relative: in edgekit's cache folder).")
+@json_option
+def compile_cmd(source: str, output: str, target: str, max_context: int, max_prompt: int | None, precision: str, workspace_mib: int,
+                timing_cache: str, json_path: str | None) -> None:
+    """Build a TensorRT engine for the LM folder SOURCE (`edgekit lm quantize --target tensorrt`, or an export made with
+    --onnx-graph trace) on this GPU host: prefill and decode profiles, the KV cache on the GPU."""
+    from edgekit.llm.tensorrt import LMEngineOptions, compile_lm
+
+    options = LMEngineOptions(max_context=max_context, max_prompt=max_prompt, precision=precision, workspace_mib=workspace_mib,
+                              timing_cache=timing_cache)
+    run_and_emit(json_path, lambda: compile_lm(source, output, options=options),
+                 lambda r: out(f"{r['out']}: TensorRT {r['versions'].get('tensorrt', '?')} engine, {r['weights']} weights, {r['precision']} "
+                               f"activations, up to {r['max_context']} tokens"))
+
+
+@command.command("optimize")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The folder to write: the winner's LM folder and optimize.json.")
+@click.option("--target", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@click.option("--candidates", default=None, metavar="LIST",
+              help="Comma-separated weight formats: int8, int4-g32, int4-g128-head-float, int4-g64-asym, fp32 (OpenVINO). "
+                   "Default: ONNX Runtime int8-g32,int4-g32,int4-g64,int4-g128,int4-g32-head-float; OpenVINO fp32,int8,int4-g64,int4-g128,int4-g128-head-float.")
+@click.option("--phases", type=int, default=4, show_default=True, help="Loadings of every candidate; each runs 2 generations of each in turns.")
+@click.option("--prompt-tokens", type=int, default=128, show_default=True)
+@click.option("--new-tokens", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--budget", "budgets", multiple=True, metavar="METRIC=MS", help="ttft=200ms, tpot_p99=50ms (repeatable): the winner must meet each.")
+@click.option("--strict-undecided", is_flag=True, help="A budget the runs cannot decide rules the candidate out.")
+@click.option("--kv-cache", type=click.Choice(["u8", "f16", "f32"]), default="u8", show_default=True, help="OpenVINO: the KV cache's precision.")
+@click.option("--text", default="python-docs", show_default=True, help="Real text for calibration, the check and the prompt.")
+@click.option("--max-ppl-increase", type=float, default=0.10, show_default=True)
+@click.option("--min-agreement", type=float, default=None)
+@click.option("--held-out", type=int, default=8, show_default=True)
+@click.option("--window", type=int, default=256, show_default=True)
+@json_option
+def optimize_cmd(source: str, output: str, target: str, candidates: str | None, phases: int, prompt_tokens: int, new_tokens: int,
+                 threads: int | None, budgets: tuple[str, ...], strict_undecided: bool, kv_cache: str, text: str, max_ppl_increase: float,
+                 min_agreement: float | None, held_out: int, window: int, json_path: str | None) -> None:
+    """Make every candidate weight format of the export SOURCE, check each on held-out text, measure the ones that
+    meet the bar in turns on this machine, and write the fastest that meets the bar and every budget to OUTPUT
+    (among candidates as fast within the noise, the lowest perplexity). Exit 3 when none does."""
+    from edgekit.llm.bench import GenerationOptions, LMBudget
+    from edgekit.llm.check import LMBar
+    from edgekit.llm.optimize import LMOptimizeOptions, optimize_lm
+    from edgekit.llm.weights import WeightOptions
+
+    weights = WeightOptions(target=target, kv_cache=kv_cache, text=text, threads=threads, held_out=held_out, window=window,
+                            bar=LMBar(max_ppl_increase=max_ppl_increase, min_agreement=min_agreement))
+    gen = GenerationOptions(prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads, text=text, strict_undecided=strict_undecided,
+                            budgets=tuple(LMBudget.parse(b) for b in budgets))
+    options = LMOptimizeOptions(candidates=tuple(c for c in (candidates or "").split(",") if c.strip()), phases=phases, generation=gen)
+    run_and_emit(json_path, lambda: optimize_lm(source, output, weights=weights, options=options), _render_optimize)
+
+
+def _render_optimize(r: dict[str, Any]) -> None:
+    cpu = r["cpu"]
+    out(f"{r['target']}: {len(r['candidates'])} candidates, {r['prompt_tokens']}-token prompt, {r['new_tokens']} new tokens, "
+        f"{r['phases']} phases; CPU {cpu['name']} ({', '.join(cpu['int8_features']) or 'no INT8 features'}), {r['wall_s']:.0f} s")
+    rows = []
+    for c in r["candidates"]:
+        ck = c.get("check") or {}
+        vs = c.get("vs_fastest")
+        rows.append((("* " if c.get("winner") else "  ") + c["candidate"], f"{ck['perplexity_increase']:+.1%}" if ck else "-",
+                     human_bytes(c["model_bytes"]) if c.get("model_bytes") else "-",
+                     f"{c['tpot_ms']:.2f}" if "tpot_ms" in c else "-", f"{c['ttft_ms']:.1f}" if "ttft_ms" in c else "-",
+                     "fastest" if c.get("fastest") else f"x{vs['ratio']:.3f} [{vs['ci_low']:.3f}, {vs['ci_high']:.3f}]" if vs else "-",
+                     "winner" if c.get("winner") else (c.get("reason") or "")[:90]))
+    out(table(["candidate", "perplexity", "size", "ms/token", "first ms", "vs fastest", "verdict"], rows))
+    if r["winner"]:
+        out(f"{r['out']}: {r['winner']}")
 
 
 @command.command("bench")

@@ -23,7 +23,7 @@ from edgekit import machine
 from edgekit.bench.stats import bootstrap, budget_verdict, summary
 from edgekit.errors import GateFailed, UsageError
 from edgekit.llm import text as texts
-from edgekit.llm.runtime import LM, load_lm, read_meta
+from edgekit.llm.runtime import LM, RUNTIMES, load_lm, read_meta
 from edgekit.progress import status_line, track
 
 METRICS = ("ttft", "tpot")
@@ -64,12 +64,12 @@ class GenerationOptions:
     text: str = "python-docs"
 
 
-def _check(o: GenerationOptions) -> None:
+def check_options(o: GenerationOptions) -> None:
     if o.prompt_tokens < 1 or o.new_tokens < 2 or o.runs < 1 or o.warmup < 0:
         raise UsageError("need --prompt-tokens >= 1, --new-tokens >= 2, --runs >= 1", hint="e.g. --prompt-tokens 128 --new-tokens 32 --runs 5")
 
 
-def _decide(samples: np.ndarray, b: LMBudget, confidence: float) -> dict[str, Any]:
+def decide_budget(samples: np.ndarray, b: LMBudget, confidence: float) -> dict[str, Any]:
     st = bootstrap(samples, b.stat, confidence=confidence)
     verdict = budget_verdict(st, b.ms)
     return {"budget": str(b), "metric": b.metric, "stat": b.stat, "limit_ms": b.ms, "verdict": verdict, **st.to_dict()}
@@ -89,7 +89,7 @@ def time_generation(lm: LM, prompt: np.ndarray, new_tokens: int) -> tuple[float,
     return first, steps
 
 
-def _prompt(folder: str | Path, options: GenerationOptions) -> np.ndarray:
+def prompt_ids(folder: str | Path, options: GenerationOptions) -> np.ndarray:
     ids = texts.encode(folder, texts.corpus(options.text))
     if ids.size < options.prompt_tokens:
         raise UsageError(f"the text has {ids.size} tokens, fewer than --prompt-tokens {options.prompt_tokens}", hint="give a longer text")
@@ -107,11 +107,11 @@ def _result(folder: str | Path, lm: LM, ttft: list[float], tpot: list[float], e2
             load_s: float, label: str | None) -> dict[str, Any]:
     meta = lm.meta
     samples = {"ttft": np.array(ttft), "tpot": np.array(tpot)}
-    budgets = [_decide(samples[b.metric], b, options.confidence) for b in options.budgets]
+    budgets = [decide_budget(samples[b.metric], b, options.confidence) for b in options.budgets]
     size = sum(f.stat().st_size for f in Path(folder).iterdir() if f.name.startswith("model."))
     return {
         "model": label or str(folder), "weights": meta.weights, "format": meta.format, "precision": lm.precision, "kv_cache": getattr(lm, "kv_cache", "f32"),
-        "runtime": "openvino" if meta.format == "openvino" else "onnxruntime",
+        "runtime": RUNTIMES.get(meta.format, meta.format),
         "prompt_tokens": options.prompt_tokens, "new_tokens": options.new_tokens, "runs": len(ttft),
         "ttft_ms": summary(samples["ttft"], confidence=options.confidence),
         "tpot_ms": summary(samples["tpot"], confidence=options.confidence),
@@ -119,6 +119,7 @@ def _result(folder: str | Path, lm: LM, ttft: list[float], tpot: list[float], e2
         "tokens_per_s": float(options.new_tokens * len(e2e) / sum(e2e)),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "model_bytes": size, "load_s": load_s,
         "cpu": {"name": machine.cpu_name(), "int8_features": machine.cpu_features()},
+        **({"gpu": lm.info} if meta.format == "tensorrt" else {}),  # TrtLM's GPU, CUDA and TensorRT versions
         "threads": options.threads, "budgets": budgets,
     }
 
@@ -126,9 +127,9 @@ def _result(folder: str | Path, lm: LM, ttft: list[float], tpot: list[float], e2
 def bench_generation(folder: str | Path, *, options: GenerationOptions = GenerationOptions(), label: str | None = None) -> dict[str, Any]:
     """Bench greedy generation of the LM in `folder` (reported as `label`, default the folder); exit 3 when a
     budget fails (or is undecided, if strict)."""
-    _check(options)
+    check_options(options)
     read_meta(folder)
-    prompt = _prompt(folder, options)
+    prompt = prompt_ids(folder, options)
     t_load = time.perf_counter()
     lm = load_lm(folder, threads=options.threads, last_only=True)
     load_s = time.perf_counter() - t_load
@@ -176,7 +177,7 @@ PHASE_ROUNDS = 2
 SETTLE_S = 0.05
 
 
-class _Side:
+class Turns:
     """One build's interleaved measurement: per round, its decode steps, its first token, its CPU time."""
 
     def __init__(self) -> None:
@@ -229,7 +230,7 @@ def compare_generation(folder: str | Path, baseline: str | Path, *, options: Gen
     from edgekit.bench.timer import OtherLoad
     from edgekit.bench.run import BUSY_CORES
 
-    _check(options)
+    check_options(options)
     if not 0 <= gate.max_regression < 10 or gate.min_phases < 4 or gate.max_duration_s <= 0:
         raise UsageError("need 0 <= --max-regression < 1000%, at least 4 phases and --max-duration > 0", hint="e.g. --max-regression 10% --max-duration 120")
     meta, base_meta = read_meta(folder), read_meta(baseline)
@@ -237,8 +238,8 @@ def compare_generation(folder: str | Path, baseline: str | Path, *, options: Gen
     if vocab != base_vocab:
         raise UsageError(f"{baseline} has a vocabulary of {base_vocab} tokens, {folder} one of {vocab}: not builds of one model",
                          hint="compare builds of the same model (another weight format, runtime or edgekit version)")
-    prompt = _prompt(folder, options)
-    cur, base = _Side(), _Side()
+    prompt = prompt_ids(folder, options)
+    cur, base = Turns(), Turns()
     load_s = 0.0
 
     def load_pair(cur_first: bool) -> None:

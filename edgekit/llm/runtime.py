@@ -1,5 +1,5 @@
 """Run an exported decoder step by step: ONNX Runtime with the KV cache passed in and out, OpenVINO with it
-kept inside (stateful). Both give the same interface (`reset`, `step`, `generate`), so every check and
+kept inside (stateful), TensorRT with it on the GPU (`TrtLM`, the engine of edgekit.llm.tensorrt). Both give the same interface (`reset`, `step`, `generate`), so every check and
 benchmark runs the same code on either."""
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from edgekit.errors import UsageError
 
 META = "lm.json"
 KV_CACHE = ("u8", "f16", "f32")  # OpenVINO's KV cache precisions on the CPU
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json", "genai_config.json")  # copied with the model
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}  # lm.json's format -> the runtime that runs it
 
 
 @dataclasses.dataclass(frozen=True)
 class LMMeta:
     """What `lm.json` beside the model says: its format and the shape of its cache."""
 
-    format: str  # "onnx" (explicit cache) or "openvino" (stateful IR)
+    format: str  # "onnx" (explicit cache), "openvino" (stateful IR) or "tensorrt" (an engine, the cache on the GPU)
     model: str  # file name inside the folder
     layers: int
     kv_heads: int
@@ -301,6 +304,93 @@ class OvLM(LM):
         return self.request.get_tensor(self._logits).data[0].copy()
 
 
+class TrtLM(LM):
+    """A TensorRT decoder engine (lm.json format "tensorrt"). Needs TensorRT, cuda-python and an NVIDIA GPU."""
+
+    def __init__(self, folder: Path, meta: LMMeta, *, threads: int | None = None, last_only: bool = False) -> None:
+        super().__init__()
+        from edgekit.backends import tensorrt_cuda
+
+        trt = deps.tensorrt()
+        tensorrt_cuda.check_cuda_matches_tensorrt()
+        self.meta, self.last_only = meta, last_only
+        self.precision = str(meta.extra.get("precision", "fp32"))
+        self.capacity = int(meta.extra.get("max_context", 0))
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((folder / meta.model).read_bytes())
+        if engine is None:
+            raise UsageError(f"{folder / meta.model} does not deserialize with TensorRT {trt.__version__}",
+                             hint="rebuild it on this device with `edgekit lm compile --target tensorrt`")
+        self._engine = engine
+        self._buffers = tensorrt_cuda.DeviceBuffers()
+        stream = self._buffers.stream_handle
+        self._contexts = []
+        for p in range(engine.num_optimization_profiles):  # prefill, decode
+            ctx = engine.create_execution_context()
+            ctx.set_optimization_profile_async(p, stream)  # pyCore.cpp release/10.0: returns bool
+            self._contexts.append(ctx)
+        self._buffers.synchronize()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        self._dtype = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._past, self._present = past_names(meta.layers), present_names(meta.layers)
+        kv_bytes = meta.kv_heads * max(self.capacity, 1) * meta.head_dim * self._dtype[self._past[0]].itemsize
+        # two whole-context buffers per cache tensor: side s holds the past, side 1 - s receives the present
+        self._kv = [[self._buffers.pointer(f"kv{side}.{k}", kv_bytes) for k in range(len(self._past))] for side in (0, 1)]
+        self._side = 0
+        self.info = {"backend": "tensorrt", "version": trt.__version__, "precision": self.precision, **tensorrt_cuda.device_info()}
+
+    def reset(self) -> None:
+        super().reset()
+        self._side = 0
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        from edgekit.backends.tensorrt import feed_for
+
+        s = int(ids.size)
+        if self.position + s > self.capacity:
+            raise UsageError(f"the sequence would reach {self.position + s} tokens; this engine holds {self.capacity}",
+                             hint="compile it again with a larger --max-context")
+        ctx = self._contexts[1 if s == 1 and len(self._contexts) > 1 else 0]
+        keep = []  # host arrays stay alive until the stream has copied them
+        for name, value in self._feeds(ids).items():
+            if name not in self._inputs:
+                continue
+            value = feed_for(name, value, self._dtype[name])
+            keep.append(value)
+            if not ctx.set_input_shape(name, tuple(value.shape)):
+                raise UsageError(f"{name} of shape {list(value.shape)} is outside the engine's profile",
+                                 hint="compile it again with a larger --max-prompt or --max-context")
+            ctx.set_tensor_address(name, self._buffers.upload(name, value))
+        past_shape = (1, self.meta.kv_heads, self.position, self.meta.head_dim)
+        for k, (past, present) in enumerate(zip(self._past, self._present)):
+            if not ctx.set_input_shape(past, past_shape):
+                raise UsageError(f"a past of {self.position} tokens is outside the engine's profile", hint="compile it again with a larger --max-context")
+            ctx.set_tensor_address(past, self._kv[self._side][k])
+            ctx.set_tensor_address(present, self._kv[1 - self._side][k])
+        shape = tuple(ctx.get_tensor_shape("logits"))  # [1, s, vocab]
+        nbytes = int(np.prod(shape)) * self._dtype["logits"].itemsize
+        ctx.set_tensor_address("logits", self._buffers.pointer("logits", nbytes))
+        if not ctx.execute_async_v3(self._buffers.stream_handle):
+            from edgekit.errors import BackendUnavailable
+
+            raise BackendUnavailable("TensorRT could not run the decoder step (execute_async_v3 returned False; see its log above)")
+        rows = 1 if self.last_only else s
+        logits = np.empty((rows, shape[-1]), self._dtype["logits"])
+        self._buffers.download("logits", logits, offset=(s - rows) * shape[-1] * self._dtype["logits"].itemsize)
+        self._buffers.synchronize()
+        del keep
+        self._side = 1 - self._side
+        self.position += s
+        return logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._contexts = []
+        self._engine = None
+        if getattr(self, "_buffers", None) is not None:
+            self._buffers.close()
+            self._buffers = None
+
+
 def load_lm(folder: str | Path, *, threads: int | None = None, last_only: bool = False) -> LM:
     """The runner for an exported or weight-compressed LM folder (`lm.json` says which runtime). `last_only`:
     `step` returns the last position's logits only ([1, vocab]), all generation needs; the check wants them all."""
@@ -310,4 +400,6 @@ def load_lm(folder: str | Path, *, threads: int | None = None, last_only: bool =
         return OrtLM(folder, meta, threads=threads, last_only=last_only)
     if meta.format == "openvino":
         return OvLM(folder, meta, threads=threads, last_only=last_only)
+    if meta.format == "tensorrt":
+        return TrtLM(folder, meta, threads=threads, last_only=last_only)
     raise UsageError(f"{folder}/{META} names an unknown format {meta.format!r}", hint="re-export it with this edgekit")

@@ -28,19 +28,18 @@ from edgekit.errors import GateFailed, UsageError
 from edgekit.files import atomic_dir
 from edgekit.llm import text as texts
 from edgekit.llm.check import LMBar, check_lm
-from edgekit.llm.runtime import KV_CACHE, META, LMMeta, load_lm, ov_lm_head, read_meta, stateful
+from edgekit.llm.runtime import KV_CACHE, META, TOKENIZER_FILES, LMMeta, load_lm, ov_lm_head, read_meta, stateful
+from edgekit.llm.tensorrt import INT4_BLOCKS
 from edgekit.progress import status
 
-TARGETS = ("onnxruntime", "openvino")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "chat_template.jinja", "generation_config.json", "genai_config.json")
+TARGETS = ("onnxruntime", "openvino", "tensorrt")
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightOptions:
     target: str = "onnxruntime"
     bits: int | None = 4  # 4, 8, or None (FP32: OpenVINO's stateful IR only)
-    group_size: int | None = None  # None: 32 on ONNX Runtime (onnxruntime-genai's choice), 128 on OpenVINO (NNCF's)
+    group_size: int | None = None  # None: 32 on ONNX Runtime (onnxruntime-genai's choice), 128 on OpenVINO (NNCF's) and TensorRT
     symmetric: bool = True
     lm_head: str = "quantize"  # "quantize" or "float"
     data_aware: bool = False  # OpenVINO: AWQ + scale estimation on calibration text
@@ -60,17 +59,23 @@ class WeightOptions:
     def label(self) -> str:
         if self.bits is None:
             return "fp32"
-        groups = "channel" if (self.bits == 8 and self.target == "openvino") else f"g{self.group_size}"  # NNCF INT8: per output channel
+        # NNCF's INT8 and TensorRT's: one scale per output channel
+        groups = "channel" if (self.bits == 8 and self.target in ("openvino", "tensorrt")) else f"g{self.group_size}"
         return f"int{self.bits}-{groups}-{'sym' if self.symmetric else 'asym'}" + ("-awq" if self.data_aware else "") + ("-head-float" if self.lm_head == "float" else "")
 
 
-def _check_options(o: WeightOptions) -> None:
+def check_weight_options(o: WeightOptions) -> None:
     if o.target not in TARGETS:
         raise UsageError(f"unknown target {o.target!r} for a decoder", hint=f"use one of {', '.join(TARGETS)}")
     if o.bits not in (4, 8, None):
         raise UsageError(f"--bits {o.bits} is not supported", hint="use 4 or 8")
-    if o.bits is None and o.target != "openvino":
+    if o.bits is None and o.target == "onnxruntime":
         raise UsageError("an FP32 ONNX Runtime model is the export itself", hint="bench the export folder, or give --bits 4 or 8")
+    if o.bits is None and o.target == "tensorrt":
+        raise UsageError("an FP32 TensorRT engine is built from the export itself", hint="edgekit lm compile EXPORT -o OUT --target tensorrt, or give --bits 4 or 8")
+    if o.target == "tensorrt" and o.bits == 4 and (not o.symmetric or o.group_size not in INT4_BLOCKS):
+        raise UsageError(f"TensorRT's INT4 weights are symmetric in blocks of {' or '.join(map(str, INT4_BLOCKS))}"
+                         f" (asked: {'asymmetric, ' if not o.symmetric else ''}--group-size {o.group_size})", hint=("drop --asymmetric" if not o.symmetric else "use --group-size 128 or 64"))
     if o.group_size < 16 or o.group_size & (o.group_size - 1):
         raise UsageError(f"--group-size {o.group_size} must be a power of two >= 16", hint="use 32, 64 or 128")
     if o.held_out < 1 or o.window < 16:
@@ -82,7 +87,7 @@ def _check_options(o: WeightOptions) -> None:
         raise UsageError(f"--lm-head {o.lm_head!r}", hint="use quantize or float")
     if o.kv_cache not in KV_CACHE:
         raise UsageError(f"--kv-cache {o.kv_cache!r}", hint=f"use one of {', '.join(KV_CACHE)}")
-    if o.data_aware and o.target != "openvino":
+    if o.data_aware and o.target != "openvino":  # ModelOpt's AWQ for TensorRT needs a GPU
         raise UsageError("data-aware weight quantization (AWQ, scale estimation) runs through NNCF on OpenVINO",
                          hint="drop --data-aware, or use --target openvino")
 
@@ -114,6 +119,30 @@ def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[
     quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
     return {"quantizer": "onnxruntime MatMulNBitsQuantizer", "quantized_matmuls": quantized, "kept_float": exclude,
             "model": "model.onnx", "format": "onnx"}
+
+
+def _tensorrt(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[str, Any]:
+    """The weight-only graph TensorRT builds (edgekit.llm.tensorrt); it runs on ONNX Runtime for the check."""
+    import onnx
+
+    from edgekit.llm import tensorrt as trt_lm
+
+    graph = onnx.load(str(src / meta.model), load_external_data=False)
+    foreign = trt_lm.foreign_ops(graph)
+    if foreign:
+        raise UsageError(f"{src} was made with ONNX Runtime's fused operators ({', '.join(foreign[:3])}), which TensorRT's parser does not read",
+                         hint="export it again with --onnx-graph trace, then quantize that folder")
+    del graph
+    model = onnx.load(str(src / meta.model))
+    exclude = {n for n in [_lm_head_node(model)] if n} if o.lm_head == "float" else set()
+    out, quantized = trt_lm.weight_only(model, bits=o.bits or 8, group_size=o.group_size, exclude=exclude)
+    problems = trt_lm.graph_problems(out)
+    if problems:  # edgekit's own graph breaking TensorRT's rules is a bug, not the user's input
+        raise RuntimeError(f"the TensorRT weight-only graph breaks a rule: {problems[0]}")
+    onnx.save(out, str(dest / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    how = f"int4 blocks of {o.group_size}, ONNX Runtime's MatMulNBitsQuantizer (QDQ)" if o.bits == 4 else "int8 per output channel"
+    return {"quantizer": f"TensorRT weight-only DequantizeLinear ({how})", "quantized_matmuls": quantized, "kept_float": sorted(exclude),
+            "model": "model.onnx", "format": "onnx", "opset": trt_lm.OPSET}
 
 
 def _ov_lm_head(model: Any) -> str | None:
@@ -162,7 +191,7 @@ def _openvino(src: Path, dest: Path, meta: LMMeta, o: WeightOptions, calibration
 def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOptions = WeightOptions()) -> dict[str, Any]:
     """Weight-only quantize the exported LM folder `src` into `out` for `options.target`, and check it. Exit 3
     (nothing written) when it misses the bar."""
-    _check_options(options)
+    check_weight_options(options)
     src, out = Path(src), Path(out)
     meta = read_meta(src)
     if meta.format != "onnx" or meta.weights != "fp32":
@@ -174,6 +203,7 @@ def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOpti
     with atomic_dir(out) as tmp:
         with status(f"quantizing weights ({options.label()}, {options.target})"):
             info = (_onnxruntime(src, tmp, meta, options) if options.target == "onnxruntime"
+                    else _tensorrt(src, tmp, meta, options) if options.target == "tensorrt"
                     else _openvino(src, tmp, meta, options, split.calibration))
         for name in TOKENIZER_FILES:
             if (src / name).exists():
