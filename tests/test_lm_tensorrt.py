@@ -3,6 +3,8 @@ Runtime against the FP32 graph), the rules it must keep, and the optimisation pr
 test_lm.py; building and running an engine is `requires_tensorrt`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import UsageError
 from edgekit.llm.runtime import LMMeta, past_names
-from edgekit.llm.tensorrt import LMEngineOptions, graph_problems, lm_profiles, weight_only
+from edgekit.llm.tensorrt import LMEngineOptions, graph_problems, lm_profiles, load_at_opset, ragged_blocks, weight_only
 
 K, N = 256, 96
 
@@ -20,12 +22,16 @@ def _matmul_model(opset: int = 17) -> tuple[onnx.ModelProto, np.ndarray]:
     """x [1, s, K] @ W [K, N] -> ReduceMean (whose form changes at opset 18) -> y, with W drawn like trained weights."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((K, N)) * rng.uniform(0.2, 2.0, size=(1, N))).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    if opset >= 18:  # the axes became an input
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "axes"))
+        mean = helper.make_node("ReduceMean", ["h", "axes"], ["m"], keepdims=1)
+    else:
+        mean = helper.make_node("ReduceMean", ["h"], ["m"], axes=[-1], keepdims=1)
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj/MatMul"),
-         helper.make_node("ReduceMean", ["h"], ["m"], axes=[-1], keepdims=1),
-         helper.make_node("Sub", ["h", "m"], ["y"])],
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj/MatMul"), mean, helper.make_node("Sub", ["h", "m"], ["y"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", N])], [numpy_helper.from_array(w, "w")])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", N])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), w
 
 
@@ -36,11 +42,13 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bits,group,bound", [(8, 128, 0.02), (4, 128, 0.25), (4, 64, 0.2)])
-def test_the_weight_only_graph_is_tensorrts_form_and_computes_the_float_one(bits: int, group: int, bound: float) -> None:
+def test_the_weight_only_graph_is_tensorrts_form_and_computes_the_float_one(bits: int, group: int, bound: float, tmp_path: Path) -> None:
     model, w = _matmul_model()
     x = np.random.default_rng(1).standard_normal((1, 7, K)).astype(np.float32)
     ref = _run(model, x)
-    q, count = weight_only(model, bits=bits, group_size=group, exclude=set())
+    # as an export is: the weights in an external data file, the graph at opset 17 (converted without its weights)
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    q, count = weight_only(load_at_opset(tmp_path / "m.onnx"), bits=bits, group_size=group, exclude=set())
     assert count == 1 and graph_problems(q) == []
     onnx.checker.check_model(q)
     assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 21
@@ -58,7 +66,7 @@ def test_the_weight_only_graph_is_tensorrts_form_and_computes_the_float_one(bits
 
 
 def test_a_matmul_kept_in_float_stays_float() -> None:
-    model, _ = _matmul_model()
+    model, _ = _matmul_model(opset=21)
     q, count = weight_only(model, bits=8, group_size=128, exclude={"proj/MatMul"})
     assert count == 0 and not any(n.op_type == "DequantizeLinear" for n in q.graph.node)
 
@@ -122,3 +130,18 @@ def test_the_prefill_and_decode_profiles_cover_every_step_up_to_the_context() ->
         lm_profiles(meta, [*inputs, "token_type_ids"], LMEngineOptions())
     with pytest.raises(UsageError, match="--max-prompt 600"):
         LMEngineOptions(max_context=512, max_prompt=600)
+
+
+def test_a_weight_shared_by_two_matmuls_is_quantized_once_and_blocks_must_divide_k() -> None:
+    model, _ = _matmul_model(opset=21)
+    g = model.graph
+    g.node.append(helper.make_node("MatMul", ["x", "w"], ["h2"], name="again/MatMul"))
+    g.output.append(helper.make_tensor_value_info("h2", TensorProto.FLOAT, [1, "s", N]))
+    q, count = weight_only(model, bits=8, group_size=128, exclude=set())
+    assert count == 1 and graph_problems(q) == []
+    onnx.checker.check_model(q)
+    assert {n.input[1] for n in q.graph.node if n.op_type == "MatMul"} == {"w_DQ_Q8_output"}
+    assert ragged_blocks(_matmul_model(opset=21)[0], 128, set()) == [] and ragged_blocks(_matmul_model(opset=21)[0], 96, set()) == ["proj/MatMul (K=256)"]
+    ragged = _dq_model(dtype=TensorProto.INT4, attrs={"axis": 0, "block_size": 128})
+    ragged.graph.initializer[0].dims[:] = [192, N]
+    assert any("K=192 is not a multiple of its block of 128" in p for p in graph_problems(ragged))

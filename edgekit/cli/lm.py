@@ -61,7 +61,7 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--bits", type=click.Choice(["4", "8", "none"]), default="8", show_default=True,
               help="Weight bits; none: OpenVINO's FP32 stateful model (no compression).")
 @click.option("--group-size", type=int, default=None,
-              help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too). Default: 32 on ONNX Runtime, 128 on OpenVINO and TensorRT (64 or 128).")
+              help="Weights per scale, along the input channels (INT4; ONNX Runtime INT8 too). Default: 32 on ONNX Runtime, 128 on OpenVINO, 64 on TensorRT (64 or 128).")
 @click.option("--asymmetric", is_flag=True, help="A zero point per group (default: symmetric).")
 @click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
 @click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF). On SmolLM2-135M it gave a broken model "

@@ -79,6 +79,9 @@ class LMEngine:
                 yield text[len(sent):]
 
     def close(self) -> None:
+        close = getattr(self.lm, "close", None)
+        if close is not None:  # TensorRT's instance frees its GPU memory now
+            close()
         self.lm = None  # type: ignore[assignment]
 
     def __enter__(self) -> LMEngine:

@@ -61,8 +61,8 @@ class LMOptimizeOptions:
     generation: GenerationOptions = GenerationOptions(prompt_tokens=128, new_tokens=32)
 
     def __post_init__(self) -> None:
-        if self.phases < 2:
-            raise UsageError(f"--phases {self.phases}: the comparison needs at least 2 loadings of every candidate", hint="use 4 or more")
+        if self.phases < 4:  # as the paired gate's minimum: fewer phase blocks make an interval of a handful of ratios
+            raise UsageError(f"--phases {self.phases}: the comparison needs at least 4 loadings of every candidate", hint="use 4 or more")
 
 
 def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = WeightOptions(),
@@ -74,12 +74,18 @@ def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = We
     if weights.target not in DEFAULT_CANDIDATES:
         raise UsageError(f"lm optimize measures on this machine; {weights.target} cannot run here",
                          hint="optimize for onnxruntime or openvino, or quantize for tensorrt and bench on the GPU host")
-    specs = options.candidates or DEFAULT_CANDIDATES[weights.target]
-    made = [(spec, parse_candidate(spec, weights)) for spec in dict.fromkeys(specs)]
-    for _spec, w in made:  # every candidate's own options are checked before the first one is made
+    specs = [c.strip().lower() for c in (options.candidates or DEFAULT_CANDIDATES[weights.target]) if c.strip()]
+    made: list[tuple[str, WeightOptions]] = []
+    for spec in specs:  # every candidate's own options are checked before the first one is made; one weight format once
+        w = parse_candidate(spec, weights)
         check_weight_options(w)
+        if all(w.label() != other.label() for _, other in made):
+            made.append((spec, w))
     read_meta(src)
+    prompt_ids(src, gen)  # a prompt longer than the text fails now, not after every candidate is made
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder", hint="give a folder path for this output")
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekit-lm-optimize-", dir=out.parent if out.parent.exists() else None) as work:
@@ -111,31 +117,18 @@ def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = We
             failed = [b for b in row["budgets"] if b["verdict"] == "fail" or (gen.strict_undecided and b["verdict"] == "undecided")]
             if failed:
                 row["reason"] = "budget " + ", ".join(f"{b['budget']} {b['verdict']} ({b['stat']} {b['value']:.1f} ms)" for b in failed)
-        eligible = [r for r in rows if r["candidate"] in measured and "reason" not in r]
-        winner = None
-        if eligible:
-            floor = {r["candidate"]: float(GATE_MEASURES["floor"](np.array(measured[r["candidate"]].tpot))) for r in eligible}
-            fastest = min(eligible, key=lambda r: floor[r["candidate"]])
-            for r in eligible:
-                test = paired_regression_test(measured[r["candidate"]].side("tpot"), measured[fastest["candidate"]].side("tpot"),
-                                              max_regression=0.0, stat="floor", confidence=gen.confidence)
-                r["vs_fastest"] = {k: test[k] for k in ("ratio", "ci_low", "ci_high")}
-                r["as_fast"] = r is fastest or test["ci_low"] <= 1.0
-                r["fastest"] = r is fastest
-            ties = [r for r in eligible if r["as_fast"]]
-            winner = min(ties, key=lambda r: (r["check"]["perplexity"] if r["check"] else float("inf"), r["model_bytes"] or 0))
-            winner["winner"] = True
-            for r in eligible:
-                if r is not winner:
-                    r["reason"] = ("slower per token than " + fastest["candidate"]) if not r["as_fast"] else \
-                        f"as fast within the noise, higher perplexity than {winner['candidate']}"
+        winner = choose(rows, measured, confidence=gen.confidence)
         result = {"out": str(out), "target": weights.target, "candidates": rows, "winner": winner["candidate"] if winner else None,
                   "phases": options.phases, "rounds_per_phase": PHASE_ROUNDS, "wall_s": time.perf_counter() - t0,
                   "prompt_tokens": gen.prompt_tokens, "new_tokens": gen.new_tokens,
                   "cpu": {"name": machine.cpu_name(), "int8_features": machine.cpu_features()}, "threads": gen.threads}
         if winner is None:
-            best = min((r for r in rows if r.get("check")), key=lambda r: r["check"]["perplexity_increase"], default=None)
-            hint = (f"the best was {best['candidate']} ({best['check']['perplexity_increase']:+.1%} perplexity, {best.get('reason')})" if best
+            # the fastest that met the bar (all missed a budget), else the closest to the bar
+            timed = [r for r in rows if "tpot_ms" in r]
+            best = (min(timed, key=lambda r: r["tpot_floor_ms"]) if timed
+                    else min((r for r in rows if r.get("check")), key=lambda r: r["check"]["perplexity_increase"], default=None))
+            hint = (f"the best was {best['candidate']} ({best['check']['perplexity_increase']:+.1%} perplexity"
+                    + (f", {best['tpot_ms']:.1f} ms per token" if "tpot_ms" in best else "") + f": {best.get('reason')})" if best
                     else "check the export folder")
             raise GateFailed(f"no candidate of {', '.join(s for s, _ in made)} meets the bar and the budgets", hint=hint + "; nothing was written",
                              result=result)
@@ -143,8 +136,37 @@ def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = We
             side.lm = None  # type: ignore[assignment]
         with atomic_dir(out) as tmp:
             shutil.copytree(folders[winner["candidate"]], tmp, dirs_exist_ok=True)
+            q = json.loads((tmp / "quantize.json").read_text()) if (tmp / "quantize.json").is_file() else None
+            if q is not None:  # it named the candidate's folder, gone with the work folder
+                (tmp / "quantize.json").write_text(json.dumps({**q, "out": str(out)}, indent=2, default=str))
             (tmp / "optimize.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def choose(rows: list[dict[str, Any]], measured: dict[str, Turns], *, confidence: float = 0.95) -> dict[str, Any] | None:
+    """The winner among `rows` (each a candidate's record; measured ones have their `Turns`), marked in place: the
+    lowest per-token floor among those with no `reason` against them (below the bar, a budget missed); candidates whose
+    phase-block interval of the per-token ratio to it holds 1 are as fast, and among those the lowest perplexity wins,
+    then the smaller model. Each loser gets its reason. None when no candidate is eligible."""
+    eligible = [r for r in rows if r["candidate"] in measured and "reason" not in r]
+    if not eligible:
+        return None
+    floor = {r["candidate"]: float(GATE_MEASURES["floor"](np.array(measured[r["candidate"]].tpot))) for r in eligible}
+    fastest = min(eligible, key=lambda r: floor[r["candidate"]])
+    for r in eligible:
+        test = paired_regression_test(measured[r["candidate"]].side("tpot"), measured[fastest["candidate"]].side("tpot"),
+                                      max_regression=0.0, stat="floor", confidence=confidence)
+        r["vs_fastest"] = {k: test[k] for k in ("ratio", "ci_low", "ci_high")}
+        r["fastest"] = r is fastest
+        r["as_fast"] = r is fastest or test["ci_low"] <= 1.0
+    ties = [r for r in eligible if r["as_fast"]]
+    winner = min(ties, key=lambda r: (r["check"]["perplexity"] if r.get("check") else float("inf"), r.get("model_bytes") or 0))
+    winner["winner"] = True
+    for r in eligible:
+        if r is not winner:
+            r["reason"] = (f"slower per token than {fastest['candidate']}" if not r["as_fast"]
+                           else f"as fast within the noise, higher perplexity than {winner['candidate']}")
+    return winner
 
 
 def _measure(folders: dict[str, Path], gen: GenerationOptions, phases: int) -> dict[str, Turns]:

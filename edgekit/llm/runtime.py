@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.errors import UsageError
+from edgekit.errors import BackendUnavailable, UsageError
 
 META = "lm.json"
 KV_CACHE = ("u8", "f16", "f32")  # OpenVINO's KV cache precisions on the CPU
@@ -326,13 +326,21 @@ class TrtLM(LM):
         self._contexts = []
         for p in range(engine.num_optimization_profiles):  # prefill, decode
             ctx = engine.create_execution_context()
-            ctx.set_optimization_profile_async(p, stream)  # pyCore.cpp release/10.0: returns bool
+            if not ctx.set_optimization_profile_async(p, stream):  # returns bool (pyCore.cpp release/10.0)
+                raise BackendUnavailable(f"TensorRT could not select optimisation profile {p} of {folder / meta.model}")
             self._contexts.append(ctx)
         self._buffers.synchronize()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         self._dtype = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self._past, self._present = past_names(meta.layers), present_names(meta.layers)
+        if self._dtype[self._past[0]] != self._dtype[self._present[0]]:
+            raise UsageError(f"{folder / meta.model} reads its cache as {self._dtype[self._past[0]]} and writes it as {self._dtype[self._present[0]]}",
+                             hint="rebuild it with `edgekit lm compile` (the cache stays FP32)")
+        self.last_position = meta.extra.get("logits") == "last"
+        if self.last_position and not last_only:
+            raise UsageError(f"{folder} computes the last position's logits only (what generation needs)",
+                             hint="check perplexity on the ONNX folder it was built from (the same graph, on ONNX Runtime)")
         kv_bytes = meta.kv_heads * max(self.capacity, 1) * meta.head_dim * self._dtype[self._past[0]].itemsize
         # two whole-context buffers per cache tensor: side s holds the past, side 1 - s receives the present
         self._kv = [[self._buffers.pointer(f"kv{side}.{k}", kv_bytes) for k in range(len(self._past))] for side in (0, 1)]
@@ -367,16 +375,14 @@ class TrtLM(LM):
                 raise UsageError(f"a past of {self.position} tokens is outside the engine's profile", hint="compile it again with a larger --max-context")
             ctx.set_tensor_address(past, self._kv[self._side][k])
             ctx.set_tensor_address(present, self._kv[1 - self._side][k])
-        shape = tuple(ctx.get_tensor_shape("logits"))  # [1, s, vocab]
+        shape = tuple(ctx.get_tensor_shape("logits"))  # [1, s, vocab], or [1, 1, vocab] from the last position only
         nbytes = int(np.prod(shape)) * self._dtype["logits"].itemsize
         ctx.set_tensor_address("logits", self._buffers.pointer("logits", nbytes))
         if not ctx.execute_async_v3(self._buffers.stream_handle):
-            from edgekit.errors import BackendUnavailable
-
             raise BackendUnavailable("TensorRT could not run the decoder step (execute_async_v3 returned False; see its log above)")
-        rows = 1 if self.last_only else s
+        rows = 1 if self.last_only else shape[1]
         logits = np.empty((rows, shape[-1]), self._dtype["logits"])
-        self._buffers.download("logits", logits, offset=(s - rows) * shape[-1] * self._dtype["logits"].itemsize)
+        self._buffers.download("logits", logits, offset=(shape[1] - rows) * shape[-1] * self._dtype["logits"].itemsize)
         self._buffers.synchronize()
         del keep
         self._side = 1 - self._side
@@ -384,11 +390,18 @@ class TrtLM(LM):
         return logits.astype(np.float32, copy=False)
 
     def close(self) -> None:
+        """Free the GPU memory now: the contexts, the engine, the cache and the stream."""
         self._contexts = []
         self._engine = None
         if getattr(self, "_buffers", None) is not None:
             self._buffers.close()
             self._buffers = None
+
+    def __del__(self) -> None:  # a reload (the paired gate, optimize) drops the old instance: its GPU memory goes with it
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit CUDA may already be gone
+            pass
 
 
 def load_lm(folder: str | Path, *, threads: int | None = None, last_only: bool = False) -> LM:

@@ -58,18 +58,20 @@ def foreign_ops(model: Any) -> list[str]:
     return sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
 
 
-def to_opset(model: Any, opset: int = OPSET) -> Any:
-    """`model` at `opset` of the standard domain, converted op by op by ONNX's version converter (ReduceMean's axes
-    become an input at 18, for instance); unchanged when it is there already."""
+def load_at_opset(path: Path, opset: int = OPSET) -> Any:
+    """The ONNX model at `path` at `opset` of the standard domain, converted op by op by ONNX's version converter
+    (ReduceMean's axes become an input at 18, for instance), then its weights read. The graph is converted without its
+    weights: the converter serializes the model, which protobuf cannot do past 2 GB (a decoder of ~500 M parameters)."""
     import onnx
     from onnx import version_converter
+    from onnx.external_data_helper import load_external_data_for_model
 
+    model = onnx.load(str(path), load_external_data=False)
     current = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
-    if current >= opset:
-        return model
-    converted = version_converter.convert_version(model, opset)
-    onnx.checker.check_model(converted)  # the converted graph must still be a valid model before anything builds on it
-    return converted
+    if current < opset:
+        model = version_converter.convert_version(model, opset)  # ONNX Runtime's check run validates the result
+    load_external_data_for_model(model, str(path.parent))
+    return model
 
 
 def int8_per_channel(model: Any, exclude: set[str]) -> int:
@@ -79,7 +81,11 @@ def int8_per_channel(model: Any, exclude: set[str]) -> int:
 
     g = model.graph
     done = 0
+    made: dict[str, str] = {}  # a weight shared by several MatMuls is quantized once
     for node, init in _weight_matmuls(model, exclude):
+        if init.name in made:
+            node.input[1] = made[init.name]
+            continue
         w = numpy_helper.to_array(init).astype(np.float32)
         scale = np.abs(w).max(axis=0) / 127.0
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
@@ -88,7 +94,7 @@ def int8_per_channel(model: Any, exclude: set[str]) -> int:
         g.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname)])
         index = list(g.node).index(node)
         g.node.insert(index, helper.make_node("DequantizeLinear", [qname, sname], [out], name=f"{node.name}_DQ_Q8", axis=1))
-        node.input[1] = out
+        node.input[1] = made[init.name] = out
         done += 1
     used = {i for n in g.node for i in n.input}
     keep = [i for i in g.initializer if i.name in used]
@@ -97,10 +103,14 @@ def int8_per_channel(model: Any, exclude: set[str]) -> int:
     return done
 
 
+def ragged_blocks(model: Any, group_size: int, exclude: set[str]) -> list[str]:
+    """MatMuls whose input channels K are not a multiple of `group_size` (TensorRT's block scales are K / block)."""
+    return [f"{n.name} (K={init.dims[0]})" for n, init in _weight_matmuls(model, exclude) if init.dims[0] % group_size]
+
+
 def weight_only(model: Any, *, bits: int, group_size: int, exclude: set[str]) -> tuple[Any, int]:
-    """The TensorRT weight-only graph of the FP32 decoder `model` (loaded with its weights), and the count of
-    quantized MatMuls."""
-    model = to_opset(model)
+    """The TensorRT weight-only graph of the FP32 decoder `model` (at opset 21, `load_at_opset`, with its weights),
+    and the count of quantized MatMuls."""
     if bits == 8:
         return model, int8_per_channel(model, exclude)
     from onnxruntime.quantization import QuantFormat
@@ -121,6 +131,8 @@ def graph_problems(model: Any) -> list[str]:
 
     problems = [f"{op} is not a standard ONNX operator" for op in foreign_ops(model)]
     inits = {i.name: i for i in model.graph.initializer}
+    if len(inits) < len(model.graph.initializer):
+        problems.append("two initializers share a name")
     consumers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -147,6 +159,8 @@ def graph_problems(model: Any) -> list[str]:
             if attrs.get("axis", 1) != 0 or attrs.get("block_size") not in INT4_BLOCKS:
                 problems.append(f"{n.name}: int4 needs blocks of {' or '.join(map(str, INT4_BLOCKS))} along K (axis 0); "
                                 f"it has axis {attrs.get('axis', 1)}, block_size {attrs.get('block_size')}")
+            elif w.dims and w.dims[0] % attrs["block_size"]:
+                problems.append(f"{n.name}: K={w.dims[0]} is not a multiple of its block of {attrs['block_size']}")
         elif w.data_type == TensorProto.INT8:
             if attrs.get("block_size"):
                 problems.append(f"{n.name}: int8 weights take one scale per output channel, not blocks")
@@ -247,13 +261,28 @@ def compile_lm(src: str | Path, out: str | Path, *, options: LMEngineOptions = L
         raise BackendUnavailable(st.reason or "TensorRT is not usable here")
     from edgekit.backends.tensorrt_build import build_engine
 
+    from edgekit.llm.runtime import onnx_slice_before_head
+
     with atomic_dir(out) as tmp:
-        built = build_engine(trt, src / meta.model, tmp, request=request, options=trt_options, profiles=profiles)
+        # the LM head on the last position only, as the ONNX Runtime and OpenVINO runners do: a 2048-token prefill
+        # would otherwise compute (and hold) 2048 x vocab logits; the graph reads its weights from the source folder
+        graph_file = tmp / "graph.onnx"
+        graph_file.write_bytes(onnx_slice_before_head(str(src / meta.model)))
+        links = []
+        for f in src.iterdir():
+            if f.name.startswith(Path(meta.model).name) and f.name != meta.model:  # model.onnx.data
+                (tmp / f.name).symlink_to(f.resolve())
+                links.append(tmp / f.name)
+        try:
+            built = build_engine(trt, graph_file, tmp, request=request, options=trt_options, profiles=profiles)
+        finally:
+            for f in (graph_file, *links):
+                f.unlink(missing_ok=True)
         for name in (*TOKENIZER_FILES, "quantize.json"):
             if (src / name).exists():
                 shutil.copy2(src / name, tmp / name)
         new = dataclasses.replace(meta, format="tensorrt", model=built["entry"], extra={
-            **meta.extra, "precision": options.precision, "max_context": options.max_context,
+            **meta.extra, "precision": options.precision, "max_context": options.max_context, "logits": "last",
             "max_prompt": options.max_prompt or options.max_context, "tensorrt": built["versions"], "settings": built["settings"]})
         (tmp / META).write_text(json.dumps(new.to_dict(), indent=2))
     return {"out": str(out), "weights": meta.weights, "precision": options.precision, "max_context": options.max_context,

@@ -54,7 +54,9 @@ class WeightOptions:
     def __post_init__(self) -> None:
         if self.group_size is None:
             # measured on SmolLM2-135M, INT8 on ONNX Runtime: g32 +0.6% perplexity, g64 +1.3%, g128 +1.2%
-            object.__setattr__(self, "group_size", 32 if self.target == "onnxruntime" else 128)
+            # TensorRT: 64 rather than ModelOpt's 128, which leaves a part block wherever K is an odd multiple of 64
+            # (SmolLM2-135M's 576), and TensorRT's block scales are K / block
+            object.__setattr__(self, "group_size", {"onnxruntime": 32, "tensorrt": 64}.get(self.target, 128))
 
     def label(self) -> str:
         if self.bits is None:
@@ -73,9 +75,11 @@ def check_weight_options(o: WeightOptions) -> None:
         raise UsageError("an FP32 ONNX Runtime model is the export itself", hint="bench the export folder, or give --bits 4 or 8")
     if o.bits is None and o.target == "tensorrt":
         raise UsageError("an FP32 TensorRT engine is built from the export itself", hint="edgekit lm compile EXPORT -o OUT --target tensorrt, or give --bits 4 or 8")
-    if o.target == "tensorrt" and o.bits == 4 and (not o.symmetric or o.group_size not in INT4_BLOCKS):
+    if o.target == "tensorrt" and not o.symmetric:
+        raise UsageError("TensorRT dequantizes symmetric weights only (no zero point)", hint="drop --asymmetric")
+    if o.target == "tensorrt" and o.bits == 4 and o.group_size not in INT4_BLOCKS:
         raise UsageError(f"TensorRT's INT4 weights are symmetric in blocks of {' or '.join(map(str, INT4_BLOCKS))}"
-                         f" (asked: {'asymmetric, ' if not o.symmetric else ''}--group-size {o.group_size})", hint=("drop --asymmetric" if not o.symmetric else "use --group-size 128 or 64"))
+                         f" (asked: --group-size {o.group_size})", hint="use --group-size 64 or 128")
     if o.group_size < 16 or o.group_size & (o.group_size - 1):
         raise UsageError(f"--group-size {o.group_size} must be a power of two >= 16", hint="use 32, 64 or 128")
     if o.held_out < 1 or o.window < 16:
@@ -133,8 +137,13 @@ def _tensorrt(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[str
         raise UsageError(f"{src} was made with ONNX Runtime's fused operators ({', '.join(foreign[:3])}), which TensorRT's parser does not read",
                          hint="export it again with --onnx-graph trace, then quantize that folder")
     del graph
-    model = onnx.load(str(src / meta.model))
+    model = trt_lm.load_at_opset(src / meta.model)
     exclude = {n for n in [_lm_head_node(model)] if n} if o.lm_head == "float" else set()
+    ragged = trt_lm.ragged_blocks(model, o.group_size, exclude) if o.bits == 4 else []
+    if ragged:
+        fits = [b for b in trt_lm.INT4_BLOCKS if not trt_lm.ragged_blocks(model, b, exclude)]
+        raise UsageError(f"--group-size {o.group_size} does not divide the input channels of {ragged[0]}" + (f" (+{len(ragged) - 1} more)" if len(ragged) > 1 else ""),
+                         hint=f"use --group-size {fits[0]}" if fits else "use --bits 8 (one scale per output channel)")
     out, quantized = trt_lm.weight_only(model, bits=o.bits or 8, group_size=o.group_size, exclude=exclude)
     problems = trt_lm.graph_problems(out)
     if problems:  # edgekit's own graph breaking TensorRT's rules is a bug, not the user's input
