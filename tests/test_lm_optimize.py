@@ -54,3 +54,17 @@ def test_candidate_names_make_the_weight_options_they_say() -> None:
     assert parse_candidate("int4-g64-asym-head-float", base).label() == "int4-g64-asym-head-float"
     assert parse_candidate(" INT8 ", base).label() == "int8-g32-sym"
     assert parse_candidate("fp32", WeightOptions(target="openvino")).bits is None
+
+
+def test_hqq_is_onnx_runtimes_int4_and_says_so_in_its_label() -> None:
+    import pytest
+
+    from edgekit.errors import UsageError
+    from edgekit.llm.weights import check_weight_options
+
+    hqq = parse_candidate("int4-g32-hqq-head-float", WeightOptions(target="onnxruntime"))
+    assert hqq.method == "hqq" and hqq.label() == "int4-g32-hqq-head-float"
+    check_weight_options(hqq)
+    for target, bits in (("openvino", 4), ("onnxruntime", 8), ("tensorrt", 4)):
+        with pytest.raises(UsageError, match="--method hqq"):
+            check_weight_options(WeightOptions(target=target, bits=bits, method="hqq"))

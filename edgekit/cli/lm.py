@@ -66,6 +66,9 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--lm-head", type=click.Choice(["quantize", "float"]), default="quantize", show_default=True)
 @click.option("--data-aware", is_flag=True, help="OpenVINO INT4: AWQ and scale estimation on calibration text (NNCF). On SmolLM2-135M it gave a broken model "
                    "(perplexity 1.4e7), which the check refuses: not yet a way to a better INT4.")
+@click.option("--method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
+              help="ONNX Runtime INT4: round to nearest, or HQQ (half-quadratic quantization: zero points fitted per group, no data; "
+                   "with --lm-head float it met the bar on SmolLM2-135M where RTN did not).")
 @click.option("--kv-cache", type=click.Choice(["u8", "f16", "f32"]), default="u8", show_default=True,
               help="OpenVINO: the precision of the KV cache (u8 is its CPU plugin's own default and fastest); the check measures it.")
 @click.option("--text", default="python-docs", show_default=True, help="Real text for calibration and the check: a UTF-8 file or python-docs.")
@@ -76,7 +79,7 @@ def _render_export(r: dict[str, Any]) -> None:
 @click.option("--threads", type=int, default=None)
 @json_option
 def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: int | None, asymmetric: bool, lm_head: str, data_aware: bool,
-                 kv_cache: str, text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
+                 method: str, kv_cache: str, text: str, max_ppl_increase: float, min_agreement: float | None, held_out: int, window: int, threads: int | None,
                  json_path: str | None) -> None:
     """Weight-only quantize the exported LM folder SOURCE and check it on held-out text: perplexity against FP32's
     (and greedy agreement); below the bar nothing is written and it exits 3."""
@@ -84,7 +87,7 @@ def quantize_cmd(source: str, output: str, target: str, bits: str, group_size: i
     from edgekit.llm.weights import WeightOptions, compress_weights_lm
 
     options = WeightOptions(target=target, bits=None if bits == "none" else int(bits), group_size=group_size, symmetric=not asymmetric,
-                            lm_head=lm_head, data_aware=data_aware, kv_cache=kv_cache, text=text, threads=threads, held_out=held_out, window=window,
+                            lm_head=lm_head, data_aware=data_aware, method=method, kv_cache=kv_cache, text=text, threads=threads, held_out=held_out, window=window,
                             bar=LMBar(max_ppl_increase=max_ppl_increase, min_agreement=min_agreement))
     run_and_emit(json_path, lambda: compress_weights_lm(source, output, options=options), _render_quantize)
 
@@ -132,7 +135,7 @@ def compile_cmd(source: str, output: str, target: str, max_context: int, max_pro
 @click.option("--target", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
 @click.option("--candidates", default=None, metavar="LIST",
               help="Comma-separated weight formats: int8, int4-g32, int4-g128-head-float, int4-g64-asym, fp32 (OpenVINO). "
-                   "Default: ONNX Runtime int8-g32,int4-g32,int4-g64,int4-g128,int4-g32-head-float; OpenVINO fp32,int8,int4-g64,int4-g128,int4-g128-head-float.")
+                   "Default: ONNX Runtime int8-g32,int4-g32,int4-g64,int4-g128,int4-g32-head-float,int4-g32-hqq-head-float; OpenVINO fp32,int8,int4-g64,int4-g128,int4-g128-head-float.")
 @click.option("--phases", type=int, default=4, show_default=True, help="Loadings of every candidate; each runs 2 generations of each in turns.")
 @click.option("--prompt-tokens", type=int, default=128, show_default=True)
 @click.option("--new-tokens", type=int, default=32, show_default=True)

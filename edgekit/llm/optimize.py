@@ -38,20 +38,20 @@ from edgekit.llm.weights import WeightOptions, check_weight_options, compress_we
 from edgekit.progress import status, status_line
 
 DEFAULT_CANDIDATES = {
-    "onnxruntime": ("int8-g32", "int4-g32", "int4-g64", "int4-g128", "int4-g32-head-float"),
+    "onnxruntime": ("int8-g32", "int4-g32", "int4-g64", "int4-g128", "int4-g32-head-float", "int4-g32-hqq-head-float"),
     "openvino": ("fp32", "int8", "int4-g64", "int4-g128", "int4-g128-head-float"),
 }
-_SPEC = re.compile(r"(fp32|int8|int4)(?:-g(\d+))?(-asym)?(-head-float)?")
+_SPEC = re.compile(r"(fp32|int8|int4)(?:-g(\d+))?(-asym|-hqq)?(-head-float)?")
 
 
 def parse_candidate(spec: str, base: WeightOptions) -> WeightOptions:
-    """`int8`, `int4-g64`, `int4-g32-asym-head-float`, `fp32` (OpenVINO) -> the WeightOptions that make it."""
+    """`int8`, `int4-g64`, `int4-g32-asym-head-float`, `int4-g32-hqq`, `fp32` (OpenVINO) -> the WeightOptions that make it."""
     m = _SPEC.fullmatch(spec.strip().lower())
     if not m:
         raise UsageError(f"unknown candidate {spec!r}", hint="write it like int8, int4-g64, int4-g32-head-float or fp32 (OpenVINO)")
-    kind, group, asym, head = m.groups()
+    kind, group, scheme, head = m.groups()
     return dataclasses.replace(base, bits=None if kind == "fp32" else int(kind[3:]), group_size=int(group) if group else None,
-                               symmetric=not asym, lm_head="float" if head else "quantize")
+                               symmetric=scheme is None, method="hqq" if scheme == "-hqq" else "rtn", lm_head="float" if head else "quantize")
 
 
 @dataclasses.dataclass(frozen=True)

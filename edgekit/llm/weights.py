@@ -2,11 +2,13 @@
 
 - ONNX Runtime: `MatMulNBitsQuantizer` replaces each MatMul with a constant weight by `MatMulNBits`
   (4 or 8 bits in blocks of `group_size` along the input channels, 32 by default as onnxruntime-genai's builder; `accuracy_level=4` lets the CPU kernel
-  quantize the activations to int8 on the fly, its fastest path).
+  quantize the activations to int8 on the fly, its fastest path). INT4 `method="hqq"`: ONNX Runtime's half-quadratic
+  quantizer (a zero point and scale fitted per group, no data).
 - OpenVINO: the ONNX model becomes stateful (the KV cache lives inside the infer request, as OpenVINO
   GenAI's models do), then NNCF `compress_weights` (INT4/INT8, groups; with AWQ and scale estimation on
   calibration text when `data_aware`). NNCF keeps the embeddings and the last layer at INT8 in INT4 modes.
   `bits=None` gives the FP32 stateful IR, saved uncompressed (OpenVINO would otherwise save it in fp16).
+- TensorRT: the weight-only ONNX graph TensorRT builds (`edgekit.llm.tensorrt`), checked here on ONNX Runtime.
 
 The result is checked (`edgekit.llm.check`) against the FP32 export on held-out text; below the bar nothing is
 written and the error names the measured figures and what to try (exit 3).
@@ -43,6 +45,7 @@ class WeightOptions:
     symmetric: bool = True
     lm_head: str = "quantize"  # "quantize" or "float"
     data_aware: bool = False  # OpenVINO: AWQ + scale estimation on calibration text
+    method: str = "rtn"  # ONNX Runtime INT4: "rtn" (round to nearest) or "hqq" (half-quadratic, zero points, no data)
     kv_cache: str = "u8"  # OpenVINO: the cache's precision (the check measures its effect with the weights')
     text: str = "python-docs"
     window: int = 256
@@ -63,7 +66,8 @@ class WeightOptions:
             return "fp32"
         # NNCF's INT8 and TensorRT's: one scale per output channel
         groups = "channel" if (self.bits == 8 and self.target in ("openvino", "tensorrt")) else f"g{self.group_size}"
-        return f"int{self.bits}-{groups}-{'sym' if self.symmetric else 'asym'}" + ("-awq" if self.data_aware else "") + ("-head-float" if self.lm_head == "float" else "")
+        scheme = "hqq" if self.method == "hqq" else ("sym" if self.symmetric else "asym")  # HQQ has its zero points
+        return f"int{self.bits}-{groups}-{scheme}" + ("-awq" if self.data_aware else "") + ("-head-float" if self.lm_head == "float" else "")
 
 
 def check_weight_options(o: WeightOptions) -> None:
@@ -91,6 +95,10 @@ def check_weight_options(o: WeightOptions) -> None:
         raise UsageError(f"--lm-head {o.lm_head!r}", hint="use quantize or float")
     if o.kv_cache not in KV_CACHE:
         raise UsageError(f"--kv-cache {o.kv_cache!r}", hint=f"use one of {', '.join(KV_CACHE)}")
+    if o.method not in ("rtn", "hqq"):
+        raise UsageError(f"--method {o.method!r}", hint="use rtn or hqq")
+    if o.method == "hqq" and (o.target != "onnxruntime" or o.bits != 4):
+        raise UsageError("--method hqq is ONNX Runtime's INT4 quantizer (HQQWeightOnlyQuantConfig)", hint="use it with --target onnxruntime --bits 4")
     if o.data_aware and o.target != "openvino":  # ModelOpt's AWQ for TensorRT needs a GPU
         raise UsageError("data-aware weight quantization (AWQ, scale estimation) runs through NNCF on OpenVINO",
                          hint="drop --data-aware, or use --target openvino")
@@ -114,14 +122,26 @@ def _onnxruntime(src: Path, dest: Path, meta: LMMeta, o: WeightOptions) -> dict[
 
     model = onnx.load(str(src / meta.model))
     exclude = [n for n in [_lm_head_node(model)] if n] if o.lm_head == "float" else []
-    config = DefaultWeightOnlyQuantConfig(block_size=o.group_size, is_symmetric=o.symmetric, bits=o.bits or 4, accuracy_level=4)
+    if o.method == "hqq":
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+        config: Any = HQQWeightOnlyQuantConfig(block_size=o.group_size, bits=4)
+    else:
+        config = DefaultWeightOnlyQuantConfig(block_size=o.group_size, is_symmetric=o.symmetric, bits=o.bits or 4, accuracy_level=4)
     q = MatMulNBitsQuantizer(model, bits=o.bits or 4, block_size=o.group_size, is_symmetric=o.symmetric, accuracy_level=4,
                              nodes_to_exclude=exclude, algo_config=config)
-    q.process()
+    import warnings
+
+    with warnings.catch_warnings():  # HQQ hands torch a read-only numpy view of each weight, and torch warns of it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        q.process()
     out = q.model.model
+    for node in out.graph.node:  # HQQ's nodes carry no accuracy_level: the int8-activation CPU kernel, as RTN's
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
     onnx.save(out, str(dest / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
     quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
-    return {"quantizer": "onnxruntime MatMulNBitsQuantizer", "quantized_matmuls": quantized, "kept_float": exclude,
+    return {"quantizer": "onnxruntime MatMulNBitsQuantizer" + (" (HQQ)" if o.method == "hqq" else ""), "quantized_matmuls": quantized, "kept_float": exclude,
             "model": "model.onnx", "format": "onnx"}
 
 
@@ -231,6 +251,8 @@ def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOpti
                   "check": check, **{k: v for k, v in info.items() if k not in ("model", "format")}}
         if not check["meets_bar"]:
             hint = "nothing was written; try --bits 8" if options.bits == 4 else "nothing was written; keep the FP32 export"
+            if options.bits == 4 and options.target == "onnxruntime" and options.method != "hqq":
+                hint += ", --method hqq"
             if options.bits == 4 and options.group_size > 16:
                 hint += f", a smaller --group-size than {options.group_size}"
             if options.bits is not None and options.lm_head != "float":
