@@ -189,6 +189,7 @@ def _lm_artifact(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return folder, {"kind": LM_KIND, "backend": backend, "device": "GPU" if backend == "tensorrt" else "cpu", "precision": meta.weights.split("-")[0],
                     "weights": meta.weights, "entry": meta.model, "versions": versions, "files": files,
+                    **({"activations": meta.extra.get("precision")} if backend == "tensorrt" else {}),
                     "check": {k: check[k] for k in ("meets_bar", "perplexity", "fp32_perplexity", "perplexity_increase", "greedy_agreement", "bar") if k in check} if check else None}
 
 
