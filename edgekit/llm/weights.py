@@ -253,7 +253,7 @@ def compress_weights_lm(src: str | Path, out: str | Path, *, options: WeightOpti
             hint = "nothing was written; try --bits 8" if options.bits == 4 else "nothing was written; keep the FP32 export"
             if options.bits == 4 and options.target == "onnxruntime" and options.method != "hqq":
                 hint += ", --method hqq"
-            if options.bits == 4 and options.group_size > 16:
+            if options.bits == 4 and options.group_size > (min(INT4_BLOCKS) if options.target == "tensorrt" else 16):
                 hint += f", a smaller --group-size than {options.group_size}"
             if options.bits is not None and options.lm_head != "float":
                 hint += ", or --lm-head float"
