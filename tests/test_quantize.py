@@ -162,8 +162,11 @@ def test_minilm_default_recipe(target: str, minilm_onnx: Path, minilm_sentences:
     assert speed["slower"] == ("note" in speed) and (not speed["slower"] or speed["speedup"] < 1.0), speed
     from edgekit.backends.base import cpu_has_vnni
 
-    if target == "openvino" and not cpu_has_vnni():  # measured 0.74x on this CPU (bench/int8_speed.py), for every recipe
-        assert speed["slower"] and "INT8 runs slower than FP32 on openvino here" in res.output and "no VNNI" in res.output, speed
+    # Whether INT8 is slower here is the CPU's and the moment's (0.74x on a quiet Zen 2 without VNNI, bench/int8_speed.py;
+    # 0.98x, undecided, on a Zen 3 with every core busy): only what edgekit says when it measured so is asserted
+    if speed["slower"]:
+        assert f"INT8 runs slower than FP32 on {target} here" in res.output, speed
+        assert ("no VNNI" in res.output) == (not cpu_has_vnni()), speed
 
 
 @pytest.mark.requires_openvino
