@@ -1,6 +1,6 @@
 """Run an exported decoder step by step: ONNX Runtime with the KV cache passed in and out, OpenVINO with it
-kept inside (stateful), TensorRT with it on the GPU (`TrtLM`, the engine of edgekit.llm.tensorrt). Both give the same interface (`reset`, `step`, `generate`), so every check and
-benchmark runs the same code on either."""
+kept inside (stateful), TensorRT with it on the GPU (`TrtLM`, the engine of edgekit.llm.tensorrt). All give the
+same interface (`reset`, `step`, `generate`), so every check and benchmark runs the same code on each."""
 from __future__ import annotations
 
 import dataclasses
@@ -316,7 +316,8 @@ class TrtLM(LM):
         self.meta, self.last_only = meta, last_only
         self.precision = str(meta.extra.get("precision", "fp32"))
         self.capacity = int(meta.extra.get("max_context", 0))
-        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((folder / meta.model).read_bytes())
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: the engine is not to outlive its runtime
+        engine = self._runtime.deserialize_cuda_engine((folder / meta.model).read_bytes())
         if engine is None:
             raise UsageError(f"{folder / meta.model} does not deserialize with TensorRT {trt.__version__}",
                              hint="rebuild it on this device with `edgekit lm compile --target tensorrt`")

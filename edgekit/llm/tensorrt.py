@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from edgekit import deps
-from edgekit.errors import UsageError
-from edgekit.llm.runtime import META, TOKENIZER_FILES, LMMeta
+from edgekit.errors import BackendUnavailable, UsageError
+from edgekit.llm.runtime import META, TOKENIZER_FILES, LMMeta, read_meta
 
 INT4_BLOCKS = (64, 128)
 OPSET = 21  # DequantizeLinear with int4 and block_size
@@ -231,8 +231,6 @@ def compile_lm(src: str | Path, out: str | Path, *, options: LMEngineOptions = L
     from edgekit.backends.base import CompileRequest
     from edgekit.backends.tensorrt import TensorRtBackend, TensorRtOptions
     from edgekit.files import atomic_dir
-    from edgekit.llm.runtime import read_meta
-
     src, out = Path(src), Path(out)
     meta = read_meta(src)
     if meta.format != "onnx":
@@ -256,11 +254,8 @@ def compile_lm(src: str | Path, out: str | Path, *, options: LMEngineOptions = L
         deps.modelopt_autocast()
     st = backend.status()
     if not st.available:
-        from edgekit.errors import BackendUnavailable
-
         raise BackendUnavailable(st.reason or "TensorRT is not usable here")
     from edgekit.backends.tensorrt_build import build_engine
-
     from edgekit.llm.runtime import onnx_slice_before_head
 
     with atomic_dir(out) as tmp:

@@ -41,7 +41,7 @@ TARGETS = ("onnxruntime", "openvino", "tensorrt")
 class WeightOptions:
     target: str = "onnxruntime"
     bits: int | None = 4  # 4, 8, or None (FP32: OpenVINO's stateful IR only)
-    group_size: int | None = None  # None: 32 on ONNX Runtime (onnxruntime-genai's choice), 128 on OpenVINO (NNCF's) and TensorRT
+    group_size: int | None = None  # None: 32 on ONNX Runtime (onnxruntime-genai's choice), 128 on OpenVINO (NNCF's), 64 on TensorRT
     symmetric: bool = True
     lm_head: str = "quantize"  # "quantize" or "float"
     data_aware: bool = False  # OpenVINO: AWQ + scale estimation on calibration text
