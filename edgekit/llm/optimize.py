@@ -82,7 +82,7 @@ def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = We
         if all(w.label() != other.label() for _, other in made):
             made.append((spec, w))
     read_meta(src)
-    prompt_ids(src, gen)  # a prompt longer than the text fails now, not after every candidate is made
+    prompt = prompt_ids(src, gen)  # a prompt longer than the text fails now, not after every candidate is made
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder", hint="give a folder path for this output")
@@ -105,7 +105,7 @@ def optimize_lm(src: str | Path, out: str | Path, *, weights: WeightOptions = We
             if "reason" not in row:
                 folders[spec] = folder
             rows.append(row)
-        measured = _measure(folders, gen, options.phases) if folders else {}
+        measured = _measure(folders, prompt, gen, options.phases) if folders else {}
         for row in rows:
             side = measured.get(row["candidate"])
             if side is None:
@@ -169,10 +169,9 @@ def choose(rows: list[dict[str, Any]], measured: dict[str, Turns], *, confidence
     return winner
 
 
-def _measure(folders: dict[str, Path], gen: GenerationOptions, phases: int) -> dict[str, Turns]:
-    """Every candidate's generations in turns, reloaded each phase (see the module's docstring)."""
+def _measure(folders: dict[str, Path], prompt: np.ndarray, gen: GenerationOptions, phases: int) -> dict[str, Turns]:
+    """Every candidate's generations of `prompt` in turns, reloaded each phase (see the module's docstring)."""
     sides = {spec: Turns() for spec in folders}
-    prompt = prompt_ids(next(iter(folders.values())), gen)
     order = list(folders)
     rng = random.Random(0)
     with status_line("measuring the candidates in turns") as say:

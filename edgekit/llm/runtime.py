@@ -310,9 +310,11 @@ class TrtLM(LM):
     def __init__(self, folder: Path, meta: LMMeta, *, threads: int | None = None, last_only: bool = False) -> None:
         super().__init__()
         from edgekit.backends import tensorrt_cuda
+        from edgekit.backends.tensorrt import feed_for
 
         trt = deps.tensorrt()
         tensorrt_cuda.check_cuda_matches_tensorrt()
+        self._feed_for = feed_for  # imported once, not in every step
         self.meta, self.last_only = meta, last_only
         self.precision = str(meta.extra.get("precision", "fp32"))
         self.capacity = int(meta.extra.get("max_context", 0))
@@ -353,8 +355,6 @@ class TrtLM(LM):
         self._side = 0
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        from edgekit.backends.tensorrt import feed_for
-
         s = int(ids.size)
         if self.position + s > self.capacity:
             raise UsageError(f"the sequence would reach {self.position + s} tokens; this engine holds {self.capacity}",
@@ -364,7 +364,7 @@ class TrtLM(LM):
         for name, value in self._feeds(ids).items():
             if name not in self._inputs:
                 continue
-            value = feed_for(name, value, self._dtype[name])
+            value = self._feed_for(name, value, self._dtype[name])
             keep.append(value)
             if not ctx.set_input_shape(name, tuple(value.shape)):
                 raise UsageError(f"{name} of shape {list(value.shape)} is outside the engine's profile",
